@@ -1,0 +1,1 @@
+"""Turns Amazon product metadata and images into a TFDS dataset of TFRecord shards."""
