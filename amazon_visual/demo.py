@@ -1,0 +1,277 @@
+"""``amazon-visual demo``: the whole chain on the embedded sample catalog, in a few minutes.
+
+    from amazon_visual.demo import run_demo
+    summary = run_demo("amazon-visual-demo")      # -> summary["report"] is the HTML page
+
+Stages, each writing its own folder inside ``out_dir`` (the same folders the separate
+commands write):
+
+1. ``data/``             build-data from the sample's 2023-format metadata and its photos
+2. ``run/``              train (from scratch by default: a small AlexNet at 64 px)
+3. ``run/eval_test/``    evaluate on the test split; ``compare/`` the compare table
+4. ``index/``            embed every product with the trained model, Annoy index
+5. ``recommendations/``  look-alikes of a few test products (JSON + one HTML gallery each)
+6. ``report.html``       one page for the whole experiment
+
+``demo.json`` marks the folder as a demo's and records the options and the stages
+done: rerunning the same command skips finished stages; other options start over
+(only the demo's own folders are replaced; a non-empty folder that is not a demo's is
+refused).
+"""
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+
+from amazon_visual.errors import UserError
+from amazon_visual.report import DEMO_LAYOUT, DEMO_MARKER, RECOMMENDATIONS_FILE, choose_queries, write_report
+
+DEFAULT_OUT = "amazon-visual-demo"
+#: from scratch: a narrow AlexNet learns the 10 clothing classes well above chance in about a minute
+#: (measured on the sample, 2 busy CPU cores, 60 epochs: test accuracy 0.40 without augmentation,
+#: 0.29 with it -- augmentation pays off only over longer training)
+SCRATCH = {"model": "alexnet", "image_size": 64, "epochs": 60, "augment": False,
+           "model_kwargs": {"width": 0.25, "fc_units": 256}}
+#: with pretrained weights: a small keras.applications backbone, fine-tuned
+PRETRAINED = {"model": "mobilenet_v2", "image_size": 96, "epochs": 6, "augment": True, "model_kwargs": {}}
+#: training stops at the end of the epoch that passes this budget (keeps the demo within 5 minutes)
+TRAIN_MINUTES = 2.5
+#: train / validation / test fractions: enough test products (about 60) for a steady accuracy
+SPLITS = (0.7, 0.15, 0.15)
+STAGES = ("build-data", "train", "evaluate", "index", "recommend", "report")
+_OWN = [DEMO_LAYOUT[k] for k in ("data", "run", "compare", "index", "recommendations")] + ["report.html"]
+
+
+def _say(msg):
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def _write_json(path, obj):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _prepare(out_dir, options):
+    """Create or reuse ``out_dir``; returns the state (stages done) to resume from."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} is a file: give a folder for the demo")
+    parent = os.path.dirname(out_dir)
+    if not os.path.isdir(parent):
+        raise UserError(f"--out {out_dir}: its parent folder {parent} does not exist: create it first")
+    marker = os.path.join(out_dir, DEMO_MARKER)
+    state = None
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not os.path.isfile(marker):
+            raise UserError(f"--out {out_dir} is not empty and is not a demo folder: "
+                            "choose a new or empty folder (the demo never overwrites other files)")
+        try:
+            with open(marker, encoding="utf-8") as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            state = None
+    if state and state.get("options") == options:
+        return out_dir, state
+    # a fresh start: remove only what the demo itself writes
+    for name in _OWN:
+        p = os.path.join(out_dir, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+        elif os.path.isfile(p):
+            os.remove(p)
+    os.makedirs(out_dir, exist_ok=True)
+    state = {"options": options, "stages_done": [], "status": "running"}
+    _write_json(marker, state)
+    return out_dir, state
+
+
+def _check_pretrained(model, image_size, weights, model_kwargs):
+    """Fail early, with what to do, when Keras cannot get the pretrained weights."""
+    from amazon_visual import models
+
+    try:
+        models.build(model, 10, image_size, weights=weights, **model_kwargs)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001  (Keras raises plain Exceptions for failed downloads)
+        raise UserError(f"--weights {weights}: Keras could not load the pretrained {model} weights "
+                        f"({str(e).splitlines()[0][:160]}): rerun without --weights to train from scratch, "
+                        "or pass a downloaded weights file with --weights PATH") from None
+
+
+def _rel(path, base):
+    return os.path.relpath(path, base) if path else None
+
+
+def recommend_samples(index_dir, out_dir, queries=4, k=5):
+    """Recommend for ``queries`` test products; write ``recommendations.json`` and one HTML gallery each."""
+    from amazon_visual.gallery import write_gallery
+    from amazon_visual.recommend import Recommender
+
+    os.makedirs(out_dir, exist_ok=True)
+    saved = []
+    with Recommender.load(index_dir) as rec:
+        for i, asin in enumerate(choose_queries(rec.index.items, queries), 1):
+            res = rec.recommend(asin=asin, k=k)
+            query, results = res["query"], res["results"]
+            title = f"Look-alikes of {query.get('title') or asin}"
+            page = os.path.join(out_dir, f"gallery-{i}-{asin}.html")
+            write_gallery(page, query, results, title=title)
+            q = dict(query, thumb=_rel(query.get("thumb"), out_dir), gallery=os.path.basename(page))
+            rs = [dict(r, thumb=_rel(r.get("thumb"), out_dir)) for r in results]
+            saved.append({"query": q, "results": rs})
+    _write_json(os.path.join(out_dir, RECOMMENDATIONS_FILE), {"index_dir": os.path.abspath(index_dir), "k": k,
+                                                              "queries": saved})
+    return saved
+
+
+def run_demo(out_dir=DEFAULT_OUT, model=None, weights="none", epochs=None, image_size=None, queries=4, k=5,
+             quick=False, batch_size=32, seed=0, progress=True):
+    """Run the whole chain on the embedded sample catalog into ``out_dir``; returns a summary dict.
+
+    ``weights``: ``"none"`` trains from scratch (the default), ``"imagenet"`` starts from
+    Keras's pretrained weights (a UserError says what to do when they cannot be had), or
+    a weights file. ``epochs`` / ``image_size`` / ``model`` override the defaults for that
+    choice. ``quick``: one epoch (for tests; every stage still runs).
+    """
+    from amazon_visual import sample
+    from amazon_visual.models import applications
+
+    t0 = time.time()
+    weights_n = applications.normalize_weights(weights)  # UserError for a missing file
+    scratch = weights_n is None
+    preset = SCRATCH if scratch else PRETRAINED
+    model = (model or preset["model"]).strip().lower().replace("-", "_")
+    model_kwargs = dict(preset["model_kwargs"]) if model == preset["model"] else {}
+    image_size = int(image_size or preset["image_size"])
+    epochs = 1 if quick and epochs is None else int(epochs or preset["epochs"])
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs}: give at least 1")
+    if queries < 1 or k < 1:
+        raise UserError("--queries and -k must be at least 1")
+    options = {"model": model, "weights": weights_n if weights_n in (None, "imagenet") else os.path.abspath(weights_n),
+               "epochs": epochs, "image_size": image_size, "batch_size": batch_size, "seed": seed,
+               "queries": queries, "k": k, "model_kwargs": model_kwargs}
+    out_dir, state = _prepare(out_dir, options)
+    paths = {key: os.path.join(out_dir, sub) for key, sub in DEMO_LAYOUT.items()}
+    marker = os.path.join(out_dir, DEMO_MARKER)
+    done = state.setdefault("stages_done", [])
+    results = state.setdefault("results", {})
+
+    def finish(stage, **info):
+        done.append(stage)
+        results[stage] = info
+        _write_json(marker, state)
+
+    products = len(sample.products())
+    if scratch:
+        _say(f"training {model} FROM SCRATCH (random weights) at {image_size} px for up to {epochs} epochs "
+             f"on the embedded sample ({products} products, {len(sample.class_names())} classes); "
+             "pass --weights imagenet to start from pretrained weights")
+    else:
+        _say(f"fine-tuning {model} from {options['weights']} weights at {image_size} px for {epochs} epochs "
+             f"on the embedded sample ({products} products)")
+    _say(f"output folder: {out_dir}")
+
+    # Keras and the stages print progress to stdout: keep stdout for the command's own result.
+    with contextlib.redirect_stdout(sys.stderr):
+        n = len(STAGES)
+        if not scratch and "train" not in done:  # fail before any work when the weights cannot be had
+            _check_pretrained(model, image_size, weights_n, model_kwargs)
+        if "build-data" not in done:
+            _say(f"[1/{n}] build-data: TFRecord dataset from {sample.metadata_path()}")
+            from tfrecords_builder.build import build_data
+
+            t = time.time()
+            if os.path.isdir(paths["data"]):  # an interrupted build: start it again (seconds)
+                shutil.rmtree(paths["data"])
+            # the photos are kept at their size (<= 160 px) so the galleries' thumbnails stay sharp;
+            # training resizes them to image_size on the fly
+            rep = build_data(sample.metadata_path(), paths["data"], images_dir=sample.images_dir(),
+                             categories=sample.class_names(), image_size=max(image_size, 160), seed=seed, splits=SPLITS,
+                             workers=1, progress=progress)  # 400 photos: no process pool needed
+            finish("build-data", seconds=round(time.time() - t, 1),
+                   totals=rep.get("totals") if isinstance(rep, dict) else None)
+        else:
+            _say(f"[1/{n}] build-data: done before, kept {paths['data']}")
+
+        if "train" not in done:
+            _say(f"[2/{n}] train: {model} ({'from scratch' if scratch else 'pretrained ' + str(options['weights'])}),"
+                 f" {epochs} epochs at most, {TRAIN_MINUTES} minutes at most")
+            from amazon_visual.training import train
+
+            t = time.time()
+            summ = train(paths["data"], model=model, out=paths["run"], weights=weights_n or "none",
+                         image_size=image_size, epochs=epochs, batch_size=batch_size, seed=seed,
+                         augment=preset["augment"], early_stopping=None, max_minutes=TRAIN_MINUTES,
+                         model_kwargs=model_kwargs or None,
+                         quiet=not progress)
+            finish("train", seconds=round(time.time() - t, 1), epochs_run=summ.get("epochs_run"),
+                   best_val_accuracy=summ.get("best_val_accuracy"))
+        else:
+            _say(f"[2/{n}] train: done before, kept {paths['run']}")
+
+        if "evaluate" not in done:
+            _say(f"[3/{n}] evaluate: test split, then the compare table over train/validation/test")
+            from amazon_visual.evaluation import compare, evaluate
+
+            t = time.time()
+            ev = evaluate(paths["run"], paths["data"], split="test")
+            compare([paths["run"]], paths["data"], out=paths["compare"], write_evaluations=False)
+            finish("evaluate", seconds=round(time.time() - t, 1), test_accuracy=ev["accuracy"],
+                   n_test=ev.get("n"), chance_accuracy=1.0 / max(1, len(ev.get("labels") or [])))
+            _say(f"test accuracy {ev['accuracy']:.3f} (chance {1.0 / max(1, len(ev.get('labels') or [])):.3f})")
+        else:
+            _say(f"[3/{n}] evaluate: done before")
+
+        if "index" not in done:
+            _say(f"[4/{n}] index: embed every product with the trained model and build the Annoy index")
+            from amazon_visual.index import build_index
+
+            t = time.time()
+            man = build_index(paths["data"], paths["index"], run_dir=paths["run"], overwrite=True,
+                              progress=progress)
+            finish("index", seconds=round(time.time() - t, 1), n_items=man.get("n_items"))
+        else:
+            _say(f"[4/{n}] index: done before, kept {paths['index']}")
+
+        if "recommend" not in done:
+            _say(f"[5/{n}] recommend: {k} look-alikes for {queries} test products")
+            t = time.time()
+            saved = recommend_samples(paths["index"], paths["recommendations"], queries=queries, k=k)
+            finish("recommend", seconds=round(time.time() - t, 1), queries=[q["query"]["asin"] for q in saved])
+        else:
+            _say(f"[5/{n}] recommend: done before")
+
+        _say(f"[6/{n}] report: one HTML page for the whole experiment")
+        t = time.time()
+        state["trained_from_scratch"] = scratch
+        state["weights"] = options["weights"] or "none"
+        _write_json(marker, state)
+        report = write_report(out_dir)
+        if "report" not in done:
+            done.append("report")
+        results["report"] = {"seconds": round(time.time() - t, 1)}
+
+    seconds = time.time() - t0
+    state["status"] = "complete"
+    _write_json(marker, state)
+    ev = results.get("evaluate", {})
+    recs = os.path.join(paths["recommendations"], RECOMMENDATIONS_FILE)
+    galleries = sorted(os.path.join(paths["recommendations"], f) for f in os.listdir(paths["recommendations"])
+                       if f.endswith(".html"))
+    _say(f"finished in {seconds:.0f} s")
+    return {
+        "out_dir": out_dir, "report": report, "model": model, "weights": options["weights"] or "none",
+        "trained_from_scratch": scratch, "image_size": image_size, "epochs": epochs,
+        "epochs_run": results.get("train", {}).get("epochs_run"),
+        "test_accuracy": ev.get("test_accuracy"), "chance_accuracy": ev.get("chance_accuracy"),
+        "data_dir": paths["data"], "run_dir": paths["run"], "compare_dir": paths["compare"],
+        "index_dir": paths["index"], "recommendations": recs, "galleries": galleries,
+        "stage_seconds": {s: results.get(s, {}).get("seconds") for s in STAGES}, "seconds": round(seconds, 1),
+    }

@@ -1,0 +1,182 @@
+"""Evaluation of trained runs: ``evaluate`` (one run, one split) and ``compare`` (the
+course project's table over several runs).
+
+``evaluate`` writes ``RUN_DIR/eval_<split>/``: ``metrics.json``,
+``classification_report.txt``, ``confusion_matrix.png``, ``misclassified.png``.
+``compare`` writes ``compare.md``, ``compare.csv`` and ``learning_curves.png`` into ``out``.
+Training accuracy in the table is measured by evaluating the saved model on the train
+split without augmentation (not read from the history, which mixes augmentation,
+dropout and weights that change during the epoch).
+"""
+import csv
+import io
+import json
+import os
+import sys
+
+from amazon_visual.errors import UserError
+
+MAX_MISCLASSIFIED = 24
+
+
+def _atomic_text(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _check_dataset(run_dir, config, labels, data_dir):
+    from amazon_visual import training
+
+    training.check_same_labels(run_dir, labels, data_dir)
+    fp = (config or {}).get("dataset_fingerprint") or {}
+    current = training.dataset_fingerprint(data_dir)
+    if fp.get("sha1") and fp.get("sha1") != current["sha1"]:
+        print(f"amazon-visual: warning: {data_dir} has the run's classes but other split sizes "
+              f"({current['splits']} vs {fp.get('splits')}): was it rebuilt?", file=sys.stderr)
+
+
+def predict(model, data_dir, split, image_size, batch_size=64, keep_misclassified=MAX_MISCLASSIFIED, limit=None):
+    """Runs ``model`` over a split. Returns (probabilities [n, k], true labels [n],
+    a few misclassified examples as (images, true, pred, confidence))."""
+    import numpy as np
+
+    from amazon_visual import pipeline
+
+    ds = pipeline.eval_dataset(data_dir, image_size, batch_size, split=split)
+    if limit:
+        ds = ds.unbatch().take(int(limit)).batch(int(batch_size))
+    probs, trues = [], []
+    bad_images, bad_true, bad_pred, bad_conf = [], [], [], []
+    for x, y in ds:
+        p = np.asarray(model(x, training=False), dtype=np.float32)
+        y = y.numpy()
+        probs.append(p)
+        trues.append(y)
+        if len(bad_images) < keep_misclassified:
+            pred = p.argmax(1)
+            for i in np.nonzero(pred != y)[0][: keep_misclassified - len(bad_images)]:
+                bad_images.append(x[i].numpy())
+                bad_true.append(int(y[i]))
+                bad_pred.append(int(pred[i]))
+                bad_conf.append(float(p[i, pred[i]]))
+    if not probs:
+        raise UserError(f"{data_dir} has no examples in split {split!r}: evaluate another split")
+    return np.concatenate(probs), np.concatenate(trues), (bad_images, bad_true, bad_pred, bad_conf)
+
+
+def _evaluate_loaded(model, config, labels, run_dir, data_dir, split, batch_size, write, limit=None):
+    import numpy as np
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    from amazon_visual import plots
+
+    probs, y, bad = predict(model, data_dir, split, int(config["image_size"]), batch_size, limit=limit)
+    pred = probs.argmax(1)
+    k = len(labels)
+    report = classification_report(y, pred, labels=list(range(k)), target_names=labels, output_dict=True,
+                                   zero_division=0)
+    text = classification_report(y, pred, labels=list(range(k)), target_names=labels, digits=4, zero_division=0)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    result = {
+        "run_dir": os.path.abspath(run_dir), "model": config.get("model"), "split": split,
+        "n": int(len(y)), "accuracy": float((pred == y).mean()),
+        "classification_report": report, "classification_report_text": text,
+        "confusion_matrix": cm.tolist(), "labels": list(labels), "files": {},
+    }
+    if write:
+        out = os.path.join(run_dir, f"eval_{split}")
+        os.makedirs(out, exist_ok=True)
+        metrics = {k_: result[k_] for k_ in ("split", "accuracy", "n", "classification_report",
+                                              "confusion_matrix", "labels", "model")}
+        _atomic_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
+        _atomic_text(os.path.join(out, "classification_report.txt"), text)
+        plots.confusion_matrix(cm, labels, os.path.join(out, "confusion_matrix.png"),
+                               title=f"{config.get('model')} on {split} (accuracy {result['accuracy']:.3f})")
+        images, t, p, c = bad
+        plots.misclassified_grid(np.asarray(images) if images else [], t, p, labels,
+                                 os.path.join(out, "misclassified.png"), confidences=c,
+                                 title=f"{config.get('model')}: misclassified {split} examples")
+        result["files"] = {name: os.path.join(out, name) for name in
+                           ("metrics.json", "classification_report.txt", "confusion_matrix.png", "misclassified.png")}
+    return result
+
+
+def evaluate(run_dir, data_dir, split="test", batch_size=64, write=True):
+    """Evaluates RUN_DIR on a split of DATA_DIR.
+
+    Returns {"run_dir", "model", "split", "n", "accuracy", "classification_report" (sklearn
+    output_dict), "classification_report_text", "confusion_matrix", "labels", "files"}."""
+    from amazon_visual import data, training
+
+    model, config, labels = training.load_run(run_dir)
+    _check_dataset(run_dir, config, labels, data_dir)
+    if split not in data.splits(data_dir):
+        raise UserError(f"{data_dir} has no split {split!r}: use one of {', '.join(data.splits(data_dir))}")
+    return _evaluate_loaded(model, config, labels, run_dir, data_dir, split, batch_size, write)
+
+
+def format_table(rows):
+    """The course project's table as Markdown."""
+    def f(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    lines = ["| Model | Training accuracy | Validation accuracy | Test accuracy |",
+             "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {f(r['training_accuracy'])} | {f(r['validation_accuracy'])} | "
+                     f"{f(r['test_accuracy'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(run_dirs, data_dir, out="compare", batch_size=64, write_evaluations=True, train_limit=None):
+    """One row per run: Model | Training accuracy | Validation accuracy | Test accuracy,
+    each measured by evaluating the saved model (no augmentation) on that split
+    (``train_limit``: only the first N training examples, to save time on big splits).
+    Writes ``compare.md``, ``compare.csv``, ``learning_curves.png`` into ``out``."""
+    from amazon_visual import data, plots, training
+
+    if not run_dirs:
+        raise UserError("compare: give at least one RUN_DIR")
+    available = data.splits(data_dir)
+    rows, curves = [], {}
+    seen = {}
+    for run_dir in run_dirs:
+        model, config, labels = training.load_run(run_dir)
+        _check_dataset(run_dir, config, labels, data_dir)
+        name = config.get("model", os.path.basename(os.path.normpath(run_dir)))
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name} ({os.path.basename(os.path.normpath(run_dir))})"
+        row = {"model": name, "run_dir": os.path.abspath(run_dir)}
+        for split, key in (("train", "training_accuracy"), ("validation", "validation_accuracy"),
+                           ("test", "test_accuracy")):
+            if split in available and data.num_examples(data_dir, split):
+                res = _evaluate_loaded(model, config, labels, run_dir, data_dir, split, batch_size,
+                                       write=write_evaluations, limit=train_limit if split == "train" else None)
+                row[key] = res["accuracy"]
+            else:
+                row[key] = None
+        rows.append(row)
+        hist = training.read_history(run_dir)
+        if hist:
+            curves[name] = hist
+    table = format_table(rows)
+    out = os.fspath(out)
+    os.makedirs(out, exist_ok=True)
+    _atomic_text(os.path.join(out, "compare.md"), table)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["model", "training_accuracy", "validation_accuracy", "test_accuracy",
+                                        "run_dir"])
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    _atomic_text(os.path.join(out, "compare.csv"), buf.getvalue())
+    files = {"compare.md": os.path.join(out, "compare.md"), "compare.csv": os.path.join(out, "compare.csv")}
+    if curves:
+        files["learning_curves.png"] = plots.learning_curves(curves, os.path.join(out, "learning_curves.png"))
+    source = "evaluated on the train split without augmentation"
+    if train_limit:
+        source += f" (first {int(train_limit)} examples)"
+    return {"rows": rows, "markdown": table, "files": files, "training_accuracy_source": source}

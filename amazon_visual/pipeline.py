@@ -1,0 +1,109 @@
+"""The ``tf.data`` training and evaluation pipelines over a DATA_DIR.
+
+Built on :func:`amazon_visual.data.load` (TFDS shards, parallel decode and resize to
+float32 [0, 255]). Training: cache (small datasets) -> shuffle -> one-hot labels ->
+batch -> augmentation (Keras random layers, parallel, on CPU) -> repeat -> prefetch;
+one epoch is ``ceil(n / batch_size)`` steps. Under multi-worker training the dataset
+is sharded per worker by data (``AutoShardPolicy.DATA``).
+"""
+import math
+
+from amazon_visual import data
+
+# Cache decoded, resized images in memory when the split needs less than this.
+CACHE_LIMIT_BYTES = 1 << 30
+
+
+def augmenter(seed=None, flip=True, zoom=0.1, rotation=0.04, contrast=0.2, translation=0.05):
+    """Keras augmentation layers (random flip, zoom/crop, small rotation, translation,
+    contrast) for float images in [0, 255]."""
+    import keras
+
+    layers = []
+    if flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if translation:
+        layers.append(keras.layers.RandomTranslation(translation, translation, fill_mode="nearest", seed=seed))
+    if zoom:
+        layers.append(keras.layers.RandomZoom((-zoom, zoom), fill_mode="nearest", seed=seed))
+    if rotation:
+        layers.append(keras.layers.RandomRotation(rotation, fill_mode="nearest", seed=seed))
+    if contrast:
+        layers.append(keras.layers.RandomContrast(contrast, value_range=(0, 255), seed=seed))
+    return keras.Sequential(layers, name="augment")
+
+
+def steps(n, batch_size):
+    return max(1, math.ceil(int(n) / int(batch_size)))
+
+
+def _with_options(ds, shard_by_data):
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_deterministic = False
+    if shard_by_data:
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def train_dataset(data_dir, image_size, batch_size, num_classes, augment=True, seed=0, split="train",
+                  repeat=True, shard_by_data=False, cache=None):
+    """Augmented, shuffled, one-hot, batched (global batch) training dataset.
+
+    With ``repeat`` it repeats forever: use ``steps(n, batch_size)`` steps per epoch."""
+    import tensorflow as tf
+
+    n = data.num_examples(data_dir, split)
+    if cache is None:
+        cache = n * image_size * image_size * 3 * 4 <= CACHE_LIMIT_BYTES
+    ds = data.load(data_dir, split=split, image_size=image_size, as_supervised=True, shuffle=not cache,
+                   seed=seed, prefetch=False)
+    if cache:
+        ds = ds.cache()
+    ds = ds.shuffle(min(max(n, 1), 4096), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(int(batch_size))
+    if augment:
+        aug = augmenter(seed=seed)
+        ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return _with_options(ds, shard_by_data)
+
+
+def eval_dataset(data_dir, image_size, batch_size, num_classes=None, split="validation", repeat=False,
+                 shard_by_data=False, with_labels=True):
+    """Batched, ordered, not augmented dataset of a split; labels one-hot when
+    ``num_classes`` is given, integer otherwise. With ``repeat``, one pass is
+    ``steps(n, batch_size)`` steps."""
+    import tensorflow as tf
+
+    ds = data.load(data_dir, split=split, image_size=image_size, as_supervised=True, prefetch=False)
+    if num_classes:
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    if not with_labels:
+        ds = ds.map(lambda x, y: x)
+    ds = ds.batch(int(batch_size))
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return _with_options(ds, shard_by_data)
+
+
+def label_counts(data_dir, split="train"):
+    """Number of examples per class in a split (reads labels only, no image decoding)."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    names = data.class_names(data_dir)
+    counts = np.zeros(len(names), dtype=np.int64)
+    if data.num_examples(data_dir, split) == 0:
+        return counts
+    b = data.builder(data_dir)
+    ds = b.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda ex: ex["label"]).batch(4096)
+    for labels in ds.as_numpy_iterator():
+        counts += np.bincount(labels, minlength=len(names))
+    return counts

@@ -1,0 +1,235 @@
+"""Retrieval quality and speed of an INDEX_DIR (``amazon-visual eval-retrieval``).
+
+Every item of the query split is searched against an index of the *other* items (a
+temporary Annoy index over the non-query rows of ``embeddings.npy``, built with the
+manifest's trees and metric). When the index does not hold the query split, the split is
+embedded from DATA_DIR with the index's model and searched against the whole index.
+
+Reported (``k`` results per query, the query item itself never among them):
+
+- ``precision_at_k``: mean fraction of the k results whose category (``label``, the
+  dataset class) is the query's; ``class_prior``: the same for a random ranking
+  (mean over queries of the share of the query's class among the indexed items);
+- ``map_at_k``: mean average precision at k, ``AP@k = sum_i P@i * rel_i / min(k, R)``
+  with R the number of indexed items of the query's class;
+- both also for exact search (``exact_precision_at_k``, ``exact_map_at_k``);
+- ``recall_at_k``: the share of Annoy's k results that belong to the exact top k (numpy
+  cosine search, batched matmul of the normalised vectors); tie-aware: a result whose
+  cosine equals the exact k-th best (within 1e-6) counts, so near-duplicate embeddings
+  do not make an exact answer look wrong;
+- ``latency_ms_p50/p99`` and ``qps`` (1 / mean latency) of single sequential queries
+  (Annoy + exact rescoring, as :meth:`amazon_visual.index.Index.search`), ``exact_*`` the
+  same for numpy brute force one query at a time;
+- ``build_seconds`` and ``index_size_bytes`` of the evaluation index, plus the size of
+  the INDEX_DIR on disk.
+"""
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from amazon_visual.errors import UserError
+from amazon_visual.index import (EMBEDDINGS, Index, build_annoy, dir_size, open_annoy, read_items, read_manifest)
+
+
+def average_precision_at_k(rel, n_relevant, k):
+    """AP@k of one ranked list of 0/1 relevances; ``n_relevant`` relevant items exist."""
+    rel = np.asarray(rel[:k], dtype=np.float64)
+    denom = min(k, int(n_relevant))
+    if denom == 0:
+        return 0.0
+    hits = np.cumsum(rel)
+    prec = hits / np.arange(1, len(rel) + 1)
+    return float((prec * rel).sum() / denom)
+
+
+def exact_search(queries, gallery, k, batch=256):
+    """Exact cosine top-k (rows already normalised): (ids (q, k), sims (q, k))."""
+    k = min(k, len(gallery))
+    ids = np.empty((len(queries), k), np.int64)
+    sims = np.empty((len(queries), k), np.float32)
+    for s in range(0, len(queries), batch):
+        sc = queries[s:s + batch] @ gallery.T
+        part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
+        ps = np.take_along_axis(sc, part, 1)
+        order = np.argsort(-ps, axis=1, kind="stable")
+        ids[s:s + batch] = np.take_along_axis(part, order, 1)
+        sims[s:s + batch] = np.take_along_axis(ps, order, 1)
+    return ids, sims
+
+
+def _ranking_metrics(result_ids, q_labels, g_labels, class_count, k):
+    prec, aps = [], []
+    for r, lab in zip(result_ids, q_labels):
+        r = r[r >= 0]  # fewer than k results: the missing ones count as not relevant
+        rel = (g_labels[r] == lab).astype(np.float64)
+        prec.append(rel[:k].sum() / k)
+        aps.append(average_precision_at_k(rel, class_count.get(lab, 0), k))
+    return np.asarray(prec), np.asarray(aps)
+
+
+def _embed_split(manifest, index_dir, data_dir, split, run_dir=None, progress=True):
+    from amazon_visual.embeddings import Embedder, embed_dataset
+    from amazon_visual.index import check_manifest
+
+    embedder = Embedder.from_manifest(manifest, run_dir=run_dir, index_dir=index_dir)
+    check_manifest(manifest, embedder.describe())
+    tmp = tempfile.mkdtemp(prefix="av-eval-queries-")
+    try:
+        embed_dataset(embedder, data_dir, tmp, splits=[split], thumbnails=False, progress=progress)
+        emb = np.load(os.path.join(tmp, EMBEDDINGS))
+        items = read_items(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return emb, items
+
+
+def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=None, trees=None,
+                       max_queries=None, latency_queries=1000, run_dir=None, progress=True):
+    """Measure an INDEX_DIR; returns a dict of metrics (see the module doc)."""
+    from tqdm import tqdm
+
+    index_dir = os.fspath(index_dir)
+    manifest = read_manifest(index_dir)
+    k = int(k)
+    if k < 1:
+        raise UserError(f"-k must be at least 1, not {k}")
+    items = read_items(index_dir)
+    try:
+        emb = np.load(os.path.join(index_dir, EMBEDDINGS), mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{index_dir}/{EMBEDDINGS} is unreadable ({e}): rebuild the index") from None
+    if emb.shape[0] != len(items):
+        raise UserError(f"{index_dir}: {EMBEDDINGS} and items.csv disagree ({emb.shape[0]} vs {len(items)} rows): rebuild the index")
+    if data_dir is not None and manifest.get("dataset_fingerprint"):
+        from amazon_visual.embeddings import dataset_fingerprint
+
+        from amazon_visual import data
+
+        data.builder(data_dir)  # UserError when it is not a dataset
+        fp = dataset_fingerprint(data_dir)
+        in_index = queries in set(items["split"])
+        if in_index and fp != manifest["dataset_fingerprint"]:
+            raise UserError(f"{index_dir} was built from another dataset than {data_dir}: "
+                            f"pass the DATA_DIR it was built from ({manifest.get('data_dir')})")
+    split_mask = (items["split"] == queries).to_numpy()
+    if split_mask.any():
+        q_emb = np.asarray(emb[split_mask], np.float32)
+        q_items = items[split_mask].reset_index(drop=True)
+        g_idx = np.flatnonzero(~split_mask)
+        source = "index"
+    else:
+        data_dir = data_dir or manifest.get("data_dir")
+        if not data_dir:
+            raise UserError(f"{index_dir} holds no {queries!r} items: pass --data DATA_DIR to embed them")
+        from amazon_visual import data
+
+        if list(data.class_names(data_dir)) != list(manifest.get("class_names") or data.class_names(data_dir)):
+            raise UserError(f"{data_dir} has other classes than the index {index_dir}: use the dataset it was built from")
+        q_emb, q_items = _embed_split(manifest, index_dir, data_dir, queries, run_dir=run_dir, progress=progress)
+        g_idx = np.arange(len(items))
+        source = "data_dir"
+    if len(g_idx) == 0:
+        raise UserError(f"{index_dir} holds only {queries!r} items: index more splits to search against")
+    if max_queries and len(q_emb) > int(max_queries):
+        sel = np.random.default_rng(0).choice(len(q_emb), int(max_queries), replace=False)
+        sel.sort()
+        q_emb, q_items = q_emb[sel], q_items.iloc[sel].reset_index(drop=True)
+    g_emb = np.ascontiguousarray(np.asarray(emb[g_idx], np.float32))
+    g_items = items.iloc[g_idx].reset_index(drop=True)
+    kk = min(k, len(g_idx))
+
+    trees = int(trees or manifest.get("trees") or 50)
+    tmpdir = tempfile.mkdtemp(prefix="av-eval-index-")
+    try:
+        ann_path = os.path.join(tmpdir, "index.ann")
+        st = build_annoy(g_emb, ann_path, trees=trees)
+        ann = open_annoy(ann_path, g_emb.shape[1], len(g_emb), st["size_bytes"])
+        sk = manifest.get("search_k", -1) if search_k is None else int(search_k)
+        sub = Index(tmpdir, {"n_items": len(g_emb), "embedding_dim": g_emb.shape[1], "search_k": sk},
+                    g_items, g_emb, ann, sk)
+        nq = len(q_emb)
+        annoy_ids = np.full((nq, kk), -1, np.int64)
+        lat = np.empty(nq)
+        for i in tqdm(range(nq), desc="queries", unit="q", file=sys.stderr, disable=not progress):
+            t0 = time.perf_counter()
+            ids, _ = sub.search(q_emb[i], kk)
+            lat[i] = time.perf_counter() - t0
+            annoy_ids[i, :len(ids)] = ids
+        sub.close()
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+    exact_ids, exact_sims = exact_search(q_emb, g_emb, kk)
+    m = min(nq, int(latency_queries))
+    elat = np.empty(m)
+    for i in range(m):
+        t0 = time.perf_counter()
+        sc = g_emb @ q_emb[i]
+        top = np.argpartition(-sc, kk - 1)[:kk]
+        top[np.argsort(-sc[top])]
+        elat[i] = time.perf_counter() - t0
+
+    q_labels = q_items["label"].to_numpy()
+    g_labels = g_items["label"].to_numpy()
+    labs, cnt = np.unique(g_labels, return_counts=True)
+    class_count = dict(zip(labs, cnt))
+    p_ann, ap_ann = _ranking_metrics(annoy_ids, q_labels, g_labels, class_count, k)
+    p_ex, ap_ex = _ranking_metrics(exact_ids, q_labels, g_labels, class_count, k)
+    # recall@k, tie-aware: an Annoy result counts when its cosine reaches the exact k-th best (within 1e-6)
+    hits = []
+    for i, (a, e_s) in enumerate(zip(annoy_ids, exact_sims)):
+        a = a[a >= 0]
+        hits.append(int((g_emb[a] @ q_emb[i] >= e_s[-1] - 1e-6).sum()) / kk if len(a) else 0.0)
+    recall = float(np.mean(hits))
+    prior = float(np.mean([class_count.get(lab, 0) / len(g_labels) for lab in q_labels]))
+    per_cat = {}
+    for lab in sorted(set(q_labels)):
+        sel = q_labels == lab
+        per_cat[str(lab)] = {"queries": int(sel.sum()), "precision_at_k": float(p_ann[sel].mean()),
+                             "map_at_k": float(ap_ann[sel].mean())}
+    return {
+        "index_dir": index_dir, "queries": queries, "query_source": source, "n_queries": int(nq),
+        "n_indexed": int(len(g_idx)), "k": k, "trees": trees, "search_k": int(sk),
+        "precision_at_k": float(p_ann.mean()), "map_at_k": float(ap_ann.mean()),
+        "exact_precision_at_k": float(p_ex.mean()), "exact_map_at_k": float(ap_ex.mean()),
+        "class_prior": prior, "recall_at_k": float(recall),
+        "latency_ms_p50": 1e3 * float(np.percentile(lat, 50)), "latency_ms_p99": 1e3 * float(np.percentile(lat, 99)),
+        "qps": float(nq / lat.sum()) if lat.sum() > 0 else None,
+        "exact_latency_ms_p50": 1e3 * float(np.percentile(elat, 50)),
+        "exact_latency_ms_p99": 1e3 * float(np.percentile(elat, 99)),
+        "exact_qps": float(m / elat.sum()) if elat.sum() > 0 else None,
+        "build_seconds": st["build_seconds"], "index_size_bytes": st["size_bytes"],
+        "index_dir_bytes": dir_size(index_dir), "per_category": per_cat,
+        "model": manifest.get("model"), "embedding_dim": manifest.get("embedding_dim"),
+    }
+
+
+def format_report(r):
+    """A readable text report of :func:`evaluate_retrieval`'s result."""
+    k = r["k"]
+    lines = [
+        f"index {r['index_dir']}  model {r.get('model')}  dim {r.get('embedding_dim')}",
+        f"queries: {r['n_queries']} items of split {r['queries']!r} against {r['n_indexed']} indexed items "
+        f"(trees {r['trees']}, search_k {r['search_k']})",
+        "",
+        f"{'metric':<28}{'annoy':>10}{'exact':>10}",
+        f"{f'category precision@{k}':<28}{r['precision_at_k']:>10.4f}{r['exact_precision_at_k']:>10.4f}",
+        f"{f'category mAP@{k}':<28}{r['map_at_k']:>10.4f}{r['exact_map_at_k']:>10.4f}",
+        f"{'class prior (random)':<28}{r['class_prior']:>10.4f}",
+        f"{f'recall@{k} vs exact':<28}{r['recall_at_k']:>10.4f}",
+        f"{'latency p50 (ms)':<28}{r['latency_ms_p50']:>10.3f}{r['exact_latency_ms_p50']:>10.3f}",
+        f"{'latency p99 (ms)':<28}{r['latency_ms_p99']:>10.3f}{r['exact_latency_ms_p99']:>10.3f}",
+        f"{'queries per second':<28}{(r['qps'] or 0):>10.0f}{(r['exact_qps'] or 0):>10.0f}",
+        f"{'build time (s)':<28}{r['build_seconds']:>10.2f}",
+        f"{'index size (MiB)':<28}{r['index_size_bytes'] / 2**20:>10.2f}",
+        f"{'INDEX_DIR on disk (MiB)':<28}{r['index_dir_bytes'] / 2**20:>10.2f}",
+        "",
+        f"{'category':<24}{'queries':>8}{f'P@{k}':>10}{f'mAP@{k}':>10}",
+    ]
+    for lab, v in r["per_category"].items():
+        lines.append(f"{lab[:24]:<24}{v['queries']:>8}{v['precision_at_k']:>10.4f}{v['map_at_k']:>10.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""Benchmark: build-data throughput against the bare Pillow floor.
+
+The floor is the image work alone -- Pillow decode, RGB conversion, resize, JPEG
+encode of the same images in the same number of processes (a ``multiprocessing``
+pool, ordered ``imap``), results consumed and dropped. The builder run is the
+whole ``build_data(...)`` call (metadata reading, labelling, splitting, the same
+image work, TFDS serialisation and shard writing, the report and its chart).
+TensorFlow is imported before either clock starts.
+
+    python benchmarks/build_data.py --workers 2 --image-size 128
+    python benchmarks/build_data.py --data /path/to/clothing-small --limit 1000 --repeats 3
+
+Prints a table and the ratio floor_time / builder_time (1.0 = as fast as the floor),
+plus the CPU ratio (CPU seconds of all processes, floor / builder), which a busy
+machine disturbs less than wall time; ``--json`` prints the numbers as JSON.
+"""
+import argparse
+import csv
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets",
+                            "clothing-small")
+
+
+def prepare(data, workdir, limit=None):
+    """A 2014-format catalog from labels.csv and an images folder of ASIN-named symlinks."""
+    with open(os.path.join(data, "labels.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    if limit:
+        rows = rows[:limit]
+    img = os.path.join(workdir, "images")
+    os.makedirs(img)
+    meta = os.path.join(workdir, "meta_Clothing.json")
+    with open(meta, "w", encoding="utf-8") as f:
+        for r in rows:
+            asin = os.path.splitext(r["image"])[0]
+            os.symlink(os.path.abspath(os.path.join(data, "images", r["image"])), os.path.join(img, r["image"]))
+            rec = {"asin": asin, "title": f"{r['label']} {asin[:8]}", "imUrl": f"http://example.com/{asin}.jpg",
+                   "categories": [["Clothing, Shoes & Jewelry", "Clothing", r["label"]]]}
+            f.write(repr(rec) + "\n")
+    classes = sorted({r["label"] for r in rows})
+    paths = [os.path.join(img, r["image"]) for r in rows]
+    return meta, img, classes, paths
+
+
+def _cpu():
+    """CPU seconds of this process and of its finished children."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def floor(paths, image_size, workers):
+    """Seconds for the bare image work on ``paths`` in ``workers`` processes."""
+    from tfrecords_builder.images import process_item
+
+    tasks = [(p, p, image_size) for p in paths]
+    t = time.perf_counter()
+    n_bytes = 0
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for _, jpeg, _ in pool.imap(process_item, tasks, chunksize=4):
+                n_bytes += len(jpeg or b"")
+    else:
+        for task in tasks:
+            n_bytes += len(process_item(task)[1] or b"")
+    return time.perf_counter() - t
+
+
+def builder(meta, img, classes, out, image_size, workers):
+    from tfrecords_builder.build import build_data
+
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    t = time.perf_counter()
+    report = build_data(meta, out, images_dir=img, categories=classes, image_size=image_size, workers=workers,
+                        progress=False)
+    return time.perf_counter() - t, report
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=DEFAULT_DATA, help="clothing-small folder (labels.csv, images/)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--limit", type=int, help="use the first N images only")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each; the best time counts")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.data, "labels.csv")):
+        sys.exit(f"build_data benchmark: {args.data} has no labels.csv: pass --data DIR")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow  # noqa: F401  (import costs are not measured)
+    import tensorflow_datasets  # noqa: F401
+
+    work = tempfile.mkdtemp(prefix="bench-build-data-")
+    try:
+        meta, img, classes, paths = prepare(args.data, work, args.limit)
+        out = os.path.join(work, "out")
+        floors, builds, report = [], [], None
+        cpu_floor, cpu_build = [], []
+        for _ in range(args.repeats):  # interleaved, so load changes hit both
+            c = _cpu()
+            floors.append(floor(paths, args.image_size, args.workers))
+            cpu_floor.append(_cpu() - c)
+            c = _cpu()
+            t, report = builder(meta, img, classes, out, args.image_size, args.workers)
+            cpu_build.append(_cpu() - c)
+            builds.append(t)
+        f, b = min(floors), min(builds)
+        cf, cb = min(cpu_floor), min(cpu_build)
+        n = len(paths)
+        result = {
+            "images": n, "written": report["totals"]["all"], "workers": args.workers,
+            "image_size": args.image_size, "cpu_count": os.cpu_count(),
+            "floor_s": round(f, 3), "builder_s": round(b, 3),
+            "floor_img_per_s": round(n / f, 1), "builder_img_per_s": round(n / b, 1),
+            "ratio": round(f / b, 3), "builder_build_phase_s": report["timings"]["build_s"],
+            "floor_cpu_s": round(cf, 3), "builder_cpu_s": round(cb, 3), "cpu_ratio": round(cf / cb, 3),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "all_floor_s": [round(x, 3) for x in floors], "all_builder_s": [round(x, 3) for x in builds],
+        }
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"images {n} (written {result['written']}), workers {args.workers}, "
+                  f"image size {args.image_size}, {os.cpu_count()} CPUs")
+            print(f"{'':10} {'wall s':>8} {'images/s':>9} {'CPU s':>8}")
+            print(f"{'floor':10} {f:8.2f} {n / f:9.1f} {cf:8.2f}")
+            print(f"{'builder':10} {b:8.2f} {n / b:9.1f} {cb:8.2f}")
+            print(f"ratio (builder throughput / floor throughput, best wall times): {f / b:.3f}")
+            print(f"CPU ratio (floor CPU / builder CPU, all processes): {cf / cb:.3f}")
+            print(f"load average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""``build_data(...)``: Amazon metadata + images -> DATA_DIR (the library entry point of build-data).
+
+Steps: read the metadata (streamed) -> choose the classes -> label, de-duplicate and
+filter the products -> split by hash -> find or download the images -> write the
+TFDS dataset (image work in ``workers`` processes, or Apache Beam) into a temporary
+sibling folder -> write the report -> move the finished dataset into ``out``.
+"""
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections import Counter, defaultdict
+
+from amazon_visual.errors import UserError
+from tfrecords_builder import download as dl
+from tfrecords_builder.images import index_images_dir
+from tfrecords_builder.labels import PRESETS, Labeler, read_categories_file, top_categories, unique_names
+from tfrecords_builder.metadata import ReadStats, read_products
+from tfrecords_builder.parallel import OrderedPool
+from tfrecords_builder.report import plot_label_distribution, write_json
+from tfrecords_builder.splits import SPLIT_NAMES, parse_fractions, split_of, unit_hash
+
+BUILDER_NAME = "amazon_products"
+DATASET_MARKERS = ("dataset_info.json", "build_report.json", "features.json")
+MAX_FAILURES_LISTED = 100_000
+
+
+def _tqdm(enabled, **kw):
+    from tqdm.auto import tqdm
+
+    return tqdm(file=sys.stderr, disable=not enabled, dynamic_ncols=True, **kw)
+
+
+def _check_out(out, overwrite):
+    out = os.path.abspath(os.fspath(out))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file: give a folder for the dataset")
+    if os.path.isdir(out) and os.listdir(out):
+        if not overwrite:
+            raise UserError(f"--out {out} is not empty: pass --overwrite to replace it, or choose another folder")
+        if not any(os.path.exists(os.path.join(out, m)) for m in DATASET_MARKERS):
+            raise UserError(f"--out {out} is not empty and holds no dataset: --overwrite only replaces a dataset "
+                            "folder; empty it or choose another folder")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise UserError(f"--out {out}: its parent folder {parent} does not exist: create it first")
+    return out
+
+
+def _choose_classes(metadata, categories, categories_file, top, preset, progress):
+    given = sum(x is not None and x != [] for x in (categories or None, categories_file, top, preset))
+    if given == 0:
+        raise UserError("name the classes: --category NAME (repeatable), --categories-file FILE, "
+                        "--top-categories N or --preset seed20")
+    if given > 1:
+        raise UserError("give only one of --category, --categories-file, --top-categories, --preset")
+    if categories:
+        return unique_names(categories, "--category"), "category"
+    if categories_file:
+        return unique_names(read_categories_file(categories_file), f"categories file {categories_file}"), "file"
+    if preset:
+        if preset not in PRESETS:
+            raise UserError(f"--preset {preset!r} is unknown: use one of {', '.join(PRESETS)}")
+        return list(PRESETS[preset]), f"preset {preset}"
+    top = int(top)
+    if top < 1:
+        raise UserError(f"--top-categories {top}: give a positive number")
+    bar = _tqdm(progress, desc="counting categories", unit=" products")
+    stats = ReadStats()
+
+    def counted():
+        for p in read_products(metadata, stats):
+            bar.update(1)
+            yield p
+
+    names = top_categories(counted(), top)
+    bar.close()
+    if not names:
+        raise UserError("--top-categories: the metadata has no category paths; name the classes with --category")
+    return names, f"top {top}"
+
+
+def _select(metadata, labeler, images_index, need_url, stats, drops, progress):
+    """Stream the products; keep the labelled, unique ones with an image source."""
+    seen = set()
+    kept = []
+    bar = _tqdm(progress, desc="reading metadata", unit=" products")
+    for p in read_products(metadata, stats):
+        bar.update(1)
+        if p.asin in seen:
+            drops["duplicate_asin"] += 1
+            continue
+        seen.add(p.asin)
+        label, category = labeler.match(p.paths)
+        if label is None:
+            drops["no_class"] += 1
+            continue
+        if images_index is not None:
+            source = images_index.get(p.asin)
+            if source is None:
+                drops["no_image_file"] += 1
+                continue
+            url = os.path.basename(source)
+        else:
+            if not p.image_urls:
+                drops["no_image_url"] += 1
+                continue
+            source, url = None, p.image_urls[0]
+        kept.append({"asin": p.asin, "title": p.title, "category": category, "label": label,
+                     "source": source, "image_url": url, "urls": p.image_urls})
+    bar.close()
+    return kept
+
+
+def _parse_beam_options(beam_options):
+    if not beam_options:
+        return []
+    if isinstance(beam_options, str):
+        return shlex.split(beam_options)
+    out = []
+    for o in beam_options:
+        out.extend(shlex.split(o))
+    return out
+
+
+def _run_tfds(tmp, plan, beam, beam_args, shard_mb):
+    import tensorflow_datasets as tfds
+
+    from tfrecords_builder.builder import AmazonProducts
+
+    kwargs = {}
+    if beam:
+        try:
+            from apache_beam.options.pipeline_options import PipelineOptions
+        except ImportError:
+            raise UserError("--beam needs apache-beam: pip install 'amazon-visual[beam]'") from None
+        kwargs["beam_options"] = PipelineOptions(beam_args)
+    max_shard = int(shard_mb * 1024 * 1024)
+    config = tfds.download.DownloadConfig(max_shard_size=max_shard, min_shard_size=min(max_shard, 64 << 20),
+                                          **kwargs)
+    builder = AmazonProducts(plan=plan, data_dir=tmp)
+    # tfds prints its progress messages to stdout, and Beam worker processes inherit it;
+    # stdout belongs to the command's result (one JSON document with --json)
+    with _stdout_to_stderr():
+        builder.download_and_prepare(download_config=config, download_dir=os.path.join(tmp, "downloads"))
+    return builder
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send this process's stdout (the Python object and file descriptor 1) to stderr."""
+    saved = None
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _read_back_counts(version_dir, class_names):
+    """Examples per split and class, read from the written shards (labels only)."""
+    import tensorflow_datasets as tfds
+
+    b = tfds.builder_from_directory(version_dir)
+    counts = {}
+    for split in b.info.splits.keys():
+        c = [0] * len(class_names)
+        ds = b.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        for label in ds.map(lambda ex: ex["label"]).batch(4096).as_numpy_iterator():
+            for v in label:
+                c[int(v)] += 1
+        counts[split] = c
+    return counts
+
+
+def _move_into_place(version_dir, out):
+    """Atomically put the finished dataset folder at ``out`` (replacing an old dataset)."""
+    old = None
+    if os.path.isdir(out):
+        if os.listdir(out):
+            old = f"{out}.old-{os.getpid()}"
+            os.replace(out, old)
+        else:
+            os.rmdir(out)
+    os.replace(version_dir, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, categories=None,
+               categories_file=None, top_categories=None, preset=None, min_per_class=0, max_per_class=None,
+               image_size=256, splits=(0.8, 0.1, 0.1), seed=0, workers=None, beam=False, beam_options=None,
+               overwrite=False, download_workers=16, timeout=10.0, retries=3, backoff=0.5,
+               max_bytes=dl.MAX_BYTES, shard_mb=256, progress=True):
+    """Build DATA_DIR ``out`` from Amazon metadata files and images; returns the report dict.
+
+    Args:
+      metadata: one path or a list of paths (2014 / 2018 / 2023 format, plain or gzipped).
+      out: the dataset folder to write (must be empty or absent unless ``overwrite``).
+      images_dir: folder of images named by ASIN (``B000123.jpg``, any common extension), or
+      download: fetch the images from the metadata URLs into ``cache_dir``
+        (default ``<out>.image-cache`` next to ``out``); a rerun fetches only what is missing.
+      categories / categories_file / top_categories / preset: how the classes are named (one of them).
+      min_per_class: drop classes with fewer products. max_per_class: cap classes (by hash, deterministic).
+      image_size: longer side of the stored JPEGs (smaller images are not enlarged).
+      splits: train, validation, test fractions (a sequence or "0.8,0.1,0.1").
+      seed: the split hash seed.
+      workers: processes for the image work (default: CPU count).
+      beam: run the builder through Apache Beam; ``beam_options``: pipeline options string/list.
+    """
+    t0 = time.time()
+    if isinstance(metadata, (str, os.PathLike)):
+        metadata = [metadata]
+    metadata = [os.fspath(m) for m in (metadata or [])]
+    if not metadata:
+        raise UserError("--metadata: give at least one Amazon metadata file")
+    for m in metadata:
+        if not os.path.isfile(m):
+            raise UserError(f"metadata file {m} does not exist: pass an Amazon meta_*.json(.gz) / .jsonl(.gz) file")
+    if bool(images_dir) == bool(download):
+        raise UserError("give exactly one image source: --images-dir DIR or --download")
+    if images_dir and not os.path.isdir(images_dir):
+        raise UserError(f"--images-dir {images_dir} is not a folder: give the folder of images named by ASIN")
+    image_size = int(image_size)
+    if not 8 <= image_size <= 4096:
+        raise UserError(f"--image-size {image_size}: give a size between 8 and 4096 pixels")
+    fractions = parse_fractions(splits)
+    workers = int(workers) if workers else (os.cpu_count() or 1)
+    if workers < 1:
+        raise UserError(f"--workers {workers}: give at least 1")
+    if min_per_class is not None and int(min_per_class) < 0:
+        raise UserError("--min-per-class: give a number >= 0")
+    if max_per_class is not None and int(max_per_class) < 1:
+        raise UserError("--max-per-class: give a number >= 1")
+    beam_args = _parse_beam_options(beam_options)
+    if beam_args and not beam:
+        raise UserError("--beam-options needs --beam")
+    out = _check_out(out, overwrite)
+    if download:
+        cache_dir = os.path.abspath(os.fspath(cache_dir)) if cache_dir else f"{out}.image-cache"
+        if cache_dir == out or cache_dir.startswith(out + os.sep):
+            raise UserError(f"--cache-dir {cache_dir} is inside --out: put the image cache elsewhere")
+
+    # ---- metadata, classes, selection -------------------------------------------------
+    drops = Counter({k: 0 for k in ("malformed_line", "duplicate_asin", "no_class", "no_image_url",
+                                    "no_image_file", "class_too_small", "over_max_per_class",
+                                    "download_failed", "image_failed")})
+    class_names, class_source = _choose_classes(metadata, categories, categories_file, top_categories,
+                                                preset, progress)
+    labeler = Labeler(class_names)
+    images_index = index_images_dir(images_dir) if images_dir else None
+    stats = ReadStats()
+    items = _select(metadata, labeler, images_index, bool(download), stats, drops, progress)
+    drops["malformed_line"] = stats.malformed
+    t_meta = time.time()
+
+    per_class = Counter(it["label"] for it in items)
+    dropped_classes = {}
+    keep_labels = []
+    for i, name in enumerate(class_names):
+        n = per_class.get(i, 0)
+        if min_per_class and n < int(min_per_class):
+            dropped_classes[name] = n
+            drops["class_too_small"] += n
+        else:
+            keep_labels.append(i)
+    warnings = []
+    if dropped_classes:
+        warnings.append(f"classes with fewer than {min_per_class} products dropped: "
+                        + ", ".join(f"{k} ({v})" for k, v in dropped_classes.items()))
+    remap = {old: new for new, old in enumerate(keep_labels)}
+    final_names = [class_names[i] for i in keep_labels]
+    items = [dict(it, label=remap[it["label"]]) for it in items if it["label"] in remap]
+    if not items:
+        raise UserError("no product is left to build (see the drops: no class, no image, class too small): "
+                        "check the class names against the metadata categories and the image source")
+    if max_per_class:
+        by_label = defaultdict(list)
+        for it in items:
+            by_label[it["label"]].append(it)
+        capped = []
+        for lab, lst in by_label.items():
+            if len(lst) > int(max_per_class):
+                lst = sorted(lst, key=lambda it: unit_hash(seed, it["asin"], "cap"))
+                drops["over_max_per_class"] += len(lst) - int(max_per_class)
+                lst = lst[: int(max_per_class)]
+            capped.extend(lst)
+        keep = {id(it) for it in capped}
+        items = [it for it in items if id(it) in keep]  # metadata order
+    empty_classes = [final_names[i] for i in range(len(final_names)) if not any(it["label"] == i for it in items)]
+    if empty_classes:
+        warnings.append("classes with no product: " + ", ".join(empty_classes))
+
+    # ---- images -----------------------------------------------------------------------
+    failures = []
+    dl_stats = {}
+    if download:
+        bar = _tqdm(progress, desc="downloading images", total=len(items), unit=" img")
+        paths, dl_failures, dl_stats = dl.download_all(
+            [(it["asin"], it["urls"]) for it in items], cache_dir, workers=download_workers, timeout=timeout,
+            retries=retries, backoff=backoff, max_bytes=max_bytes, progress=bar)
+        bar.close()
+        for f in dl_failures:
+            f["stage"] = "download"
+        failures.extend(dl_failures)
+        drops["download_failed"] += len(dl_failures)
+        kept = []
+        for it in items:
+            if it["asin"] in paths:
+                it["source"] = paths[it["asin"]]
+                kept.append(it)
+        items = kept
+    t_dl = time.time()
+
+    for it in items:
+        it.pop("urls", None)
+    by_split = {s: [] for s in SPLIT_NAMES}
+    for it in items:
+        by_split[split_of(it["asin"], seed, fractions)].append(it)
+
+    # ---- the TFDS build ---------------------------------------------------------------
+    from tfrecords_builder.builder import BuildPlan
+
+    tmp = f"{out}.tmp-build"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)  # left by a killed run
+    os.makedirs(tmp)
+    failures_dir = os.path.join(tmp, "failures")
+    os.makedirs(failures_dir)
+    pool = None
+    absl_level = None
+    try:
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
+        try:
+            from absl import logging as absl_logging
+
+            absl_level = absl_logging.get_verbosity()
+            absl_logging.set_verbosity(absl_logging.WARNING)
+        except ImportError:
+            pass
+        if not beam and workers > 1 and items:
+            pool = OrderedPool(workers)
+        bar = _tqdm(progress and not beam, desc="writing examples", total=len(items), unit=" img")
+        plan = BuildPlan(class_names=final_names, splits=by_split, image_size=image_size, pool=pool,
+                         beam=bool(beam), failures_dir=failures_dir, progress=bar)
+        try:
+            builder = _retry_build(tmp, plan, beam, beam_args, shard_mb)
+        finally:
+            bar.close()
+        t_build = time.time()
+        version_dir = os.fspath(builder.data_dir)
+        if beam:
+            import json as _json
+
+            for name in sorted(os.listdir(failures_dir)):
+                with open(os.path.join(failures_dir, name), encoding="utf-8") as f:
+                    plan.failures.extend(_json.loads(line) for line in f if line.strip())
+            plan.counts = _read_back_counts(version_dir, final_names)
+        for f in plan.failures:
+            f["stage"] = "image"
+        failures.extend(plan.failures)
+        drops["image_failed"] += len(plan.failures)
+
+        counts = {s: {final_names[i]: int(v) for i, v in enumerate(plan.counts.get(s, [0] * len(final_names)))}
+                  for s in SPLIT_NAMES}
+        totals = {s: sum(counts[s].values()) for s in SPLIT_NAMES}
+        totals["all"] = sum(totals.values())
+        for s in SPLIT_NAMES:
+            if totals[s] == 0 and fractions[SPLIT_NAMES.index(s)] > 0:
+                warnings.append(f"split {s} has no example and is not written")
+        reasons = Counter(f["reason"] for f in failures)
+        t_end = time.time()
+        report = {
+            "builder": BUILDER_NAME,
+            "version": builder.version.__str__(),
+            "data_dir": out,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "classes": final_names,
+            "class_source": class_source,
+            "image_size": image_size,
+            "seed": seed,
+            "split_fractions": dict(zip(SPLIT_NAMES, fractions)),
+            "split_method": "hash of (seed, asin) -> [0,1) cut at the cumulative fractions (stable; per class "
+                            "proportional in expectation)",
+            "image_source": {"images_dir": os.path.abspath(images_dir)} if images_dir else
+                            {"download": True, "cache_dir": cache_dir, **dl_stats},
+            "metadata": {"files": [os.path.abspath(m) for m in metadata], **stats.as_dict()},
+            "counts": counts,
+            "totals": totals,
+            "drops": dict(drops),
+            "dropped_classes": dropped_classes,
+            "failure_reasons": dict(reasons),
+            "failures": failures[:MAX_FAILURES_LISTED],
+            "failures_listed": min(len(failures), MAX_FAILURES_LISTED),
+            "warnings": warnings,
+            "workers": workers,
+            "beam": bool(beam),
+            "beam_options": beam_args,
+            "timings": {
+                "metadata_s": round(t_meta - t0, 3),
+                "download_s": round(t_dl - t_meta, 3),
+                "build_s": round(t_build - t_dl, 3),
+                "total_s": round(t_end - t0, 3),
+                "images_per_s": round(totals["all"] / max(1e-9, t_build - t_dl), 2),
+            },
+        }
+        write_json(os.path.join(version_dir, "build_report.json"), report)
+        plot_label_distribution(report, os.path.join(version_dir, "label_distribution.png"))
+        _move_into_place(version_dir, out)
+    finally:
+        if pool is not None:
+            pool.close()
+        if absl_level is not None:
+            from absl import logging as absl_logging
+
+            absl_logging.set_verbosity(absl_level)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def _retry_build(tmp, plan, beam, beam_args, shard_mb):
+    """Run the TFDS build; a split whose every image failed is left out and the build rerun once."""
+    try:
+        return _run_tfds(tmp, plan, beam, beam_args, shard_mb)
+    except AssertionError as e:
+        if beam or "No examples were yielded" not in str(e):
+            raise
+    failed = {f["asin"] for f in plan.failures}
+    logging.getLogger(__name__).warning("a split has no usable image; rebuilding without the failed images")
+    for name in list(plan.splits):
+        plan.splits[name] = [it for it in plan.splits[name] if it["asin"] not in failed]
+    failures = plan.failures
+    plan.reset()
+    for name in os.listdir(tmp):
+        if name != "failures":
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+    try:
+        return _run_tfds(tmp, plan, beam, beam_args, shard_mb)
+    finally:
+        plan.failures = failures + plan.failures

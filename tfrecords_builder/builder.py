@@ -1,0 +1,148 @@
+"""The tensorflow-datasets builder ``amazon_products``.
+
+The class list is dynamic: it comes from the :class:`BuildPlan` given to the builder
+and ends up in ``features.json`` / ``dataset_info.json``, so
+``tfds.builder_from_directory(DATA_DIR)`` reads the dataset back without this code.
+
+Without Beam, ``_generate_examples`` feeds the image work (decode, convert, resize,
+JPEG encode) to worker processes (ordered, bounded ``imap``) and yields the JPEG
+bytes, which ``tfds.features.Image`` stores as they are (bytes are not re-encoded).
+With Beam, the same work runs in a ``beam.FlatMap`` on the runner's workers.
+"""
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+
+import tensorflow_datasets as tfds
+
+from tfrecords_builder.images import process_item
+
+DATASET_VERSION = "1.0.0"
+
+
+@dataclass
+class BuildPlan:
+    """Everything the builder needs: classes, the examples per split, the image work."""
+
+    class_names: list
+    splits: dict  # split name -> list of item dicts (asin, source, label, title, category, image_url)
+    image_size: int = 256
+    pool: object = None  # tfrecords_builder.parallel.OrderedPool for the image work (None: in-process)
+    beam: bool = False
+    failures_dir: str = ""  # beam: workers append their failures here as JSON lines
+    failures: list = field(default_factory=list)  # non-beam: {"asin", "url", "reason"}
+    counts: dict = field(default_factory=dict)  # split -> [count per label]
+    progress: object = None  # tqdm bar updated per processed image
+    _stream: object = None
+
+    def results(self):
+        """One ordered stream of image results over all non-empty splits, in split order.
+
+        A single stream keeps the workers busy across split boundaries (while tfds
+        writes one split's shards, the next split's images are already in work).
+        """
+        if self._stream is None:
+            tasks = ((it["asin"], it["source"], self.image_size)
+                     for items in self.splits.values() if items for it in items)
+            self._stream = self.pool.imap(process_item, tasks) if self.pool is not None else map(process_item, tasks)
+        return self._stream
+
+    def reset(self):
+        self._stream = None
+        self.failures = []
+        self.counts = {}
+
+
+def _features(class_names):
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "label": tfds.features.ClassLabel(names=list(class_names)),
+        "asin": tfds.features.Text(),
+        "title": tfds.features.Text(),
+        "category": tfds.features.Text(),
+        "image_url": tfds.features.Text(),
+    })
+
+
+def _example(item, jpeg):
+    return {
+        "image": jpeg,
+        "label": int(item["label"]),
+        "asin": item["asin"],
+        "title": item["title"],
+        "category": item["category"],
+        "image_url": item["image_url"],
+    }
+
+
+def _beam_process(item, image_size, failures_dir):
+    """Beam worker: one item -> zero or one ``(key, example)``; failures go to a file."""
+    key, jpeg, reason = process_item((item["asin"], item["source"], image_size))
+    if jpeg is None:
+        rec = {"asin": item["asin"], "url": item["image_url"], "reason": reason}
+        path = os.path.join(failures_dir, f"failures-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        return
+    yield key, _example(item, jpeg)
+
+
+class AmazonProducts(tfds.core.GeneratorBasedBuilder):
+    """Amazon product photos labelled with catalog categories (built by amazon-visual build-data)."""
+
+    VERSION = tfds.core.Version(DATASET_VERSION)
+    RELEASE_NOTES = {DATASET_VERSION: "Built by amazon-visual build-data."}
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        # No checksums or config files live next to this module; returning None also keeps
+        # tfds from probing the package with the optional importlib_resources backport.
+        return None
+
+    def __init__(self, *, plan=None, **kwargs):
+        self._plan = plan
+        super().__init__(**kwargs)
+
+    def _info(self):
+        names = self._plan.class_names if self._plan is not None else []
+        return self.dataset_info_from_configs(
+            description=("Amazon product photos (normalised RGB JPEG) labelled with the class found in each "
+                         "product's catalog category paths; built by `amazon-visual build-data`."),
+            features=_features(names),
+            supervised_keys=("image", "label"),
+            homepage="https://amazon-reviews-2023.github.io/",
+        )
+
+    def _split_generators(self, dl_manager):
+        # tfds cannot write a split with no example: such a split is left out (and reported)
+        return {name: self._generate_examples(split=name)
+                for name, items in self._plan.splits.items() if items}
+
+    def _generate_examples(self, split):
+        plan = self._plan
+        items = plan.splits[split]
+        if plan.beam:
+            import apache_beam as beam
+
+            return (beam.Create(items)
+                    | f"Images_{split}" >> beam.FlatMap(_beam_process, image_size=plan.image_size,
+                                                        failures_dir=plan.failures_dir))
+        return self._generate_local(split, items)
+
+    def _generate_local(self, split, items):
+        plan = self._plan
+        counts = plan.counts.setdefault(split, [0] * len(plan.class_names))
+        results = plan.results()
+        for item in items:
+            key, jpeg, reason = next(results)
+            if key != item["asin"]:  # tfds consumes the splits in the order _split_generators gives
+                raise RuntimeError(f"image results out of order: expected {item['asin']!r}, got {key!r}")
+            if plan.progress is not None:
+                plan.progress.update(1)
+            if jpeg is None:
+                plan.failures.append({"asin": item["asin"], "url": item["image_url"], "reason": reason})
+                continue
+            counts[item["label"]] += 1
+            yield key, _example(item, jpeg)

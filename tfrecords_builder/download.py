@@ -1,0 +1,188 @@
+"""Concurrent, resumable image downloads into a cache keyed by ASIN.
+
+- only ``http``/``https`` URLs; a per-request timeout; a size cap per image;
+- retries with exponential backoff on timeouts, connection errors, 429 and 5xx, never
+  on other 4xx;
+- the cache file name comes from the ASIN through :func:`cache_name` (sanitised
+  characters plus a short hash), never a path taken from the data;
+- each file is written to ``name.tmp-<pid>-<thread>`` then renamed with ``os.replace``,
+  so a killed run leaves no partial cache file and a rerun fetches only what is missing.
+
+Every failure is returned as ``{"asin", "url", "reason"}``; the build goes on.
+"""
+import hashlib
+import os
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+MAX_BYTES = 20 * 1024 * 1024
+USER_AGENT = "amazon-visual-build-data/0.1 (+https://pypi.org/project/amazon-visual/)"
+_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def cache_name(asin):
+    """A safe file name for an ASIN: its safe characters (<= 40) plus 12 hex of its SHA-256."""
+    digest = hashlib.sha256(str(asin).encode("utf-8")).hexdigest()[:12]
+    stem = _SAFE.sub("_", str(asin))[:40].strip("_") or "x"
+    return f"{stem}-{digest}.img"
+
+
+def cache_path(cache_dir, asin):
+    return os.path.join(os.fspath(cache_dir), cache_name(asin))
+
+
+class _Failure(Exception):
+    def __init__(self, reason, retry):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry = retry
+
+
+def _fetch_once(url, dest, timeout, max_bytes):
+    tmp = f"{dest}.tmp-{os.getpid()}-{threading.get_ident()}"
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            final = urllib.parse.urlsplit(resp.geturl() or url).scheme.lower()
+            if final not in ("http", "https"):
+                raise _Failure(f"redirect to a {final} URL", retry=False)
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > max_bytes:
+                raise _Failure(f"too large ({int(length)} bytes > {max_bytes})", retry=False)
+            ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if ctype.startswith("text/") or ctype in ("application/json", "application/xhtml+xml"):
+                raise _Failure(f"not an image (Content-Type {ctype})", retry=False)
+            size = 0
+            deadline = time.monotonic() + timeout * 4
+            with open(tmp, "wb") as out:
+                while True:
+                    chunk = resp.read(65536)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise _Failure(f"too large (> {max_bytes} bytes)", retry=False)
+                    if time.monotonic() > deadline:
+                        raise _Failure("timeout (body too slow)", retry=True)
+                    out.write(chunk)
+            if size == 0:
+                raise _Failure("empty body", retry=False)
+            if length and length.isdigit() and size < int(length):
+                raise _Failure(f"truncated body ({size} of {length} bytes)", retry=True)
+        os.replace(tmp, dest)
+    except _Failure:
+        raise
+    except urllib.error.HTTPError as e:
+        code = e.code
+        raise _Failure(f"HTTP {code}", retry=code >= 500 or code in (408, 429)) from None
+    except (socket.timeout, TimeoutError):
+        raise _Failure("timeout", retry=True) from None
+    except urllib.error.URLError as e:
+        r = e.reason
+        if isinstance(r, (socket.timeout, TimeoutError)):
+            raise _Failure("timeout", retry=True) from None
+        raise _Failure(f"connection error ({r})", retry=True) from None
+    except (ConnectionError, OSError) as e:
+        raise _Failure(f"connection error ({type(e).__name__})", retry=True) from None
+    except Exception as e:  # http.client.IncompleteRead, BadStatusLine, ...
+        raise _Failure(f"connection error ({type(e).__name__})", retry=True) from None
+    finally:
+        if os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+def fetch(asin, url, cache_dir, timeout=10.0, retries=3, backoff=0.5, max_bytes=MAX_BYTES):
+    """Fetch one image into the cache; ``(path, None)`` or ``(None, reason)``. Cached files are kept."""
+    dest = cache_path(cache_dir, asin)
+    if os.path.isfile(dest) and os.path.getsize(dest) > 0:
+        return dest, None
+    scheme = urllib.parse.urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    if scheme not in ("http", "https"):
+        return None, f"unsupported URL scheme {scheme or '(none)'!r}"
+    last = "unknown"
+    for attempt in range(retries + 1):
+        try:
+            _fetch_once(url, dest, timeout, max_bytes)
+            return dest, None
+        except _Failure as f:
+            last = f.reason
+            if not f.retry or attempt == retries:
+                break
+            time.sleep(backoff * (2 ** attempt))
+    tries = f" after {attempt + 1} tries" if attempt else ""
+    return None, last + tries
+
+
+def clean_partials(cache_dir):
+    """Remove ``*.tmp-*`` files a killed run left behind; returns how many."""
+    n = 0
+    try:
+        entries = list(os.scandir(cache_dir))
+    except OSError:
+        return 0
+    for e in entries:
+        if ".tmp-" in e.name and e.is_file():
+            try:
+                os.remove(e.path)
+                n += 1
+            except OSError:
+                pass
+    return n
+
+
+def download_all(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=0.5,
+                 max_bytes=MAX_BYTES, progress=None):
+    """Download ``items`` (iterable of ``(asin, urls)``) concurrently.
+
+    Returns ``(paths, failures, stats)``: ``paths`` maps ASIN -> cache file for the
+    images now in the cache; ``failures`` is a list of ``{"asin", "url", "reason"}``;
+    ``stats`` counts ``cached`` (already there), ``downloaded`` and ``failed``.
+    For a product with several URLs the next one is tried when one fails.
+    """
+    cache_dir = os.fspath(cache_dir)
+    os.makedirs(cache_dir, exist_ok=True)
+    clean_partials(cache_dir)
+    items = list(items)
+    stats = {"cached": 0, "downloaded": 0, "failed": 0}
+    paths, failures = {}, []
+    todo = []
+    for asin, urls in items:
+        dest = cache_path(cache_dir, asin)
+        if os.path.isfile(dest) and os.path.getsize(dest) > 0:
+            paths[asin] = dest
+            stats["cached"] += 1
+        else:
+            todo.append((asin, urls))
+    if progress is not None and stats["cached"]:
+        progress.update(stats["cached"])
+
+    def one(item):
+        asin, urls = item
+        reason, url = "no image URL", ""
+        for url in urls[:3]:
+            path, reason = fetch(asin, url, cache_dir, timeout, retries, backoff, max_bytes)
+            if path:
+                return asin, url, path, None
+        return asin, url, None, reason
+
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, int(workers))) as ex:
+            for asin, url, path, reason in ex.map(one, todo):
+                if path:
+                    paths[asin] = path
+                    stats["downloaded"] += 1
+                else:
+                    failures.append({"asin": asin, "url": url, "reason": reason})
+                    stats["failed"] += 1
+                if progress is not None:
+                    progress.update(1)
+    return paths, failures, stats

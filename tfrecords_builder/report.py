@@ -1,0 +1,77 @@
+"""The build report: ``build_report.json``, ``label_distribution.png`` and the summary table."""
+import json
+import os
+
+from tfrecords_builder.splits import SPLIT_NAMES
+
+
+def write_json(path, obj):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def plot_label_distribution(report, path):
+    """Grouped horizontal bar chart: examples per class, one bar per split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    classes = report["classes"]
+    counts = report["counts"]
+    n = max(1, len(classes))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * n))
+    y = np.arange(len(classes))
+    h = 0.8 / len(SPLIT_NAMES)
+    colors = {"train": "#4C72B0", "validation": "#DD8452", "test": "#55A868"}
+    for i, split in enumerate(SPLIT_NAMES):
+        vals = [counts.get(split, {}).get(c, 0) for c in classes]
+        bars = ax.barh(y + (i - 1) * h, vals, height=h, label=f"{split} ({sum(vals)})", color=colors[split])
+        for b, v in zip(bars, vals):
+            if v:
+                ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {v}", va="center", fontsize=7)
+    ax.set_yticks(y)
+    ax.set_yticklabels(classes)
+    ax.invert_yaxis()
+    ax.set_xlabel("examples")
+    ax.set_title(f"Examples per class and split ({report['totals'].get('all', 0)} in all)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def summary_table(report):
+    """A readable text table of the report (what the CLI prints)."""
+    classes = report["classes"]
+    counts = report["counts"]
+    w = max([len("class")] + [len(c) for c in classes] + [len("total")])
+    lines = [f"Dataset {report['data_dir']}  ({len(classes)} classes, image size {report['image_size']})", ""]
+    head = f"{'class':<{w}}  " + "  ".join(f"{s:>10}" for s in SPLIT_NAMES) + f"  {'all':>8}"
+    lines += [head, "-" * len(head)]
+    for c in classes:
+        vals = [counts.get(s, {}).get(c, 0) for s in SPLIT_NAMES]
+        lines.append(f"{c:<{w}}  " + "  ".join(f"{v:>10}" for v in vals) + f"  {sum(vals):>8}")
+    lines.append("-" * len(head))
+    tot = [report["totals"].get(s, 0) for s in SPLIT_NAMES]
+    lines.append(f"{'total':<{w}}  " + "  ".join(f"{v:>10}" for v in tot) + f"  {sum(tot):>8}")
+    lines.append("")
+    drops = {k: v for k, v in report["drops"].items() if v}
+    if drops:
+        lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in drops.items()))
+    reasons = report.get("failure_reasons", {})
+    if reasons:
+        lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
+    for msg in report.get("warnings", []):
+        lines.append(f"warning: {msg}")
+    t = report["timings"]
+    lines.append(f"time: {t['total_s']:.1f} s (metadata {t['metadata_s']:.1f} s, download {t['download_s']:.1f} s, "
+                 f"build {t['build_s']:.1f} s, {t['images_per_s']:.1f} images/s)")
+    lines.append(f"report: {os.path.join(report['data_dir'], 'build_report.json')}")
+    return "\n".join(lines)
