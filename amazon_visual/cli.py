@@ -127,8 +127,8 @@ def add_train(sub):
                    help="tf.distribute strategy (auto: multi_worker with TF_CONFIG, mirrored with >1 GPU, "
                         "one_device with 1 GPU, default on CPU)")
     p.add_argument("--mixed-precision", action="store_true", help="float16 on GPU, bfloat16 on CPU")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="random flip/zoom/rotation/contrast in the input pipeline (default on)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random flip/zoom/rotation/contrast in the input pipeline (default on, off for svm)")
     p.add_argument("--early-stopping", type=int, default=5, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without better val accuracy (0: off)")
     p.add_argument("--max-minutes", type=float, default=None, help="time budget: stop at the epoch end that would pass it")

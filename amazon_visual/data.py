@@ -23,7 +23,7 @@ BUILDER_NAME = "amazon_products"
 
 def _not_a_dataset(data_dir, why=""):
     extra = f" ({why})" if why else ""
-    return UserError(f"{data_dir} is not an amazon-visual dataset{extra}: run amazon-visual build-data first")
+    return UserError(f"{data_dir} is not an amazon-visual dataset: run amazon-visual build-data first{extra}")
 
 
 def _check_dir(data_dir):

@@ -1,8 +1,8 @@
 """The ``tf.data`` training and evaluation pipelines over a DATA_DIR.
 
 Built on :func:`amazon_visual.data.load` (TFDS shards, parallel decode and resize to
-float32 [0, 255]). Training: cache (small datasets) -> shuffle -> one-hot labels ->
-batch -> augmentation (Keras random layers, parallel, on CPU) -> repeat -> prefetch;
+float32 [0, 255]). Training: cache (small datasets) -> shuffle -> batch -> augmentation
+(Keras random layers, parallel, on CPU) and one-hot labels -> repeat -> prefetch;
 one epoch is ``ceil(n / batch_size)`` steps. Under multi-worker training the dataset
 is sharded per worker by data (``AutoShardPolicy.DATA``).
 """
@@ -62,11 +62,13 @@ def train_dataset(data_dir, image_size, batch_size, num_classes, augment=True, s
     if cache:
         ds = ds.cache()
     ds = ds.shuffle(min(max(n, 1), 4096), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(int(batch_size))
+    ds = ds.batch(int(batch_size), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
         aug = augmenter(seed=seed)
-        ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y: (aug(x, training=True), tf.one_hot(y, num_classes)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
     if repeat:
         ds = ds.repeat()
     ds = ds.prefetch(tf.data.AUTOTUNE)

@@ -161,7 +161,8 @@ class Recommender:
                 query["category_source"] = "the model's predicted class"
             else:
                 category = self._vote(vec) if same_category else None
-                query["category_source"] = "majority label of the 10 nearest items"
+                if same_category:
+                    query["category_source"] = "majority label of the 10 nearest items"
             query["label"] = category
         if isinstance(same_category, str):
             category = same_category

@@ -394,12 +394,12 @@ def _patch_keras_multi_worker_reduce():
 def _default_lr(name, two_phase):
     if two_phase:
         return 1e-3
-    return 1e-4 if name in ("vgg16", "vgg19") else 1e-3
+    return 1e-4 if name in ("vgg16", "vgg19", "alexnet") else 1e-3
 
 
 # --------------------------------------------------------------------------- train
 def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size=224, epochs=10, batch_size=32,
-          fine_tune_at=None, strategy="auto", mixed_precision=False, augment=True, seed=0,
+          fine_tune_at=None, strategy="auto", mixed_precision=False, augment=None, seed=0,
           learning_rate=None, fine_tune_lr_factor=0.1, head_epochs=None, label_smoothing=0.1,
           weight_decay=1e-4, class_weights=True, early_stopping=5, max_minutes=None, steps_per_epoch=None,
           validation_steps=None, backup_freq="epoch", quiet=False, callbacks=True, model_kwargs=None,
@@ -417,7 +417,8 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
       batch_size: the global batch, split across replicas.
       strategy: auto | default | one_device | mirrored | multi_worker.
       mixed_precision: float16 on GPU, bfloat16 on CPU (the last layer stays float32).
-      augment: random flip/translation/zoom/rotation/contrast in the input pipeline.
+      augment: random flip/translation/zoom/rotation/contrast in the input pipeline
+        (default: on for the CNNs, off for svm, the course's linear classifier on raw pixels).
       max_minutes: time budget: stop after the batch that passes it (that last, partial
         epoch is validated and logged).
       steps_per_epoch / validation_steps: default one pass over the split.
@@ -434,9 +435,8 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
     is_chief, task_type, task_id, num_workers = _worker_info(strat)
 
     import keras
-    import numpy as np
 
-    from amazon_visual import data, models, pipeline
+    from amazon_visual import models, pipeline
     from amazon_visual.models import applications, svm
 
     name = models._check_name(model)
@@ -444,6 +444,8 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
     weights_n = applications.normalize_weights(weights)
     if weights_n is not None and not info["pretrainable"]:
         raise UserError(f"{name} has no pretrained weights: use --weights none")
+    if augment is None:
+        augment = name != "svm"
     image_size, epochs, batch_size = int(image_size), int(epochs), int(batch_size)
     if image_size < 16:
         raise UserError(f"--image-size {image_size} is too small: use at least 32")
@@ -608,8 +610,10 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
                 os.remove(weights_file)
         for phase, _ in phases:
             shutil.rmtree(_backup_dir(run_dir, phase, is_chief, task_id), ignore_errors=True)
-        if is_chief and os.path.isdir(os.path.join(run_dir, "backup")) and not os.listdir(os.path.join(run_dir, "backup")):
+        try:  # every worker removes its own folder, then the parent when it is empty
             os.rmdir(os.path.join(run_dir, "backup"))
+        except OSError:
+            pass
         if is_chief:
             from amazon_visual import plots
 

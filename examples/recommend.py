@@ -106,7 +106,7 @@ rec = amazon_visual.Recommender.load(index_dir)
 query_asin = rec.index.items["asin"][0]
 query_photo = os.path.join(sample.images_dir(), f"{query_asin}.jpg")
 
-by_photo = rec.recommend(image=query_photo, k=5)
+by_photo = rec.recommend(image=query_photo, k=5)  # the photo's own product is indexed: it comes first
 print("predicted category of the photo:", by_photo["query"].get("predicted_label"))
 for r in by_photo["results"]:
     print(f"  #{r['rank']}  {r['similarity']:.3f}  {r['asin']}  {r['title']}")

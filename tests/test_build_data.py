@@ -167,6 +167,7 @@ def test_download_build_with_every_kind_of_response(tmp_path):
         examples = assert_report_matches(report, out)
         good = {a for a, (_, why) in plan.items() if why is None}
         assert set(examples) == good
+        assert examples["G-png"]["image_url"].decode() == srv.url("img/png/1")
         reasons = {f["asin"]: f["reason"] for f in report["failures"]}
         for asin, (_, why) in plan.items():
             if why:
@@ -206,6 +207,13 @@ def test_out_folder_guards(tmp_path, images_catalog, capsys):
                  "--category", "Shoes"]) == 2
     err = capsys.readouterr().err
     assert "amazon-visual: error: --out" in err and "Traceback" not in err
+    # the reading API on a folder that is no dataset
+    for call in (lambda: data.load(out), lambda: data.class_names(out), lambda: data.num_examples(out, "train")):
+        with pytest.raises(UserError, match="is not an amazon-visual dataset: run amazon-visual build-data first"):
+            call()
+    (out / "dataset_info.json").write_text('{"name": "mnist"}')
+    with pytest.raises(UserError, match="not an amazon-visual dataset"):
+        data.class_names(out)
 
 
 def test_cli_json_categories_file_and_class_limits(tmp_path, images_catalog, capsys):

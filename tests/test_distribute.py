@@ -102,6 +102,7 @@ def test_multi_worker_mirrored_with_two_local_workers(tiny, tmp_path):
     assert chief == {"chief": True, "epochs_run": 2}
     assert other["chief"] is False
     config = json.load(open(out / "config.json"))
-    assert config["strategy_class"] == "MultiWorkerMirroredStrategy" and config["replicas"] == 2
+    assert config["strategy_class"] in ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
+    assert config["replicas"] == 2
     assert (out / "model.keras").is_file()
     assert not any(name.startswith("backup") for name in os.listdir(out))

@@ -80,8 +80,10 @@ def test_download_all_records_every_failure(server, tmp_path):
              ("F1", [server.url("404")]),
              ("F2", [server.url("html")]),
              ("F3", ["ftp://x/y.jpg"])]
-    paths, failures, stats = download_all(items, str(tmp_path), workers=4, **FAST)
+    used = {}
+    paths, failures, stats = download_all(items, str(tmp_path), workers=4, used_urls=used, **FAST)
     assert sorted(paths) == ["G1", "G2"]
+    assert used["G2"] == server.url("img/png/g2")
     assert {f["asin"]: f["reason"] for f in failures} == {
         "F1": "HTTP 404", "F2": "not an image (Content-Type text/html)", "F3": "unsupported URL scheme 'ftp'"}
     assert all(f["url"] for f in failures)

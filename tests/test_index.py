@@ -325,3 +325,31 @@ def test_backbone_index_without_training(world, tmp_path, capsys):
     assert main(["index", "--backbone", "resnet50", "--weights", str(tmp_path / "no.h5"), "--data", world["data"],
                  "--out", str(tmp_path / "bb2")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_redoes_a_chunk_whose_thumbnails_are_gone(world, tmp_path, monkeypatch):
+    from amazon_visual.embeddings import Embedder, embed_dataset
+
+    emb = Embedder.from_run(world["run"])
+    calls = {"n": 0}
+    real = Embedder.predict
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    out = str(tmp_path / "idx")
+    monkeypatch.setattr(Embedder, "predict", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        embed_dataset(emb, world["data"], out, batch_size=4, chunk_items=8, progress=False)
+    rows = json.load(open(os.path.join(out, ".partial", "train-00001.json")))
+    os.remove(os.path.join(out, rows[0]["thumb"]))  # chunk 1 is no longer complete
+    calls["n"] = 100
+    embed_dataset(emb, world["data"], out, batch_size=4, chunk_items=8, progress=False)
+    assert calls["n"] - 100 == 8  # chunk 0 kept; chunk 1 onwards: 3 + 2 + 3 batches
+    import pandas as pd
+
+    items = pd.read_csv(os.path.join(out, "items.csv"), keep_default_na=False)
+    assert len(items) == 36 and all(os.path.isfile(os.path.join(out, t)) for t in items["thumb"])

@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 
 from amazon_visual.errors import UserError
 from tfrecords_builder import download as dl
-from tfrecords_builder.images import index_images_dir
+from tfrecords_builder.images import index_images_dir, warm_up
 from tfrecords_builder.labels import PRESETS, Labeler, read_categories_file, top_categories, unique_names
 from tfrecords_builder.metadata import ReadStats, read_products
 from tfrecords_builder.parallel import OrderedPool
@@ -251,6 +251,23 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
     if beam_args and not beam:
         raise UserError("--beam-options needs --beam")
     out = _check_out(out, overwrite)
+    pool = None
+    if not beam and workers > 1:
+        pool = OrderedPool(workers)
+        pool.warm(warm_up)  # the workers start while the metadata is read
+    try:
+        return _build(metadata, out, images_dir, download, cache_dir, categories, categories_file,
+                      top_categories, preset, min_per_class, max_per_class, image_size, fractions, seed,
+                      workers, beam, beam_args, download_workers, timeout, retries, backoff, max_bytes,
+                      shard_mb, progress, pool, t0)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _build(metadata, out, images_dir, download, cache_dir, categories, categories_file, top_categories, preset,
+           min_per_class, max_per_class, image_size, fractions, seed, workers, beam, beam_args,
+           download_workers, timeout, retries, backoff, max_bytes, shard_mb, progress, pool, t0):
     if download:
         cache_dir = os.path.abspath(os.fspath(cache_dir)) if cache_dir else f"{out}.image-cache"
         if cache_dir == out or cache_dir.startswith(out + os.sep):
@@ -287,8 +304,9 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
     final_names = [class_names[i] for i in keep_labels]
     items = [dict(it, label=remap[it["label"]]) for it in items if it["label"] in remap]
     if not items:
-        raise UserError("no product is left to build (see the drops: no class, no image, class too small): "
-                        "check the class names against the metadata categories and the image source")
+        why = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in drops.items() if v) or "none read"
+        raise UserError(f"no product is left to build from {stats.products} products ({why}): check the class "
+                        "names against the metadata categories and the image source")
     if max_per_class:
         by_label = defaultdict(list)
         for it in items:
@@ -302,7 +320,8 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
             capped.extend(lst)
         keep = {id(it) for it in capped}
         items = [it for it in items if id(it) in keep]  # metadata order
-    empty_classes = [final_names[i] for i in range(len(final_names)) if not any(it["label"] == i for it in items)]
+    n_per_label = Counter(it["label"] for it in items)
+    empty_classes = [name for i, name in enumerate(final_names) if not n_per_label.get(i)]
     if empty_classes:
         warnings.append("classes with no product: " + ", ".join(empty_classes))
 
@@ -311,9 +330,10 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
     dl_stats = {}
     if download:
         bar = _tqdm(progress, desc="downloading images", total=len(items), unit=" img")
+        used = {}
         paths, dl_failures, dl_stats = dl.download_all(
             [(it["asin"], it["urls"]) for it in items], cache_dir, workers=download_workers, timeout=timeout,
-            retries=retries, backoff=backoff, max_bytes=max_bytes, progress=bar)
+            retries=retries, backoff=backoff, max_bytes=max_bytes, progress=bar, used_urls=used)
         bar.close()
         for f in dl_failures:
             f["stage"] = "download"
@@ -323,6 +343,7 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
         for it in items:
             if it["asin"] in paths:
                 it["source"] = paths[it["asin"]]
+                it["image_url"] = used.get(it["asin"], it["image_url"])  # cached earlier: the first URL
                 kept.append(it)
         items = kept
     t_dl = time.time()
@@ -342,7 +363,6 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
     os.makedirs(tmp)
     failures_dir = os.path.join(tmp, "failures")
     os.makedirs(failures_dir)
-    pool = None
     absl_level = None
     try:
         import tensorflow_datasets as tfds
@@ -355,8 +375,6 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
             absl_logging.set_verbosity(absl_logging.WARNING)
         except ImportError:
             pass
-        if not beam and workers > 1 and items:
-            pool = OrderedPool(workers)
         bar = _tqdm(progress and not beam, desc="writing examples", total=len(items), unit=" img")
         plan = BuildPlan(class_names=final_names, splits=by_split, image_size=image_size, pool=pool,
                          beam=bool(beam), failures_dir=failures_dir, progress=bar)
@@ -425,8 +443,6 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
         plot_label_distribution(report, os.path.join(version_dir, "label_distribution.png"))
         _move_into_place(version_dir, out)
     finally:
-        if pool is not None:
-            pool.close()
         if absl_level is not None:
             from absl import logging as absl_logging
 

@@ -11,7 +11,7 @@ With Beam, the same work runs in a ``beam.FlatMap`` on the runner's workers.
 """
 import json
 import os
-import uuid
+import socket
 from dataclasses import dataclass, field
 
 import tensorflow_datasets as tfds
@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from tfrecords_builder.images import process_item
 
 DATASET_VERSION = "1.0.0"
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
 
 
 @dataclass
@@ -81,9 +82,14 @@ def _beam_process(item, image_size, failures_dir):
     key, jpeg, reason = process_item((item["asin"], item["source"], image_size))
     if jpeg is None:
         rec = {"asin": item["asin"], "url": item["image_url"], "reason": reason}
-        path = os.path.join(failures_dir, f"failures-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        # one append-only file per worker process; each record is one small write (atomic with O_APPEND)
+        path = os.path.join(failures_dir, f"failures-{_HOST}-{os.getpid()}.jsonl")
+        line = (json.dumps(rec) + "\n").encode("utf-8")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
         return
     yield key, _example(item, jpeg)
 

@@ -140,13 +140,14 @@ def clean_partials(cache_dir):
 
 
 def download_all(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=0.5,
-                 max_bytes=MAX_BYTES, progress=None):
+                 max_bytes=MAX_BYTES, progress=None, used_urls=None):
     """Download ``items`` (iterable of ``(asin, urls)``) concurrently.
 
     Returns ``(paths, failures, stats)``: ``paths`` maps ASIN -> cache file for the
     images now in the cache; ``failures`` is a list of ``{"asin", "url", "reason"}``;
     ``stats`` counts ``cached`` (already there), ``downloaded`` and ``failed``.
-    For a product with several URLs the next one is tried when one fails.
+    For a product with several URLs the next one is tried when one fails; ``used_urls``
+    (a dict), when given, receives ASIN -> the URL that was downloaded.
     """
     cache_dir = os.fspath(cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
@@ -180,6 +181,8 @@ def download_all(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=
                 if path:
                     paths[asin] = path
                     stats["downloaded"] += 1
+                    if used_urls is not None:
+                        used_urls[asin] = url
                 else:
                     failures.append({"asin": asin, "url": url, "reason": reason})
                     stats["failed"] += 1

@@ -95,6 +95,11 @@ def normalize(source, image_size, quality=JPEG_QUALITY):
         raise ImageError(f"undecodable image ({msg})") from None
 
 
+def warm_up():
+    """Worker start-up: load Pillow's format plugins before the first image arrives."""
+    Image.init()
+
+
 def process_item(task):
     """Worker task: ``(key, source, image_size)`` -> ``(key, jpeg or None, reason or None)``."""
     key, source, image_size = task

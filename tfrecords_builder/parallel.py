@@ -27,6 +27,12 @@ class OrderedPool:
         if self.workers > 1:
             self._ex = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
 
+    def warm(self, fn=None):
+        """Start the workers now (in the background) so their start-up overlaps other work."""
+        if self._ex is not None and not self.fallback:
+            for _ in range(self.workers):
+                self._ex.submit(fn or _noop)
+
     def imap(self, fn, tasks):
         """Yield ``fn(task)`` for each task, in order."""
         if self._ex is None or self.fallback:
@@ -78,6 +84,10 @@ class OrderedPool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _noop():
+    return None
 
 
 def _run_chunk(fn, chunk):
