@@ -20,14 +20,9 @@ from amazon_visual.errors import UserError
 def print_json(obj):
     """Print one JSON document to stdout (numpy scalars and paths are converted)."""
 
-    def default(o):
-        if hasattr(o, "item"):
-            return o.item()
-        if hasattr(o, "tolist"):
-            return o.tolist()
-        return str(o)
+    from amazon_visual.atomic import json_default
 
-    json.dump(obj, sys.stdout, indent=2, default=default)
+    json.dump(obj, sys.stdout, indent=2, default=json_default)
     sys.stdout.write("\n")
 
 

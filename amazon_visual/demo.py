@@ -48,12 +48,7 @@ def _say(msg):
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def _write_json(path, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+from amazon_visual.atomic import write_json as _write_json  # noqa: E402
 
 
 def _prepare(out_dir, options):

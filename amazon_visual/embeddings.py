@@ -359,7 +359,8 @@ def embed_dataset(embedder, data_dir, out_dir, splits=("train", "validation", "t
     from tqdm import tqdm
 
     from amazon_visual import data
-    from amazon_visual.index import EMBEDDINGS, ITEMS, THUMBS, atomic_write_bytes, normalize
+    from amazon_visual.atomic import write_bytes as atomic_write_bytes
+    from amazon_visual.index import EMBEDDINGS, ITEMS, THUMBS, normalize
 
     out_dir = os.fspath(out_dir)
     batch_size = int(batch_size)
@@ -495,7 +496,7 @@ def _chunk_complete(partial, split, c, out_dir):
 
 
 def _write_chunk(partial, split, c, embs, rows):
-    from amazon_visual.index import atomic_write_bytes
+    from amazon_visual.atomic import write_bytes as atomic_write_bytes
 
     base = os.path.join(partial, f"{split}-{c:05d}")
     buf = io.BytesIO()

@@ -19,11 +19,7 @@ from amazon_visual.errors import UserError
 MAX_MISCLASSIFIED = 24
 
 
-def _atomic_text(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from amazon_visual.atomic import write_text as _atomic_text  # noqa: E402
 
 
 def _check_dataset(run_dir, config, labels, data_dir):

@@ -122,7 +122,7 @@ def gallery_page(query, results, title="Look-alike products", size=THUMB):
 
 def write_gallery(path, query, results, title="Look-alike products", size=THUMB):
     """Write :func:`gallery_page` to ``path`` atomically; returns the path."""
-    from amazon_visual.index import atomic_write_bytes
+    from amazon_visual.atomic import write_bytes as atomic_write_bytes
 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))

@@ -69,15 +69,11 @@ def node_size(dim):
     return 12 + 4 * int(dim)
 
 
-def atomic_write_bytes(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+from amazon_visual.atomic import write_json  # noqa: E402
 
 
 def atomic_write_json(path, obj):
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
+    write_json(path, obj, sort_keys=True)
 
 
 def _file_sample_hash(path, size):

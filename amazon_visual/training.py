@@ -26,23 +26,7 @@ HISTORY_FIELDS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accurac
 
 
 # --------------------------------------------------------------------------- small helpers
-def _atomic_write_text(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path, obj):
-    _atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    return str(o)
+from amazon_visual.atomic import write_json as _write_json  # noqa: E402
 
 
 def _read_json(path, default=None):

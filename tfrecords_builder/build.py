@@ -20,7 +20,8 @@ from tfrecords_builder.images import index_images_dir, warm_up
 from tfrecords_builder.labels import PRESETS, Labeler, read_categories_file, top_categories, unique_names
 from tfrecords_builder.metadata import ReadStats, read_products
 from tfrecords_builder.parallel import OrderedPool
-from tfrecords_builder.report import plot_label_distribution, write_json
+from amazon_visual.atomic import write_json
+from tfrecords_builder.report import plot_label_distribution
 from tfrecords_builder.splits import SPLIT_NAMES, parse_fractions, split_of, unit_hash
 
 BUILDER_NAME = "amazon_products"

@@ -1,16 +1,9 @@
 """The build report: ``build_report.json``, ``label_distribution.png`` and the summary table."""
-import json
 import os
 
 from tfrecords_builder.splits import SPLIT_NAMES
 
 
-def write_json(path, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def plot_label_distribution(report, path):
