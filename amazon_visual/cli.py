@@ -248,7 +248,7 @@ def add_index(sub):
 
 def _run_index(args):
     from amazon_visual import data
-    from amazon_visual.index import build_index
+    from amazon_visual.retrieval.index import build_index
 
     if (args.run_dir is None) == (args.backbone is None):
         raise UserError("give a RUN_DIR or --backbone NAME (not both)")
@@ -294,7 +294,7 @@ def add_recommend(sub):
 
 
 def _run_recommend(args):
-    from amazon_visual.recommend import Recommender, format_table
+    from amazon_visual.retrieval.recommend import Recommender, format_table
 
     rec = Recommender.load(args.index_dir, search_k=args.search_k, run_dir=args.run)
     try:
@@ -304,7 +304,7 @@ def _run_recommend(args):
         rec.close()
     query_image = out.pop("query_image", None)
     if args.html:
-        from amazon_visual.gallery import write_gallery
+        from amazon_visual.web.gallery import write_gallery
 
         q = dict(out["query"])
         if query_image is not None:
@@ -340,7 +340,7 @@ def add_eval_retrieval(sub):
 
 
 def _run_eval_retrieval(args):
-    from amazon_visual.retrieval_eval import evaluate_retrieval, format_report
+    from amazon_visual.retrieval.metrics import evaluate_retrieval, format_report
 
     r = evaluate_retrieval(args.index_dir, data_dir=args.data, queries=args.queries, k=args.k,
                            search_k=args.search_k, trees=args.trees, run_dir=args.run)
@@ -408,7 +408,7 @@ def add_report(sub):
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
     def run(args):
-        from amazon_visual.report import write_report
+        from amazon_visual.web.report import write_report
 
         out = write_report(args.path, out=args.out, title=args.title, index_dir=args.index,
                            queries=args.queries, k=args.k)

@@ -26,7 +26,7 @@ import sys
 import time
 
 from amazon_visual.errors import UserError
-from amazon_visual.report import DEMO_LAYOUT, DEMO_MARKER, RECOMMENDATIONS_FILE, choose_queries, write_report
+from amazon_visual.web.report import DEMO_LAYOUT, DEMO_MARKER, RECOMMENDATIONS_FILE, choose_queries, write_report
 
 DEFAULT_OUT = "amazon-visual-demo"
 #: from scratch: a narrow AlexNet learns the 10 clothing classes well above chance in about a minute
@@ -105,8 +105,8 @@ def _rel(path, base):
 
 def recommend_samples(index_dir, out_dir, queries=4, k=5):
     """Recommend for ``queries`` test products; write ``recommendations.json`` and one HTML gallery each."""
-    from amazon_visual.gallery import write_gallery
-    from amazon_visual.recommend import Recommender
+    from amazon_visual.web.gallery import write_gallery
+    from amazon_visual.retrieval.recommend import Recommender
 
     os.makedirs(out_dir, exist_ok=True)
     saved = []
@@ -226,7 +226,7 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="none", epochs=None, image
 
         if "index" not in done:
             _say(f"[4/{n}] index: embed every product with the trained model and build the Annoy index")
-            from amazon_visual.index import build_index
+            from amazon_visual.retrieval.index import build_index
 
             t = time.time()
             man = build_index(paths["data"], paths["index"], run_dir=paths["run"], overwrite=True,

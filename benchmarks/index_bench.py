@@ -18,7 +18,7 @@ its cluster, ``z`` ~ N(0, I/intrinsic) and ``g`` ~ N(0, I/dim): most variance li
 low-dimensional subspace per cluster, as for CNN embeddings. Queries are fresh points of
 the same distribution (not in the index). Vectors are generated in chunks from a seed.
 Similarity is cosine (Annoy "angular"; candidates rescored from the normalised
-embeddings exactly as ``amazon_visual.index.Index.search`` does).
+embeddings exactly as ``amazon_visual.retrieval.index.Index.search`` does).
 """
 import argparse
 import json
@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from amazon_visual.index import build_annoy, normalize  # noqa: E402
+from amazon_visual.retrieval.index import build_annoy, normalize  # noqa: E402
 
 
 def generate(n, dim, clusters, intrinsic, spread, noise, seed, chunk=8192, out=None):

@@ -43,7 +43,8 @@ def model_throughput(name, image_size, batch_size, steps, warmup, num_classes=10
 
 
 def pipeline_throughput(data_dir, image_size, batch_size, batches, augment=True):
-    from amazon_visual import data, pipeline
+    from amazon_visual import data
+    from amazon_visual.training import pipeline
 
     ds = pipeline.train_dataset(data_dir, image_size, batch_size, len(data.class_names(data_dir)), augment=augment)
     it = iter(ds)

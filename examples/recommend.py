@@ -27,8 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import amazon_visual
 from amazon_visual import sample
-from amazon_visual.gallery import write_gallery
-from amazon_visual.report import write_report
+from amazon_visual.web.gallery import write_gallery
+from amazon_visual.web.report import write_report
 
 parser = argparse.ArgumentParser(description="the amazon-visual chain on the embedded sample catalog")
 parser.add_argument("--out", default="recommend-example", help="output folder")

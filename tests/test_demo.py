@@ -91,7 +91,7 @@ def test_demo_cli_help_is_fast_and_lists_options():
 def test_choose_queries_spreads_over_classes():
     import pandas as pd
 
-    from amazon_visual.report import choose_queries
+    from amazon_visual.web.report import choose_queries
 
     items = pd.DataFrame({"asin": [f"B0{i:08d}" for i in range(12)],
                           "label": ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "f", "f"],
@@ -167,7 +167,7 @@ def test_demo_end_to_end_writes_every_artifact(tmp_path_factory):
     assert 'src="http' not in page and "src='http" not in page and 'href="http' not in page
 
     # a report for the run alone, with galleries queried live from the index (no TensorFlow)
-    from amazon_visual.report import write_report
+    from amazon_visual.web.report import write_report
 
     alone = write_report(r, out=str(tmp_path_factory.mktemp("report") / "run.html"), index_dir=ix)
     with open(alone, encoding="utf-8") as f:

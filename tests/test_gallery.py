@@ -52,7 +52,7 @@ def _results(thumbs, missing):
 
 
 def test_page_references_only_files_that_exist(tmp_path, thumbs):
-    from amazon_visual.gallery import write_gallery
+    from amazon_visual.web.gallery import write_gallery
 
     page = str(tmp_path / "out" / "results.html")
     os.makedirs(os.path.dirname(page))
@@ -73,7 +73,7 @@ def test_page_references_only_files_that_exist(tmp_path, thumbs):
 
 
 def test_fragment_is_reusable_and_takes_arrays(thumbs):
-    from amazon_visual.gallery import gallery_fragment, gallery_page
+    from amazon_visual.web.gallery import gallery_fragment, gallery_page
 
     arr = np.full((30, 20, 3), 128, np.uint8)
     frag = gallery_fragment({"kind": "image", "image": "https://example.com/q.jpg", "image_array": arr},
@@ -87,7 +87,7 @@ def test_fragment_is_reusable_and_takes_arrays(thumbs):
 
 def test_write_gallery_into_a_missing_folder_is_a_user_error(tmp_path):
     from amazon_visual.errors import UserError
-    from amazon_visual.gallery import write_gallery
+    from amazon_visual.web.gallery import write_gallery
 
     with pytest.raises(UserError, match="does not exist"):
         write_gallery(str(tmp_path / "no" / "page.html"), {}, [])

@@ -44,7 +44,7 @@ def retrieval_world(tmp_path_factory):
         from helpers_training import tiny_dataset
 
         from amazon_visual import data
-        from amazon_visual.index import build_index
+        from amazon_visual.retrieval.index import build_index
 
         root = str(tmp_path_factory.mktemp("retrieval"))
         d = tiny_dataset(root, per_class=12, size=40)
@@ -64,7 +64,7 @@ def world(tmp_path_factory):
 def test_cosine_from_angular_matches_numpy(tmp_path):
     from annoy import AnnoyIndex
 
-    from amazon_visual.index import build_annoy, cosine_from_angular, normalize
+    from amazon_visual.retrieval.index import build_annoy, cosine_from_angular, normalize
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 24)).astype(np.float32) * rng.uniform(0.1, 10, (300, 1)).astype(np.float32)
@@ -88,7 +88,7 @@ def test_cosine_from_angular_matches_numpy(tmp_path):
 def test_search_rescores_exactly_and_sorts(tmp_path):
     import pandas as pd
 
-    from amazon_visual.index import Index, build_annoy, normalize, open_annoy
+    from amazon_visual.retrieval.index import Index, build_annoy, normalize, open_annoy
 
     rng = np.random.default_rng(1)
     x = normalize(rng.standard_normal((500, 32)))
@@ -109,7 +109,7 @@ def test_search_rescores_exactly_and_sorts(tmp_path):
 
 
 def test_on_disk_build_gives_a_working_index(tmp_path):
-    from amazon_visual.index import build_annoy, normalize, open_annoy
+    from amazon_visual.retrieval.index import build_annoy, normalize, open_annoy
 
     x = normalize(np.random.default_rng(2).standard_normal((2000, 16)))
     a = build_annoy(x, str(tmp_path / "mem.ann"), trees=8)
@@ -126,7 +126,7 @@ def test_on_disk_build_gives_a_working_index(tmp_path):
 # ------------------------------------------------------------------ the built index
 def test_index_dir_layout_and_manifest(world):
     from amazon_visual import data
-    from amazon_visual.index import load_index
+    from amazon_visual.retrieval.index import load_index
 
     idx_dir = world["index"]
     m = json.load(open(os.path.join(idx_dir, "manifest.json")))
@@ -150,8 +150,8 @@ def test_index_dir_layout_and_manifest(world):
 
 def test_manifest_check_refuses_another_model(world, tmp_path):
     from amazon_visual import data
-    from amazon_visual.index import load_index
-    from amazon_visual.recommend import Recommender
+    from amazon_visual.retrieval.index import load_index
+    from amazon_visual.retrieval.recommend import Recommender
 
     with pytest.raises(UserError, match="embedding_dim"):
         load_index(world["index"], expect={"embedding_dim": 99})
@@ -181,8 +181,8 @@ def _copy_index(world, tmp_path, name):
 
 
 def test_corrupt_or_missing_index_file_is_a_clear_error(world, tmp_path):
-    from amazon_visual.index import load_index
-    from amazon_visual.recommend import Recommender
+    from amazon_visual.retrieval.index import load_index
+    from amazon_visual.retrieval.recommend import Recommender
 
     size = os.path.getsize(os.path.join(world["index"], "index.ann"))
     cases = {
@@ -207,7 +207,7 @@ def test_corrupt_or_missing_index_file_is_a_clear_error(world, tmp_path):
 
 
 def test_structural_check_catches_bad_pointers_without_checksum(tmp_path):
-    from amazon_visual.index import build_annoy, check_annoy_file, node_size, normalize
+    from amazon_visual.retrieval.index import build_annoy, check_annoy_file, node_size, normalize
 
     dim, n = 8, 3000
     path = str(tmp_path / "i.ann")
@@ -229,7 +229,7 @@ def test_structural_check_catches_bad_pointers_without_checksum(tmp_path):
 
 
 def test_manifest_or_items_damaged(world, tmp_path):
-    from amazon_visual.index import load_index
+    from amazon_visual.retrieval.index import load_index
 
     d = _copy_index(world, tmp_path, "manifest")
     open(os.path.join(d, "manifest.json"), "w").write("{not json")
@@ -267,7 +267,7 @@ def test_index_cli_refuses_non_empty_out_and_prints_json(world, tmp_path, capsys
 
 
 def test_embedding_resumes_after_an_interruption(world, tmp_path, monkeypatch):
-    from amazon_visual.embeddings import Embedder, embed_dataset
+    from amazon_visual.retrieval.embeddings import Embedder, embed_dataset
 
     emb = Embedder.from_run(world["run"])
     full = str(tmp_path / "full")
@@ -300,7 +300,7 @@ def test_backbone_index_without_training(world, tmp_path, capsys):
     from PIL import Image
 
     from amazon_visual.cli import main
-    from amazon_visual.recommend import Recommender
+    from amazon_visual.retrieval.recommend import Recommender
 
     out = str(tmp_path / "bb")
     assert main(["index", "--backbone", "mobilenet_v3_small", "--weights", "none", "--image-size", "32",
@@ -328,7 +328,7 @@ def test_backbone_index_without_training(world, tmp_path, capsys):
 
 
 def test_resume_redoes_a_chunk_whose_thumbnails_are_gone(world, tmp_path, monkeypatch):
-    from amazon_visual.embeddings import Embedder, embed_dataset
+    from amazon_visual.retrieval.embeddings import Embedder, embed_dataset
 
     emb = Embedder.from_run(world["run"])
     calls = {"n": 0}

@@ -23,7 +23,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rec(world):
-    from amazon_visual.recommend import Recommender
+    from amazon_visual.retrieval.recommend import Recommender
 
     r = Recommender.load(world["index"])
     yield r
@@ -177,7 +177,7 @@ def test_recommend_cli(world, tmp_path, capsys):
     from html.parser import HTMLParser
 
     from amazon_visual.cli import main
-    from amazon_visual.index import read_items
+    from amazon_visual.retrieval.index import read_items
 
     asin = read_items(world["index"])["asin"][1]
     assert main(["recommend", world["index"], "--asin", asin, "-k", "4", "--json"]) == 0

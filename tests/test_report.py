@@ -101,7 +101,7 @@ def _check_data_uris(page):
 def test_report_on_demo_folder_has_every_section(tmp_path):
     root = make_fake_experiment(str(tmp_path / "exp"))
     _dump({"trained_from_scratch": True, "weights": "none"}, os.path.join(root, "demo.json"))
-    from amazon_visual.report import write_report
+    from amazon_visual.web.report import write_report
 
     out = write_report(root)
     assert out == os.path.join(root, "report.html")
@@ -130,7 +130,7 @@ def test_report_on_demo_folder_has_every_section(tmp_path):
 def test_report_on_a_bare_run_dir_builds_its_own_compare_row(tmp_path):
     root = make_fake_experiment(str(tmp_path / "exp"), with_compare=False, with_recs=False)
     run = os.path.join(root, "run")
-    from amazon_visual.report import find_artifacts, write_report
+    from amazon_visual.web.report import find_artifacts, write_report
 
     found = find_artifacts(run)
     assert found["kind"] == "run" and found["runs"] == [run]
@@ -144,7 +144,7 @@ def test_report_on_a_bare_run_dir_builds_its_own_compare_row(tmp_path):
 
 
 def test_report_errors_are_user_errors(tmp_path):
-    from amazon_visual.report import write_report
+    from amazon_visual.web.report import write_report
 
     with pytest.raises(UserError, match="no such folder"):
         write_report(str(tmp_path / "missing"))

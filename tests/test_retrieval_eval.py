@@ -16,7 +16,7 @@ def world(tmp_path_factory):
 
 
 def test_average_precision_at_k():
-    from amazon_visual.retrieval_eval import average_precision_at_k as ap
+    from amazon_visual.retrieval.metrics import average_precision_at_k as ap
 
     assert ap([1, 1, 1], 3, 3) == 1.0
     assert ap([0, 0, 0], 3, 3) == 0.0
@@ -26,8 +26,8 @@ def test_average_precision_at_k():
 
 
 def test_exact_search_matches_brute_force():
-    from amazon_visual.index import normalize
-    from amazon_visual.retrieval_eval import exact_search
+    from amazon_visual.retrieval.index import normalize
+    from amazon_visual.retrieval.metrics import exact_search
 
     rng = np.random.default_rng(0)
     g = normalize(rng.standard_normal((1000, 12)))
@@ -41,7 +41,7 @@ def test_exact_search_matches_brute_force():
 def test_evaluate_on_tiny_index(world, capsys):
     from amazon_visual import data
     from amazon_visual.cli import main
-    from amazon_visual.retrieval_eval import evaluate_retrieval
+    from amazon_visual.retrieval.metrics import evaluate_retrieval
 
     r = evaluate_retrieval(world["index"], data_dir=world["data"], queries="test", k=5, search_k=10_000,
                            progress=False)
@@ -66,8 +66,8 @@ def test_evaluate_on_tiny_index(world, capsys):
 
 
 def test_evaluate_embeds_a_split_the_index_lacks(world, tmp_path):
-    from amazon_visual.index import build_index
-    from amazon_visual.retrieval_eval import evaluate_retrieval
+    from amazon_visual.retrieval.index import build_index
+    from amazon_visual.retrieval.metrics import evaluate_retrieval
 
     idx = str(tmp_path / "train-only")
     build_index(world["data"], idx, run_dir=world["run"], splits=["train"], trees=5, batch_size=8,
@@ -77,7 +77,7 @@ def test_evaluate_embeds_a_split_the_index_lacks(world, tmp_path):
 
 
 def test_evaluate_errors(world, tmp_path):
-    from amazon_visual.retrieval_eval import evaluate_retrieval
+    from amazon_visual.retrieval.metrics import evaluate_retrieval
 
     with pytest.raises(UserError, match="does not exist"):
         evaluate_retrieval(str(tmp_path / "none"))
@@ -94,8 +94,8 @@ def test_clothing_small_trained_run_beats_the_class_prior(tmp_path_factory):
 
     if not os.path.isdir(CLOTHING_SMALL):
         pytest.skip(f"{CLOTHING_SMALL} is not there")
-    from amazon_visual.index import build_index
-    from amazon_visual.retrieval_eval import evaluate_retrieval
+    from amazon_visual.retrieval.index import build_index
+    from amazon_visual.retrieval.metrics import evaluate_retrieval
     from amazon_visual.training import train
 
     root = str(tmp_path_factory.mktemp("clothing"))

@@ -1,25 +1,17 @@
-"""Evaluation of trained runs: ``evaluate`` (one run, one split) and ``compare`` (the
-course project's table over several runs).
+"""``evaluate``: one trained run on one split of a dataset.
 
 ``evaluate`` writes ``RUN_DIR/eval_<split>/``: ``metrics.json``,
 ``classification_report.txt``, ``confusion_matrix.png``, ``misclassified.png``.
-``compare`` writes ``compare.md``, ``compare.csv`` and ``learning_curves.png`` into ``out``.
-Training accuracy in the table is measured by evaluating the saved model on the train
-split without augmentation (not read from the history, which mixes augmentation,
-dropout and weights that change during the epoch).
 """
-import csv
-import io
 import json
 import os
 import sys
 
 from amazon_visual.errors import UserError
 
+from amazon_visual.atomic import write_text as _atomic_text
+
 MAX_MISCLASSIFIED = 24
-
-
-from amazon_visual.atomic import write_text as _atomic_text  # noqa: E402
 
 
 def _check_dataset(run_dir, config, labels, data_dir):
@@ -38,7 +30,7 @@ def predict(model, data_dir, split, image_size, batch_size=64, keep_misclassifie
     a few misclassified examples as (images, true, pred, confidence))."""
     import numpy as np
 
-    from amazon_visual import pipeline
+    from amazon_visual.training import pipeline
 
     ds = pipeline.eval_dataset(data_dir, image_size, batch_size, split=split)
     if limit:
@@ -66,7 +58,7 @@ def _evaluate_loaded(model, config, labels, run_dir, data_dir, split, batch_size
     import numpy as np
     from sklearn.metrics import classification_report, confusion_matrix
 
-    from amazon_visual import plots
+    from amazon_visual.evaluation import plots
 
     probs, y, bad = predict(model, data_dir, split, int(config["image_size"]), batch_size, limit=limit)
     pred = probs.argmax(1)
@@ -111,68 +103,3 @@ def evaluate(run_dir, data_dir, split="test", batch_size=64, write=True):
     if split not in data.splits(data_dir):
         raise UserError(f"{data_dir} has no split {split!r}: use one of {', '.join(data.splits(data_dir))}")
     return _evaluate_loaded(model, config, labels, run_dir, data_dir, split, batch_size, write)
-
-
-def format_table(rows):
-    """The course project's table as Markdown."""
-    def f(v):
-        return "-" if v is None else f"{v:.4f}"
-
-    lines = ["| Model | Training accuracy | Validation accuracy | Test accuracy |",
-             "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {f(r['training_accuracy'])} | {f(r['validation_accuracy'])} | "
-                     f"{f(r['test_accuracy'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def compare(run_dirs, data_dir, out="compare", batch_size=64, write_evaluations=True, train_limit=None):
-    """One row per run: Model | Training accuracy | Validation accuracy | Test accuracy,
-    each measured by evaluating the saved model (no augmentation) on that split
-    (``train_limit``: only the first N training examples, to save time on big splits).
-    Writes ``compare.md``, ``compare.csv``, ``learning_curves.png`` into ``out``."""
-    from amazon_visual import data, plots, training
-
-    if not run_dirs:
-        raise UserError("compare: give at least one RUN_DIR")
-    available = data.splits(data_dir)
-    rows, curves = [], {}
-    seen = {}
-    for run_dir in run_dirs:
-        model, config, labels = training.load_run(run_dir)
-        _check_dataset(run_dir, config, labels, data_dir)
-        name = config.get("model", os.path.basename(os.path.normpath(run_dir)))
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:
-            name = f"{name} ({os.path.basename(os.path.normpath(run_dir))})"
-        row = {"model": name, "run_dir": os.path.abspath(run_dir)}
-        for split, key in (("train", "training_accuracy"), ("validation", "validation_accuracy"),
-                           ("test", "test_accuracy")):
-            if split in available and data.num_examples(data_dir, split):
-                res = _evaluate_loaded(model, config, labels, run_dir, data_dir, split, batch_size,
-                                       write=write_evaluations, limit=train_limit if split == "train" else None)
-                row[key] = res["accuracy"]
-            else:
-                row[key] = None
-        rows.append(row)
-        hist = training.read_history(run_dir)
-        if hist:
-            curves[name] = hist
-    table = format_table(rows)
-    out = os.fspath(out)
-    os.makedirs(out, exist_ok=True)
-    _atomic_text(os.path.join(out, "compare.md"), table)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["model", "training_accuracy", "validation_accuracy", "test_accuracy",
-                                        "run_dir"])
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    _atomic_text(os.path.join(out, "compare.csv"), buf.getvalue())
-    files = {"compare.md": os.path.join(out, "compare.md"), "compare.csv": os.path.join(out, "compare.csv")}
-    if curves:
-        files["learning_curves.png"] = plots.learning_curves(curves, os.path.join(out, "learning_curves.png"))
-    source = "evaluated on the train split without augmentation"
-    if train_limit:
-        source += f" (first {int(train_limit)} examples)"
-    return {"rows": rows, "markdown": table, "files": files, "training_accuracy_source": source}

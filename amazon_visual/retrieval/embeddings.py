@@ -313,27 +313,9 @@ class Embedder:
 
 
 def _load_run(run_dir):
-    try:
-        from amazon_visual.training import load_run
-    except ImportError:  # training module not installed: the contract's files are enough
-        load_run = None
-    if load_run is not None:
-        return load_run(run_dir)
-    import keras
+    from amazon_visual.training.runs import load_run
 
-    import amazon_visual.models.layers  # noqa: F401  (registers custom layers)
-
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    labels = None
-    if os.path.isfile(os.path.join(run_dir, "labels.json")):
-        with open(os.path.join(run_dir, "labels.json"), encoding="utf-8") as f:
-            labels = json.load(f)
-    try:
-        model = keras.saving.load_model(os.path.join(run_dir, "model.keras"), compile=False)
-    except Exception as e:
-        raise UserError(f"{run_dir}/model.keras cannot be loaded ({type(e).__name__}): retrain with amazon-visual train") from None
-    return model, config, labels
+    return load_run(run_dir)
 
 
 # --------------------------------------------------------------------------
@@ -360,7 +342,7 @@ def embed_dataset(embedder, data_dir, out_dir, splits=("train", "validation", "t
 
     from amazon_visual import data
     from amazon_visual.atomic import write_bytes as atomic_write_bytes
-    from amazon_visual.index import EMBEDDINGS, ITEMS, THUMBS, normalize
+    from amazon_visual.retrieval.layout import EMBEDDINGS, ITEMS, THUMBS, normalize
 
     out_dir = os.fspath(out_dir)
     batch_size = int(batch_size)

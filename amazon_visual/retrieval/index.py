@@ -1,12 +1,6 @@
 """The Annoy index of an INDEX_DIR: build, validate, load by memory map, search.
 
-An INDEX_DIR holds::
-
-    manifest.json    model/backbone, embedding layer, dim, metric, n_items, trees, search_k, ...
-    items.csv        row i = Annoy item i: asin, title, category, label, label_id, image_url, split, thumb
-    embeddings.npy   float32 n x dim, L2-normalised (so cosine similarity is a dot product)
-    index.ann        Annoy forest, metric "angular"
-    thumbs/          small JPEG thumbnails (galleries work offline)
+The INDEX_DIR layout is :mod:`amazon_visual.retrieval.layout`.
 
 Similarity. Annoy's angular distance between u and v is ``d = sqrt(2 - 2 cos(u, v))``,
 so ``cos = 1 - d*d/2`` (:func:`cosine_from_angular`). Annoy computes it in float32;
@@ -34,42 +28,21 @@ import time
 
 import numpy as np
 
+from amazon_visual.atomic import write_json
 from amazon_visual.errors import UserError
+from amazon_visual.retrieval.layout import (EMBEDDER_FILE, EMBEDDINGS, FORMAT_VERSION, INDEX_FILE,  # noqa: F401
+                                            ITEMS, MANIFEST, METRIC, THUMBS, cosine_from_angular, normalize)
 
-METRIC = "angular"
-MANIFEST = "manifest.json"
-INDEX_FILE = "index.ann"
-EMBEDDINGS = "embeddings.npy"
-ITEMS = "items.csv"
-THUMBS = "thumbs"
-EMBEDDER_FILE = "embedder.keras"
 DEFAULT_TREES = 50
-FORMAT_VERSION = 1
 _SAMPLE = 1 << 20  # bytes hashed at each end of index.ann
 
 
 # --------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------
-def cosine_from_angular(distance):
-    """Cosine similarity from Annoy's angular distance ``d = sqrt(2 - 2 cos)``: ``1 - d*d/2``."""
-    d = np.asarray(distance, dtype=np.float64)
-    return 1.0 - d * d / 2.0
-
-
-def normalize(x, eps=1e-12):
-    """Rows of ``x`` scaled to unit L2 norm (float32; zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, eps)
-
-
 def node_size(dim):
     """Bytes per node of an angular Annoy index: int32 n_descendants, int32 children[2], float32 v[dim]."""
     return 12 + 4 * int(dim)
-
-
-from amazon_visual.atomic import write_json  # noqa: E402
 
 
 def atomic_write_json(path, obj):
@@ -390,7 +363,7 @@ def build_index(data_dir, out_dir, run_dir=None, backbone=None, weights="imagene
     thumbs/). Embeddings are written in chunks under ``out_dir/.partial`` so an
     interrupted run resumes where it stopped. Returns the manifest (plus timings).
     """
-    from amazon_visual import embeddings as E
+    from amazon_visual.retrieval import embeddings as E
 
     if (run_dir is None) == (backbone is None):
         raise UserError("give either a RUN_DIR or --backbone NAME, not both or neither")

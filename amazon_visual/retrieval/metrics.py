@@ -18,7 +18,7 @@ Reported (``k`` results per query, the query item itself never among them):
   cosine equals the exact k-th best (within 1e-6) counts, so near-duplicate embeddings
   do not make an exact answer look wrong;
 - ``latency_ms_p50/p99`` and ``qps`` (1 / mean latency) of single sequential queries
-  (Annoy + exact rescoring, as :meth:`amazon_visual.index.Index.search`), ``exact_*`` the
+  (Annoy + exact rescoring, as :meth:`amazon_visual.retrieval.index.Index.search`), ``exact_*`` the
   same for numpy brute force one query at a time;
 - ``build_seconds`` and ``index_size_bytes`` of the evaluation index, plus the size of
   the INDEX_DIR on disk.
@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from amazon_visual.errors import UserError
-from amazon_visual.index import (EMBEDDINGS, Index, build_annoy, dir_size, open_annoy, read_items, read_manifest)
+from amazon_visual.retrieval.index import (EMBEDDINGS, Index, build_annoy, dir_size, open_annoy, read_items, read_manifest)
 
 
 def average_precision_at_k(rel, n_relevant, k):
@@ -72,8 +72,8 @@ def _ranking_metrics(result_ids, q_labels, g_labels, class_count, k):
 
 
 def _embed_split(manifest, index_dir, data_dir, split, run_dir=None, progress=True):
-    from amazon_visual.embeddings import Embedder, embed_dataset
-    from amazon_visual.index import check_manifest
+    from amazon_visual.retrieval.embeddings import Embedder, embed_dataset
+    from amazon_visual.retrieval.index import check_manifest
 
     embedder = Embedder.from_manifest(manifest, run_dir=run_dir, index_dir=index_dir)
     check_manifest(manifest, embedder.describe())
@@ -105,7 +105,7 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
     if emb.shape[0] != len(items):
         raise UserError(f"{index_dir}: {EMBEDDINGS} and items.csv disagree ({emb.shape[0]} vs {len(items)} rows): rebuild the index")
     if data_dir is not None and manifest.get("dataset_fingerprint"):
-        from amazon_visual.embeddings import dataset_fingerprint
+        from amazon_visual.retrieval.embeddings import dataset_fingerprint
 
         from amazon_visual import data
 

@@ -18,8 +18,8 @@ thumb, item_id}``, best first; ``similarity`` is the exact cosine similarity of 
   image query with a pretrained backbone (no classifier), the similarity-weighted
   majority label of the image's 10 nearest items. A string instead of True names the
   label to keep.
-- The query image goes through :func:`amazon_visual.embeddings.load_image` and
-  :func:`amazon_visual.embeddings.prepare_image`: the same resize the indexed items went
+- The query image goes through :func:`amazon_visual.retrieval.embeddings.load_image` and
+  :func:`amazon_visual.retrieval.embeddings.prepare_image`: the same resize the indexed items went
   through, then the same model.
 
 Thread safety: one Recommender may be shared by threads; Annoy reads are thread-safe and
@@ -32,7 +32,7 @@ import threading
 import numpy as np
 
 from amazon_visual.errors import UserError
-from amazon_visual.index import check_manifest, load_index
+from amazon_visual.retrieval.index import check_manifest, load_index
 
 
 class Recommender:
@@ -58,7 +58,7 @@ class Recommender:
         ``verify``: ``"quick"`` or ``"full"`` check of index.ann before it is mapped.
         Raises :class:`UserError` for a missing/corrupt index or a model that does not fit it.
         """
-        from amazon_visual.embeddings import backbone_fingerprint, run_fingerprint
+        from amazon_visual.retrieval.embeddings import backbone_fingerprint, run_fingerprint
 
         index = load_index(index_dir, search_k=search_k, verify=verify)
         m = index.manifest
@@ -85,7 +85,7 @@ class Recommender:
         if self._embedder is None:
             with self._lock:
                 if self._embedder is None:
-                    from amazon_visual.embeddings import Embedder
+                    from amazon_visual.retrieval.embeddings import Embedder
 
                     m = self.manifest
                     if m.get("source") == "backbone" and self._backbone_weights is not None:

@@ -8,11 +8,11 @@ A result with no thumbnail shows a grey box with its ASIN.
   scoped CSS, for other pages (``amazon-visual report``) to reuse;
 - :func:`gallery_page` -> a whole HTML document; :func:`write_gallery` writes it atomically.
 
-``query`` is a dict: ``image`` (anything :func:`amazon_visual.embeddings.load_image`
+``query`` is a dict: ``image`` (anything :func:`amazon_visual.retrieval.embeddings.load_image`
 takes; a URL is not fetched: pass the decoded array as ``image_array``) and/or ``thumb`` (a file path); ``caption`` (text) or the keys
 ``kind``/``asin``/``title``/``label``/``predicted_label`` that
-:meth:`amazon_visual.recommend.Recommender.recommend` returns. ``results`` are the
-result dicts of :class:`~amazon_visual.recommend.Recommender` (``thumb``, ``similarity``,
+:meth:`amazon_visual.retrieval.recommend.Recommender.recommend` returns. ``results`` are the
+result dicts of :class:`~amazon_visual.retrieval.recommend.Recommender` (``thumb``, ``similarity``,
 ``rank``, ``asin``, ``title``, ``label``, ``image_url``).
 """
 import base64
@@ -40,7 +40,7 @@ CSS = """
 
 def image_data_uri(src, size=THUMB):
     """A ``data:image/jpeg;base64,...`` thumbnail of ``src`` (path, bytes, PIL image, array), or None if unreadable."""
-    from amazon_visual.embeddings import load_image, thumbnail_jpeg
+    from amazon_visual.retrieval.embeddings import load_image, thumbnail_jpeg
     from amazon_visual.errors import UserError
 
     if src is None:

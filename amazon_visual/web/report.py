@@ -535,7 +535,7 @@ def section_run(run_dir, anchor):
 
 def load_recommendations(path):
     """The saved recommendations: a list of ``{"query": {...}, "results": [{...}, ...]}``
-    (the dicts :meth:`amazon_visual.recommend.Recommender.recommend` returns)."""
+    (the dicts :meth:`amazon_visual.retrieval.recommend.Recommender.recommend` returns)."""
     data = _read_json(path)
     if isinstance(data, dict):
         data = data.get("queries") or data.get("recommendations") or []
@@ -587,7 +587,7 @@ def choose_queries(items, n, split="test"):
 
 def live_recommendations(index_dir, queries=4, k=5):
     """Recommendations for ``queries`` indexed test products, by ASIN (no TensorFlow needed)."""
-    from amazon_visual.recommend import Recommender
+    from amazon_visual.retrieval.recommend import Recommender
 
     out = []
     with Recommender.load(index_dir) as rec:
@@ -612,7 +612,7 @@ def section_recommendations(found, queries=4, k=5):
                      "for a run, use <code>amazon-visual index</code> and <code>amazon-visual recommend</code>."
                      "</p></section>")
         return "".join(parts)
-    from amazon_visual.gallery import gallery_fragment
+    from amazon_visual.web.gallery import gallery_fragment
 
     parts.append('<p class="note">For each query product (framed), the indexed products that look most alike, '
                  "best first, with their cosine similarity to the query in embedding space "

@@ -1,0 +1,36 @@
+"""The INDEX_DIR contract: its file names, and the vector conventions every stage shares.
+
+An INDEX_DIR holds::
+
+    manifest.json    model/backbone, embedding layer, dim, metric, n_items, trees, search_k, ...
+    items.csv        row i = index item i: asin, title, category, label, label_id, image_url, split, thumb
+    embeddings.npy   float32 n x dim, L2-normalised (so cosine similarity is a dot product)
+    index.ann        the ANN index (Annoy forest, metric "angular")
+    thumbs/          small JPEG thumbnails (galleries work offline)
+
+:mod:`.embeddings` writes the embeddings, items and thumbnails; :mod:`.index` builds and
+reads the index; both take the names and :func:`normalize` from here.
+"""
+import numpy as np
+
+METRIC = "angular"
+MANIFEST = "manifest.json"
+INDEX_FILE = "index.ann"
+EMBEDDINGS = "embeddings.npy"
+ITEMS = "items.csv"
+THUMBS = "thumbs"
+EMBEDDER_FILE = "embedder.keras"
+FORMAT_VERSION = 1
+
+
+def normalize(x, eps=1e-12):
+    """Rows of ``x`` scaled to unit L2 norm (float32; zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, eps)
+
+
+def cosine_from_angular(distance):
+    """Cosine similarity from Annoy's angular distance ``d = sqrt(2 - 2 cos)``: ``1 - d*d/2``."""
+    d = np.asarray(distance, dtype=np.float64)
+    return 1.0 - d * d / 2.0

@@ -1,0 +1,81 @@
+"""Keras callbacks of a training run: the history log, the best-model saver, the time budget."""
+import math
+import os
+import time
+
+import keras
+
+from amazon_visual.training.runs import read_history, save_model, write_history
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Writes history.csv atomically, one row per epoch (a repeated epoch after a
+    resume replaces its row)."""
+
+    def __init__(self, run_dir, phase):
+        super().__init__()
+        self.run_dir, self.phase = run_dir, phase
+        self._t0 = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        row = {"epoch": epoch, "phase": self.phase, "seconds": round(time.time() - (self._t0 or time.time()), 2)}
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if k in logs:
+                row[k] = float(logs[k])
+        try:
+            row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        except Exception:
+            row["learning_rate"] = None
+        rows = [r for r in read_history(self.run_dir) if r["epoch"] != epoch] + [row]
+        write_history(self.run_dir, rows)
+
+
+class BestModelSaver(keras.callbacks.Callback):
+    """Saves ``export_model`` to model.keras when the monitored value improves; the
+    best value so far is read back from history.csv, so it survives a restart."""
+
+    def __init__(self, run_dir, export_model, monitor, best=None, enabled=True):
+        super().__init__()
+        self.run_dir, self.export_model, self.monitor = run_dir, export_model, monitor
+        self.best = -math.inf if best is None else best
+        self.enabled = enabled
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not self.enabled:
+            return
+        value = float(value)
+        if value > self.best or not os.path.exists(os.path.join(self.run_dir, "model.keras")):
+            self.best = max(value, self.best)
+            save_model(self.export_model, os.path.join(self.run_dir, "model.keras"))
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training after the batch that passes the deadline (the partial epoch is
+    still validated, logged and counted)."""
+
+    def __init__(self, deadline):
+        super().__init__()
+        self.deadline = deadline
+        self.stopped = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.time() > self.deadline:  # an epoch longer than the budget: stop after this batch
+            self.stopped = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.time() > self.deadline:
+            self.stopped = True
+            self.model.stop_training = True
+
+
+def tensorboard_available():
+    """TensorBoard logs need the ``tensorboard`` package (``pip install tensorboard``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
