@@ -7,7 +7,8 @@ Stages, each writing its own folder inside ``out_dir`` (the same folders the sep
 commands write):
 
 1. ``data/``             build-data from the sample's 2023-format metadata and its photos
-2. ``run/``              train (from scratch by default: a small AlexNet at 64 px)
+2. ``run/``              train: MobileNetV2 from ImageNet weights when Keras can get them
+                         (its cache or a download), else a small AlexNet from scratch
 3. ``run/eval_test/``    evaluate on the test split; ``compare/`` the compare table
 4. ``index/``            embed every product with the trained model, Annoy index
 5. ``recommendations/``  look-alikes of a few test products (JSON + one HTML gallery each)
@@ -29,15 +30,12 @@ from amazon_visual.errors import UserError
 from amazon_visual.web.report import DEMO_LAYOUT, DEMO_MARKER, RECOMMENDATIONS_FILE, choose_queries, write_report
 
 DEFAULT_OUT = "amazon-visual-demo"
-#: from scratch: a narrow AlexNet learns the 10 clothing classes well above chance in about a minute
-#: (measured on the sample, 2 busy CPU cores, 60 epochs: test accuracy 0.40 without augmentation,
-#: 0.29 with it -- augmentation pays off only over longer training)
-SCRATCH = {"model": "alexnet", "image_size": 64, "epochs": 60, "augment": False,
-           "model_kwargs": {"width": 0.25, "fc_units": 256}}
-#: with pretrained weights: a small keras.applications backbone, fine-tuned
-PRETRAINED = {"model": "mobilenet_v2", "image_size": 96, "epochs": 6, "augment": True, "model_kwargs": {}}
-#: training stops at the end of the epoch that passes this budget (keeps the demo within 5 minutes)
-TRAIN_MINUTES = 2.5
+#: from scratch (offline, or --weights none): AlexNet with batch norm and its recipe (README "Recipes")
+SCRATCH = {"model": "alexnet", "image_size": 64, "epochs": 200, "model_kwargs": {}}
+#: with ImageNet weights: MobileNetV2, the head on cached features, then fine-tuning (README "Transfer learning")
+PRETRAINED = {"model": "mobilenet_v2", "image_size": 160, "epochs": 12, "model_kwargs": {}}
+#: the time budget of the train stage (the learning-rate schedule follows it)
+TRAIN_MINUTES = 1.5
 #: train / validation / test fractions: enough test products (about 60) for a steady accuracy
 SPLITS = (0.7, 0.15, 0.15)
 STAGES = ("build-data", "train", "evaluate", "index", "recommend", "report")
@@ -51,20 +49,26 @@ def _say(msg):
 from amazon_visual.atomic import write_json as _write_json  # noqa: E402
 
 
-def _prepare(out_dir, options):
-    """Create or reuse ``out_dir``; returns the state (stages done) to resume from."""
+def _check_out(out_dir):
+    """UserError when ``out_dir`` cannot hold a demo; returns its absolute path."""
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir} is a file: give a folder for the demo")
     parent = os.path.dirname(out_dir)
     if not os.path.isdir(parent):
         raise UserError(f"--out {out_dir}: its parent folder {parent} does not exist: create it first")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, DEMO_MARKER)):
+        raise UserError(f"--out {out_dir} is not empty and is not a demo folder: "
+                        "choose a new or empty folder (the demo never overwrites other files)")
+    return out_dir
+
+
+def _prepare(out_dir, options):
+    """Create or reuse ``out_dir``; returns the state (stages done) to resume from."""
+    out_dir = _check_out(out_dir)
     marker = os.path.join(out_dir, DEMO_MARKER)
     state = None
     if os.path.isdir(out_dir) and os.listdir(out_dir):
-        if not os.path.isfile(marker):
-            raise UserError(f"--out {out_dir} is not empty and is not a demo folder: "
-                            "choose a new or empty folder (the demo never overwrites other files)")
         try:
             with open(marker, encoding="utf-8") as f:
                 state = json.load(f)
@@ -85,18 +89,43 @@ def _prepare(out_dir, options):
     return out_dir, state
 
 
-def _check_pretrained(model, image_size, weights, model_kwargs):
-    """Fail early, with what to do, when Keras cannot get the pretrained weights."""
+def _pretrained_problem(model, image_size, weights, model_kwargs):
+    """None when Keras can load the pretrained weights (from its cache, a download or a
+    file), else the reason in a few words."""
     from amazon_visual import models
 
     try:
-        models.build(model, 10, image_size, weights=weights, **model_kwargs)
+        with contextlib.redirect_stdout(sys.stderr):  # Keras's "Downloading data from ..." line is a log
+            models.build(model, 10, image_size, weights=weights, **model_kwargs)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001  (Keras raises plain Exceptions for failed downloads)
+        return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    return None
+
+
+def _check_pretrained(model, image_size, weights, model_kwargs):
+    """Fail early, with what to do, when Keras cannot get explicitly asked-for weights."""
+    problem = _pretrained_problem(model, image_size, weights, model_kwargs)
+    if problem:
         raise UserError(f"--weights {weights}: Keras could not load the pretrained {model} weights "
-                        f"({str(e).splitlines()[0][:160]}): rerun without --weights to train from scratch, "
-                        "or pass a downloaded weights file with --weights PATH") from None
+                        f"({problem}): rerun with --weights none to train from scratch, "
+                        "or pass a downloaded weights file with --weights PATH")
+
+
+def _choose_weights(weights, model):
+    """--weights auto: "imagenet" when Keras can get MobileNetV2's weights (cache or download),
+    else "none" with one line that says so."""
+    if str(weights).lower() != "auto":
+        return weights
+    name = (model or PRETRAINED["model"]).strip().lower().replace("-", "_")
+    size = PRETRAINED["image_size"]
+    problem = _pretrained_problem(name, size, "imagenet", {})
+    if problem is None:
+        return "imagenet"
+    _say(f"ImageNet weights for {name} are not available (offline and not in Keras's cache: {problem[:90]}): "
+         f"training AlexNet from scratch instead")
+    return "none"
 
 
 def _rel(path, base):
@@ -119,25 +148,36 @@ def recommend_samples(index_dir, out_dir, queries=4, k=5):
             write_gallery(page, query, results, title=title)
             q = dict(query, thumb=_rel(query.get("thumb"), out_dir), gallery=os.path.basename(page))
             rs = [dict(r, thumb=_rel(r.get("thumb"), out_dir)) for r in results]
-            saved.append({"query": q, "results": rs})
-    _write_json(os.path.join(out_dir, RECOMMENDATIONS_FILE), {"index_dir": os.path.abspath(index_dir), "k": k,
-                                                              "queries": saved})
+            same = [r.get("label") == query.get("label") for r in results]
+            saved.append({"query": q, "results": rs, "precision_at_k": sum(same) / k})
+    _write_json(os.path.join(out_dir, RECOMMENDATIONS_FILE), {
+        "index_dir": os.path.abspath(index_dir), "k": k, "queries": saved,
+        "precision_at_k": precision_at_k(saved)})
     return saved
 
 
-def run_demo(out_dir=DEFAULT_OUT, model=None, weights="none", epochs=None, image_size=None, queries=4, k=5,
-             quick=False, batch_size=32, seed=0, progress=True):
+def precision_at_k(saved):
+    """Mean over the demo's queries of the share of look-alikes of the query's own class."""
+    return sum(q["precision_at_k"] for q in saved) / len(saved) if saved else None
+
+
+def run_demo(out_dir=DEFAULT_OUT, model=None, weights="auto", epochs=None, image_size=None, queries=4, k=5,
+             quick=False, batch_size=None, seed=0, progress=True, minutes=None):
     """Run the whole chain on the embedded sample catalog into ``out_dir``; returns a summary dict.
 
-    ``weights``: ``"none"`` trains from scratch (the default), ``"imagenet"`` starts from
-    Keras's pretrained weights (a UserError says what to do when they cannot be had), or
-    a weights file. ``epochs`` / ``image_size`` / ``model`` override the defaults for that
-    choice. ``quick``: one epoch (for tests; every stage still runs).
+    ``weights``: ``"auto"`` (the default) starts from ImageNet weights when Keras can get
+    them (its cache or a download) and says in one line when it cannot, then trains from
+    scratch; ``"imagenet"`` insists on them (a UserError says what to do when they cannot be
+    had); ``"none"`` trains from scratch; or a weights file. ``epochs`` / ``image_size`` /
+    ``model`` override the defaults for that choice; ``minutes`` the train stage's budget.
+    ``quick``: one epoch (for tests; every stage still runs).
     """
     from amazon_visual import sample
     from amazon_visual.models import applications
 
     t0 = time.time()
+    _check_out(out_dir)
+    weights = _choose_weights(weights, model)
     weights_n = applications.normalize_weights(weights)  # UserError for a missing file
     scratch = weights_n is None
     preset = SCRATCH if scratch else PRETRAINED
@@ -151,7 +191,8 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="none", epochs=None, image
         raise UserError("--queries and -k must be at least 1")
     options = {"model": model, "weights": weights_n if weights_n in (None, "imagenet") else os.path.abspath(weights_n),
                "epochs": epochs, "image_size": image_size, "batch_size": batch_size, "seed": seed,
-               "queries": queries, "k": k, "model_kwargs": model_kwargs}
+               "queries": queries, "k": k, "model_kwargs": model_kwargs,
+               "minutes": float(minutes or TRAIN_MINUTES)}
     out_dir, state = _prepare(out_dir, options)
     paths = {key: os.path.join(out_dir, sub) for key, sub in DEMO_LAYOUT.items()}
     marker = os.path.join(out_dir, DEMO_MARKER)
@@ -169,8 +210,9 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="none", epochs=None, image
              f"on the embedded sample ({products} products, {len(sample.class_names())} classes); "
              "pass --weights imagenet to start from pretrained weights")
     else:
-        _say(f"fine-tuning {model} from {options['weights']} weights at {image_size} px for {epochs} epochs "
-             f"on the embedded sample ({products} products)")
+        _say(f"transfer learning: {model} from {options['weights']} weights at {image_size} px (head on cached "
+             f"features, then fine-tuning) on the embedded sample ({products} products); --weights none trains "
+             "from scratch")
     _say(f"output folder: {out_dir}")
 
     # Keras and the stages print progress to stdout: keep stdout for the command's own result.
@@ -189,7 +231,7 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="none", epochs=None, image
             # training resizes them to image_size on the fly
             rep = build_data(sample.metadata_path(), paths["data"], images_dir=sample.images_dir(),
                              categories=sample.class_names(), image_size=max(image_size, 160), seed=seed, splits=SPLITS,
-                             workers=1, progress=progress)  # 400 photos: no process pool needed
+                             workers=1, progress=progress)  # 1,000 small photos: no process pool needed
             finish("build-data", seconds=round(time.time() - t, 1),
                    totals=rep.get("totals") if isinstance(rep, dict) else None)
         else:
@@ -197,13 +239,13 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="none", epochs=None, image
 
         if "train" not in done:
             _say(f"[2/{n}] train: {model} ({'from scratch' if scratch else 'pretrained ' + str(options['weights'])}),"
-                 f" {epochs} epochs at most, {TRAIN_MINUTES} minutes at most")
+                 f" {epochs} epochs at most, {options['minutes']} minutes at most")
             from amazon_visual.training import train
 
             t = time.time()
             summ = train(paths["data"], model=model, out=paths["run"], weights=weights_n or "none",
                          image_size=image_size, epochs=epochs, batch_size=batch_size, seed=seed,
-                         augment=preset["augment"], early_stopping=None, max_minutes=TRAIN_MINUTES,
+                         early_stopping=0, max_minutes=options["minutes"],
                          model_kwargs=model_kwargs or None,
                          quiet=not progress)
             finish("train", seconds=round(time.time() - t, 1), epochs_run=summ.get("epochs_run"),
@@ -239,7 +281,10 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="none", epochs=None, image
             _say(f"[5/{n}] recommend: {k} look-alikes for {queries} test products")
             t = time.time()
             saved = recommend_samples(paths["index"], paths["recommendations"], queries=queries, k=k)
-            finish("recommend", seconds=round(time.time() - t, 1), queries=[q["query"]["asin"] for q in saved])
+            finish("recommend", seconds=round(time.time() - t, 1), queries=[q["query"]["asin"] for q in saved],
+                   precision_at_k=precision_at_k(saved), k=k)
+            _say(f"precision@{k} of the demo's queries: {precision_at_k(saved):.2f} "
+                 f"(share of look-alikes in the query's class)")
         else:
             _say(f"[5/{n}] recommend: done before")
 
@@ -266,6 +311,7 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="none", epochs=None, image
         "trained_from_scratch": scratch, "image_size": image_size, "epochs": epochs,
         "epochs_run": results.get("train", {}).get("epochs_run"),
         "test_accuracy": ev.get("test_accuracy"), "chance_accuracy": ev.get("chance_accuracy"),
+        "precision_at_k": results.get("recommend", {}).get("precision_at_k"), "k": k,
         "data_dir": paths["data"], "run_dir": paths["run"], "compare_dir": paths["compare"],
         "index_dir": paths["index"], "recommendations": recs, "galleries": galleries,
         "stage_seconds": {s: results.get(s, {}).get("seconds") for s in STAGES}, "seconds": round(seconds, 1),

@@ -1,7 +1,7 @@
 """Make the package's embedded sample catalog from the clothing-small photos.
 
     python examples/make_sample_catalog.py [--source ../shared/datasets/clothing-small] \
-        [--out amazon_visual/sample] [--per-class 40] [--max-side 160]
+        [--out amazon_visual/sample] [--per-class 100] [--max-side 160]
 
 Takes ``--per-class`` photos of each of the 10 classes, chosen deterministically
 (sorted file names, spread over the original train / validation / test splits),
@@ -83,7 +83,7 @@ def resized_jpeg(path, max_side):
         return buf.getvalue()
 
 
-def make(source, out, per_class=40, max_side=160):
+def make(source, out, per_class=100, max_side=160):
     with open(os.path.join(source, "labels.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     chosen = choose(rows, per_class)
@@ -124,7 +124,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default=os.path.join(repo, "..", "shared", "datasets", "clothing-small"))
     parser.add_argument("--out", default=os.path.join(repo, "amazon_visual", "sample"))
-    parser.add_argument("--per-class", type=int, default=40)
+    parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--max-side", type=int, default=160)
     args = parser.parse_args()
     records = make(args.source, args.out, args.per_class, args.max_side)

@@ -12,7 +12,7 @@ browser, and one report page for the whole experiment.
     python examples/recommend.py [--out recommend-example] [--epochs 60]
 
 It takes a few minutes on a laptop CPU. The catalog is the one installed with the
-package: 400 clothing photos in 10 classes by Alexey Grigorev and contributors
+package: 1,000 clothing photos in 10 classes by Alexey Grigorev and contributors
 (github.com/alexeygrigorev/clothing-dataset-small, CC0-1.0). For your own catalog, give
 your metadata file and image folder to `build_data` instead.
 """
@@ -32,7 +32,8 @@ from amazon_visual.web.report import write_report
 
 parser = argparse.ArgumentParser(description="the amazon-visual chain on the embedded sample catalog")
 parser.add_argument("--out", default="recommend-example", help="output folder")
-parser.add_argument("--epochs", type=int, default=60, help="training epochs")
+parser.add_argument("--epochs", type=int, default=200, help="training epochs (the budget ends the run first)")
+parser.add_argument("--minutes", type=float, default=2.0, help="time budget of the training")
 args = parser.parse_args()
 out = os.path.abspath(args.out)
 os.makedirs(out, exist_ok=True)
@@ -61,20 +62,21 @@ print("classes:", amazon_visual.data.class_names(data_dir))
 """
 ## Train a classifier
 
-A narrow AlexNet, from scratch, on 64-pixel images. The model takes raw RGB values in
-[0, 255] (its first layer does the preprocessing) and its layer `embedding` gives the
-vectors we index below. Training resumes if interrupted; a finished run is kept.
+AlexNet (with batch norm), from scratch, on 64-pixel images, with its family's recipe
+(learning rate with warm-up and cosine decay, light augmentation, label smoothing, weight
+decay; see README "Recipes"). The model takes raw RGB values in [0, 255] (its first layer does
+the preprocessing) and its layer `embedding` gives the vectors we index below. Training
+resumes if interrupted; a finished run is kept. For ImageNet transfer learning use e.g.
+`model="mobilenet_v2", weights="imagenet", image_size=160`.
 """
 amazon_visual.train(
     data_dir,
     model="alexnet",
     out=run_dir,
-    weights="none",  # or "imagenet" for a keras.applications model such as "mobilenet_v2"
+    weights="none",
     image_size=64,
     epochs=args.epochs,
-    augment=False,  # random flips/zooms pay off only over longer training
-    early_stopping=None,  # keep the best epoch by validation accuracy, but run them all
-    model_kwargs={"width": 0.25, "fc_units": 256},
+    max_minutes=args.minutes,  # the learning-rate schedule follows the time budget
 )
 
 """

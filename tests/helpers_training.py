@@ -2,7 +2,7 @@
 
 - ``tiny_dataset(root, ...)``: generated images whose class is a colour/stripe pattern,
   so a model can learn it in a few steps.
-- ``clothing_small(root, image_size)``: /work/shared/datasets/clothing-small (or
+- ``clothing_small(root, image_size)``: ../shared/datasets/clothing-small (or
   $AMAZON_VISUAL_CLOTHING_SMALL) turned into a DATA_DIR through a 2018-format metadata file.
 """
 import csv
@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 
-CLOTHING_SMALL = os.environ.get("AMAZON_VISUAL_CLOTHING_SMALL", "/work/shared/datasets/clothing-small")
+CLOTHING_SMALL = os.environ.get("AMAZON_VISUAL_CLOTHING_SMALL", os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets", "clothing-small")))
 TOP = "Clothing, Shoes & Jewelry"
 
 

@@ -31,7 +31,11 @@ def demo_output(tmp_path_factory):
     """Run ``amazon-visual demo --epochs 1 --json`` once; returns its output folder."""
     if "dir" not in _DEMO:
         out = str(tmp_path_factory.mktemp("demo") / "demo-out")
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        # offline and no Keras cache (a proxy that refuses, an empty KERAS_HOME): the demo says so
+        # in one line and trains from scratch -- the path a user without network takes
+        off = "http://127.0.0.1:9"
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_HOME=str(tmp_path_factory.mktemp("keras-home")),
+                   HTTPS_PROXY=off, HTTP_PROXY=off, https_proxy=off, http_proxy=off)
         r = subprocess.run(_command() + ["demo", "--out", out, "--epochs", "1", "--json"],
                            capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, r.stderr[-4000:]
@@ -48,7 +52,7 @@ def test_sample_catalog_is_installed_and_consistent():
     assert len(names) == 10 and len(set(names)) == 10
     with gzip.open(sample.metadata_path(), "rt", encoding="utf-8") as f:
         recs = [json.loads(line) for line in f]
-    assert len(recs) == 400
+    assert len(recs) == 1000
     files = set(os.listdir(sample.images_dir()))
     per_class = {}
     for r in recs:
@@ -57,8 +61,8 @@ def test_sample_catalog_is_installed_and_consistent():
         assert r["categories"][-1] in names and r["main_category"]
         assert r["images"][0]["large"] == f"{asin}.jpg" and f"{asin}.jpg" in files
         per_class[r["categories"][-1]] = per_class.get(r["categories"][-1], 0) + 1
-    assert set(per_class.values()) == {40}
-    assert len({r["parent_asin"] for r in recs}) == 400
+    assert set(per_class.values()) == {100}
+    assert len({r["parent_asin"] for r in recs}) == 1000
     total = 0
     for f in sorted(files)[:25]:
         with Image.open(os.path.join(sample.images_dir(), f)) as im:
@@ -107,7 +111,7 @@ def test_demo_end_to_end_writes_every_artifact(tmp_path_factory):
     out = demo_output(tmp_path_factory)
     summary = json.loads(_DEMO["stdout"])  # --json: exactly one JSON document on stdout
     err = _DEMO["stderr"]
-    assert "FROM SCRATCH" in err
+    assert "FROM SCRATCH" in err and "ImageNet weights for mobilenet_v2 are not available" in err
     for i in range(1, 7):
         assert f"[{i}/6]" in err  # progress at every stage
     assert summary["trained_from_scratch"] is True and summary["epochs_run"] == 1
@@ -118,7 +122,7 @@ def test_demo_end_to_end_writes_every_artifact(tmp_path_factory):
 
     d = summary["data_dir"]
     assert data.class_names(d) == __import__("amazon_visual.sample", fromlist=["x"]).class_names()
-    assert sum(data.num_examples(d, s) for s in ("train", "validation", "test")) == 400
+    assert sum(data.num_examples(d, s) for s in ("train", "validation", "test")) == 1000
     for f in ("dataset_info.json", "build_report.json", "label_distribution.png"):
         assert os.path.isfile(os.path.join(d, f)), f
 
@@ -136,7 +140,7 @@ def test_demo_end_to_end_writes_every_artifact(tmp_path_factory):
     # index
     ix = summary["index_dir"]
     man = _load(os.path.join(ix, "manifest.json"))
-    assert man["n_items"] == 400
+    assert man["n_items"] == 1000
     for f in ("items.csv", "embeddings.npy", "index.ann"):
         assert os.path.isfile(os.path.join(ix, f)), f
 
@@ -177,6 +181,6 @@ def test_demo_end_to_end_writes_every_artifact(tmp_path_factory):
     # rerunning the same command resumes: every stage is kept, only the report is rewritten
     from amazon_visual.demo import run_demo
 
-    again = run_demo(out, epochs=1)
+    again = run_demo(out, epochs=1, weights="none")
     assert again["test_accuracy"] == pytest.approx(summary["test_accuracy"])
     assert again["seconds"] < summary["seconds"]

@@ -61,6 +61,8 @@ def build(name, num_classes, image_size=224, weights="none", **kwargs):
     name = _check_name(name)
     num_classes = int(num_classes)
     image_size = int(image_size)
+    if "width" in kwargs and name not in ("alexnet", "vgg16_bn"):
+        raise UserError(f"--width applies to alexnet and vgg16_bn, not {name}: drop --width")
     if num_classes < 2:
         raise UserError(f"a classifier needs at least 2 classes, got {num_classes}")
     if name == "svm":

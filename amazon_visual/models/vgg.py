@@ -18,14 +18,14 @@ VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 VGG16_CONV_NAMES = tuple(f"block{b + 1}_conv{c + 1}" for b, (_, n) in enumerate(VGG16_BLOCKS) for c in range(n))
 
 
-def vgg16_bn_backbone(image_size=224, width=1.0):
+def vgg16_bn_backbone(image_size=224, width=1.0, bn_momentum=0.9):
     inputs = keras.Input((image_size, image_size, 3), name="backbone_input")
     x = inputs
     for b, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
         for c in range(1, convs + 1):
             x = keras.layers.Conv2D(max(4, int(round(filters * width))), 3, padding="same",
                                     name=f"block{b}_conv{c}")(x)
-            x = keras.layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
+            x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"block{b}_bn{c}")(x)
             x = keras.layers.Activation("relu", name=f"block{b}_relu{c}")(x)
         x = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=f"block{b}_pool")(x)
     return keras.Model(inputs, x, name="backbone")

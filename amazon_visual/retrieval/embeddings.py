@@ -250,6 +250,8 @@ class Embedder:
                 "fingerprint": fingerprint, "embedding_layer": "embedding", "embedding_dim": dim,
                 "image_size": image_size, "weights": fingerprint.split(":", 1)[1].rsplit(":", 1)[0],
                 "resize": DEFAULT_RESIZE, "preprocessing": None}
+        if info["weights"].startswith("sha256:"):  # a weights file: where it was, so queries can load it
+            info["weights_path"] = os.path.abspath(os.fspath(weights))
         return cls(model, image_size, info, labels=None, resize=DEFAULT_RESIZE, with_probs=False)
 
     @classmethod
@@ -278,8 +280,12 @@ class Embedder:
         if manifest.get("source") == "backbone":
             weights = manifest.get("weights") or "imagenet"
             if str(weights).startswith("sha256:"):
-                raise UserError("this index was built from a backbone weights file: query it with "
-                                "Recommender.load(INDEX_DIR, backbone_weights=PATH)")
+                path = manifest.get("weights_path")
+                if not path or not os.path.isfile(path):
+                    raise UserError(f"this index was built from the backbone weights file {path or '(not recorded)'} "
+                                    f"({weights}), which is not there: pass --weights PATH to that file "
+                                    "(Python: Recommender.load(INDEX_DIR, backbone_weights=PATH))")
+                weights = path  # its checksum is checked against the manifest's fingerprint
             return cls.from_backbone(manifest["model"], weights, manifest["image_size"])
         run_dir = run_dir or manifest.get("run_dir")
         if not run_dir or not os.path.isdir(run_dir):

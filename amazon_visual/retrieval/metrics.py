@@ -88,12 +88,14 @@ def _embed_split(manifest, index_dir, data_dir, split, run_dir=None, progress=Tr
 
 
 def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=None, trees=None,
-                       max_queries=None, latency_queries=1000, run_dir=None, progress=True):
+                       max_queries=None, latency_queries=1000, run_dir=None, progress=True, backbone_weights=None):
     """Measure an INDEX_DIR; returns a dict of metrics (see the module doc)."""
     from tqdm import tqdm
 
     index_dir = os.fspath(index_dir)
     manifest = read_manifest(index_dir)
+    if backbone_weights is not None:  # a backbone index whose weights file moved
+        manifest = dict(manifest, weights_path=os.path.abspath(os.fspath(backbone_weights)))
     k = int(k)
     if k < 1:
         raise UserError(f"-k must be at least 1, not {k}")

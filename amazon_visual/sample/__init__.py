@@ -1,4 +1,4 @@
-"""The embedded sample catalog: 400 real product photos in 10 clothing classes.
+"""The embedded sample catalog: 1,000 real product photos in 10 clothing classes (100 each).
 
 Installed with the package so ``amazon-visual demo`` needs no other file.
 ``meta_sample.jsonl.gz`` holds the products' metadata in the 2023 Amazon format

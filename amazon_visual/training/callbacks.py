@@ -79,3 +79,41 @@ def tensorboard_available():
     import importlib.util
 
     return importlib.util.find_spec("tensorboard") is not None
+
+
+class WarmupCosine(keras.callbacks.Callback):
+    """Sets the learning rate before every batch: a linear warm-up over the first
+    ``warmup`` share of the phase, then a cosine decay from ``peak`` to ``peak x
+    min_factor``. The phase's progress is its share of steps done or, with a
+    ``deadline`` (time budget), its share of the time used, whichever is larger: a run
+    cut by ``--max-minutes`` still ends at a small rate."""
+
+    def __init__(self, peak, total_steps, warmup=0.05, min_factor=0.01, initial_step=0, deadline=None):
+        super().__init__()
+        self.peak, self.total_steps = float(peak), max(1, int(total_steps))
+        self.warmup, self.min_factor = float(warmup), float(min_factor)
+        self.step = int(initial_step)
+        self.deadline = deadline
+        self._t0 = None
+
+    def progress(self):
+        p = self.step / self.total_steps
+        if self.deadline is not None and self._t0 is not None and self.deadline > self._t0:
+            p = max(p, (time.time() - self._t0) / (self.deadline - self._t0))
+        return min(1.0, p)
+
+    def rate(self, progress):
+        if self.warmup > 0 and progress < self.warmup:
+            return self.peak * max(progress / self.warmup, 0.01)
+        t = (progress - self.warmup) / max(1e-9, 1.0 - self.warmup)
+        low = self.peak * self.min_factor
+        return low + (self.peak - low) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+    def on_train_begin(self, logs=None):
+        self._t0 = time.time()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate = self.rate(self.progress())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1

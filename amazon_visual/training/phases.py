@@ -82,11 +82,3 @@ def compile_model(fit_model, name, learning_rate, weight_decay=1e-4, label_smoot
     fit_model.compile(optimizer=make_optimizer(name, learning_rate, weight_decay), loss=loss,
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     return fit_model
-
-
-def default_lr(name, two_phase):
-    if two_phase:
-        return 1e-3
-    return 1e-4 if name in ("vgg16", "vgg19", "alexnet") else 1e-3
-
-

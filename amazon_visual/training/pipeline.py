@@ -14,10 +14,22 @@ from amazon_visual import data
 CACHE_LIMIT_BYTES = 1 << 30
 
 
-def augmenter(seed=None, flip=True, zoom=0.1, rotation=0.04, contrast=0.2, translation=0.05):
+# Augmentation strength -> the augmenter's arguments (``augment=`` of the recipes).
+AUGMENT_LEVELS = {
+    "light": dict(zoom=0.05, rotation=0.0, contrast=0.0, translation=0.05),
+    "medium": dict(zoom=0.1, rotation=0.04, contrast=0.2, translation=0.05),
+    "strong": dict(zoom=0.2, rotation=0.08, contrast=0.3, translation=0.1),
+}
+
+
+def augmenter(seed=None, flip=True, zoom=0.1, rotation=0.04, contrast=0.2, translation=0.05, level=None):
     """Keras augmentation layers (random flip, zoom/crop, small rotation, translation,
-    contrast) for float images in [0, 255]."""
+    contrast) for float images in [0, 255]; ``level`` (light | medium | strong) sets
+    them all from :data:`AUGMENT_LEVELS`."""
     import keras
+
+    if level is not None:
+        return augmenter(seed=seed, flip=flip, **AUGMENT_LEVELS[level])
 
     layers = []
     if flip:
@@ -51,6 +63,7 @@ def train_dataset(data_dir, image_size, batch_size, num_classes, augment=True, s
                   repeat=True, shard_by_data=False, cache=None):
     """Augmented, shuffled, one-hot, batched (global batch) training dataset.
 
+    ``augment``: False/"none", True (medium) or a level of :data:`AUGMENT_LEVELS`.
     With ``repeat`` it repeats forever: use ``steps(n, batch_size)`` steps per epoch."""
     import tensorflow as tf
 
@@ -63,8 +76,10 @@ def train_dataset(data_dir, image_size, batch_size, num_classes, augment=True, s
         ds = ds.cache()
     ds = ds.shuffle(min(max(n, 1), 4096), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(int(batch_size), num_parallel_calls=tf.data.AUTOTUNE)
-    if augment:
-        aug = augmenter(seed=seed)
+    if augment is True:
+        augment = "medium"
+    if augment and augment != "none":
+        aug = augmenter(seed=seed, level=augment)
         ds = ds.map(lambda x, y: (aug(x, training=True), tf.one_hot(y, num_classes)),
                     num_parallel_calls=tf.data.AUTOTUNE)
     else:

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from amazon_visual.atomic import write_json
 from amazon_visual.errors import UserError
 from amazon_visual.training import phases as phases_mod
-from amazon_visual.training import runs
+from amazon_visual.training import recipes, runs
 from amazon_visual.training import strategy as strategy_mod
+
+
+DEFAULT_PATIENCE = 10
 
 
 def _log(msg, quiet=False):
@@ -52,29 +55,42 @@ class RunPlan:
         return os.path.join(self.write_dir, "state.json")
 
 
-def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size=224, epochs=10, batch_size=32,
+def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size=224, epochs=10, batch_size=None,
           fine_tune_at=None, strategy="auto", mixed_precision=False, augment=None, seed=0,
-          learning_rate=None, fine_tune_lr_factor=0.1, head_epochs=None, label_smoothing=0.1,
-          weight_decay=1e-4, class_weights=True, early_stopping=5, max_minutes=None, steps_per_epoch=None,
+          learning_rate=None, fine_tune_lr_factor=None, head_epochs=None, label_smoothing=None,
+          weight_decay=None, class_weights=True, early_stopping=None, max_minutes=None, steps_per_epoch=None,
           validation_steps=None, backup_freq="epoch", quiet=False, callbacks=True, model_kwargs=None,
-          verbose=None):
+          verbose=None, head_budget=None, cache_features=None, cached_views=2):
     """Trains ``model`` on DATA_DIR and writes the run folder ``out``; returns a summary dict.
+
+    Every value left ``None`` comes from the model family's recipe
+    (:mod:`amazon_visual.training.recipes`): learning rate with warm-up and cosine decay,
+    batch size, augmentation strength, label smoothing, weight decay.
 
     Args:
       data_dir: folder written by ``amazon-visual build-data``.
       model: ``svm``, ``alexnet``, ``vgg16``, ``vgg16_bn``, ``resnet50`` or any
         keras.applications name (``amazon_visual.models.available_models()``).
       weights: ``"none"`` (from scratch, one phase), ``"imagenet"`` or a weights file
-        (two phases: head with frozen backbone, then fine-tuning from ``fine_tune_at``).
+        (two phases: head with frozen backbone, then fine-tuning from ``fine_tune_at``
+        with batch norm frozen).
       epochs: total epochs over both phases; ``head_epochs`` of them (default a third,
         at least 1) train the head only.
       batch_size: the global batch, split across replicas.
       strategy: auto | default | one_device | mirrored | multi_worker.
       mixed_precision: float16 on GPU, bfloat16 on CPU (the last layer stays float32).
-      augment: random flip/translation/zoom/rotation/contrast in the input pipeline
-        (default: on for the CNNs, off for svm, the course's linear classifier on raw pixels).
-      max_minutes: time budget: stop after the batch that passes it (that last, partial
-        epoch is validated and logged).
+      augment: None (the recipe's), False/"none", True, or light | medium | strong.
+      learning_rate: the peak rate (after warm-up); ``fine_tune_lr_factor`` scales it for
+        the fine-tuning phase.
+      max_minutes: time budget for the whole run: stop after the batch that passes it
+        (that last, partial epoch is validated and logged); the learning-rate schedule
+        follows the budget. With two phases the head phase may use at most
+        ``head_budget`` of it (default the recipe's, 0.35); config.json records the split.
+      cache_features: train the head phase on backbone features computed once
+        (``cached_views`` views, default 2: the photos as they are plus augmented copies) instead of
+        running the frozen backbone every epoch; default on whenever the model allows it
+        (single worker, the standard head).
+      early_stopping: patience in epochs on validation accuracy (default 10; 0 = off).
       steps_per_epoch / validation_steps: default one pass over the split.
       backup_freq: ``"epoch"`` or a number of batches for BackupAndRestore.
       quiet: no progress output. callbacks: False drops TensorBoard and BackupAndRestore
@@ -93,7 +109,8 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
         fine_tune_at=fine_tune_at, strategy=strategy, mixed_precision=mixed_precision, augment=augment, seed=seed,
         learning_rate=learning_rate, fine_tune_lr_factor=fine_tune_lr_factor, head_epochs=head_epochs,
         label_smoothing=label_smoothing, weight_decay=weight_decay, class_weights=class_weights,
-        early_stopping=early_stopping, max_minutes=max_minutes, model_kwargs=model_kwargs))
+        early_stopping=early_stopping, max_minutes=max_minutes, model_kwargs=model_kwargs,
+        head_budget=head_budget, cache_features=cache_features, cached_views=cached_views))
     state = _read_state(plan, quiet)
     if plan.old_config is not None:  # finished before
         return runs.summary(plan.run_dir, plan.old_config, state, time.time() - t_start)
@@ -103,15 +120,16 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
     policy_before = keras.mixed_precision.global_policy().name
     try:
         net, fit_model = build_models(plan, strat, mixed_precision, seed)
-        inputs = make_inputs(plan, data_dir, batch_size, augment=plan.config["augment"], seed=seed,
+        inputs = make_inputs(plan, data_dir, plan.config["batch_size"], augment=plan.config["augment"], seed=seed,
                              steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
                              class_weights=class_weights)
         deadline = t_start + float(max_minutes) * 60 if max_minutes else None
         if deadline and plan.num_workers > 1:
             _log("--max-minutes is ignored under multi-worker training (workers must agree)", quiet)
             deadline = None
-        budget_hit = run_phases(plan, state, strat, net, fit_model, inputs, deadline,
-                                dict(callbacks=callbacks, quiet=quiet, verbose=verbose, backup_freq=backup_freq))
+        budget_hit = run_phases(plan, state, strat, net, fit_model, inputs, _phase_deadlines(plan, t_start, deadline),
+                                dict(callbacks=callbacks, quiet=quiet, verbose=verbose, backup_freq=backup_freq,
+                                     data_dir=data_dir))
         finish_run(plan, state, net, budget_hit, t_start)
     finally:
         keras.mixed_precision.set_global_policy(policy_before)
@@ -151,10 +169,18 @@ def plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, stra
     name = models._check_name(model)
     info = models.model_info(name)
     weights_n = applications.normalize_weights(weights)
-    if options["augment"] is None:
-        options["augment"] = name != "svm"
-    image_size, epochs, batch_size = int(image_size), int(epochs), int(batch_size)
+    o = options
+    rec = recipes.resolve(recipes.recipe(name, info["family"], weights_n is not None), batch_size=batch_size,
+                          **{k: o[k] for k in ("learning_rate", "augment", "label_smoothing", "weight_decay",
+                                               "fine_tune_lr_factor", "head_budget")})
+    image_size, epochs, batch_size = int(image_size), int(epochs), int(rec["batch_size"])
     _check_arguments(name, info, weights_n, image_size, epochs, batch_size)
+    o.update({k: rec[k] for k in ("augment", "label_smoothing", "weight_decay", "fine_tune_lr_factor", "head_budget")})
+    o["model_kwargs"] = recipes.model_kwargs(rec, image_size, o["model_kwargs"])
+    if o["early_stopping"] is None:
+        o["early_stopping"] = DEFAULT_PATIENCE
+    if int(o["cached_views"]) < 1:
+        raise UserError(f"--cached-views {o['cached_views']}: give at least 1 (the photos as they are)")
 
     fingerprint = runs.dataset_fingerprint(data_dir)  # UserError when not a dataset
     labels = fingerprint["class_names"]
@@ -169,8 +195,7 @@ def plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, stra
     write_dir = run_dir if is_chief else tempfile.mkdtemp(prefix=f"amazon-visual-worker{task_id}-")
     phases = _choose_phases(name, weights_n, epochs, options["head_epochs"])
     two_phase = phases[0][0] == "head"
-    o = options
-    lr = float(o["learning_rate"]) if o["learning_rate"] else phases_mod.default_lr(name, two_phase)
+    lr = float(rec["learning_rate"])
     config = {
         "model": name, "family": info["family"], "image_size": image_size,
         "preprocessing": info["preprocessing"], "embedding_layer": "embedding", "embedding_dim": None,
@@ -179,11 +204,13 @@ def plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, stra
         "epochs": epochs, "batch_size": batch_size, "phases": [p for p, _ in phases],
         "head_epochs": phases[0][1] if two_phase else None, "fine_tune_at": o["fine_tune_at"],
         "learning_rate": lr, "fine_tune_learning_rate": lr * o["fine_tune_lr_factor"] if two_phase else None,
-        "strategy": o["strategy"], "mixed_precision": bool(o["mixed_precision"]), "augment": bool(o["augment"]),
+        "strategy": o["strategy"], "mixed_precision": bool(o["mixed_precision"]), "augment": o["augment"],
         "seed": o["seed"], "label_smoothing": o["label_smoothing"] if info["loss"] != "multiclass_hinge" else None,
         "loss": info["loss"], "weight_decay": o["weight_decay"], "class_weights": bool(o["class_weights"]),
         "early_stopping": o["early_stopping"], "max_minutes": o["max_minutes"], "model_kwargs": o["model_kwargs"] or {},
-        "resize": "pad", "package_version": _version(),
+        "resize": "pad", "package_version": _version(), "recipe": rec,
+        "schedule": {"kind": "warmup_cosine", "warmup": rec["warmup"], "min_lr_factor": rec["min_lr_factor"]},
+        "cached_head": None, "time_budget": None,
     }
     return RunPlan(name=name, info=info, labels=labels, run_dir=run_dir, write_dir=write_dir, phases=phases, lr=lr,
                    config=config, n_train=n_train, n_val=n_val, is_chief=is_chief, task_id=task_id,
@@ -210,6 +237,26 @@ def _read_state(plan, quiet):
             _log(f"{plan.run_dir} is already trained; nothing to do", quiet)
             plan.old_config = old
     return state
+
+
+def _phase_deadlines(plan, t_start, deadline):
+    """{phase: deadline or None}; records the split of the time budget in config.json.
+    The head phase may use at most ``head_budget`` of a budget; fine-tuning gets the rest
+    (and whatever the head phase did not use)."""
+    names = [p for p, _ in plan.phases]
+    if deadline is None:
+        return {p: None for p in names}
+    total = deadline - t_start
+    out = {p: deadline for p in names}
+    split = {"total_minutes": round(total / 60, 3)}
+    if "head" in names and "fine_tune" in names:
+        out["head"] = t_start + total * float(plan.options["head_budget"])
+        split["head_minutes_max"] = round(total * float(plan.options["head_budget"]) / 60, 3)
+        split["fine_tune_minutes_min"] = round(total * (1 - float(plan.options["head_budget"])) / 60, 3)
+    plan.config["time_budget"] = split
+    if plan.is_chief:
+        write_json(os.path.join(plan.write_dir, "config.json"), plan.config)
+    return out
 
 
 def build_models(plan, strat, mixed_precision, seed):
@@ -270,7 +317,7 @@ def make_inputs(plan, data_dir, batch_size, augment, seed, steps_per_epoch, vali
     return Inputs(train_ds, steps, val_ds, val_steps, "val_accuracy" if plan.n_val else "accuracy", cw)
 
 
-def run_phases(plan, state, strat, net, fit_model, inputs, deadline, opts):
+def run_phases(plan, state, strat, net, fit_model, inputs, deadlines, opts):
     """Runs the phases not done yet, in order; returns True when the time budget stopped them."""
     history_rows = runs.read_history(plan.write_dir) if plan.is_chief else []
     best = max((r.get(inputs.monitor) or -math.inf for r in history_rows), default=None)
@@ -286,15 +333,99 @@ def run_phases(plan, state, strat, net, fit_model, inputs, deadline, opts):
             continue
         if phase_end <= initial_epoch:
             continue
-        timer, best = run_phase(plan, strat, net, fit_model, inputs, phase, initial_epoch, phase_end, best,
-                                deadline, opts)
+        if phase == "head" and _use_cached_head(plan, net):
+            timer, best = run_cached_head_phase(plan, strat, net, initial_epoch, phase_end, best,
+                                                deadlines[phase], opts)
+        else:
+            timer, best = run_phase(plan, strat, net, fit_model, inputs, phase, initial_epoch, phase_end, best,
+                                    deadlines[phase], opts)
         fit_model.save_weights(phase_weights)
         state["phases_done"].append(phase)
         write_json(plan.state_path, state)
         initial_epoch = phase_end
-        if timer is not None and timer.stopped:
+        last = deadlines[plan.phases[-1][0]]
+        if timer is not None and timer.stopped and (last is None or time.time() > last):
             return True
     return False
+
+
+def _use_cached_head(plan, net):
+    from amazon_visual.training import feature_cache
+
+    wanted = plan.options["cache_features"]
+    able = plan.num_workers == 1 and feature_cache.supports_cached_head(net)
+    if wanted and not able:
+        raise UserError(f"--cache-features needs a single worker and the standard head; {plan.name} here has "
+                        f"neither: drop --cache-features")
+    use = able if wanted is None else bool(wanted)
+    plan.config["cached_head"] = {"views": int(plan.options["cached_views"]),
+                                  "augmentation": f"views 2..{int(plan.options['cached_views'])}: "
+                                                  f"{plan.options['augment']}"} if use else None
+    if plan.is_chief:
+        write_json(os.path.join(plan.write_dir, "config.json"), plan.config)
+    return use
+
+
+def _schedule(plan, phase_lr, steps, first_epoch, initial_epoch, phase_end, deadline):
+    from amazon_visual.training.callbacks import WarmupCosine
+
+    rec = plan.config["recipe"]
+    return WarmupCosine(phase_lr, total_steps=(phase_end - first_epoch) * steps, warmup=rec["warmup"],
+                        min_factor=rec["min_lr_factor"], initial_step=(initial_epoch - first_epoch) * steps,
+                        deadline=deadline)
+
+
+def _phase_first_epoch(plan, phase):
+    first = 0
+    for name, end in plan.phases:
+        if name == phase:
+            return first
+        first = end
+    return first
+
+
+def run_cached_head_phase(plan, strat, net, initial_epoch, phase_end, best, deadline, opts):
+    """The head phase on cached backbone features (:mod:`.feature_cache`)."""
+    from amazon_visual.training import feature_cache, pipeline
+
+    o, config = plan.options, plan.config
+    splits = ("train", "validation") if plan.n_val else ("train",)
+    cached = feature_cache.cache_views(net, plan.write_dir, opts["data_dir"], config["image_size"],
+                                       o["cached_views"], o["augment"], seed=int(o["seed"]), splits=splits,
+                                       log=lambda m: _log(m, opts["quiet"]))
+    n_classes, batch = len(plan.labels), config["batch_size"]
+    x, y = cached["train"]
+    train_ds = feature_cache.feature_dataset(x, y, n_classes, batch, seed=int(o["seed"]))
+    steps = pipeline.steps(len(x), batch)
+    val_ds = val_steps = None
+    if plan.n_val:
+        vx, vy = cached["validation"]
+        val_ds = feature_cache.feature_dataset(vx, vy, n_classes, batch, shuffle=False)
+        val_steps = pipeline.steps(len(vx), batch)
+    with strat.scope():
+        head = feature_cache.head_model(net)
+        phases_mod.set_phase_trainable(net, "head", 0)
+        phases_mod.compile_model(head, plan.name, plan.lr, o["weight_decay"], o["label_smoothing"])
+    inputs = Inputs(train_ds, steps, val_ds, val_steps, "val_accuracy" if plan.n_val else "accuracy", None)
+    cbs, timer = _phase_callbacks(plan, net, inputs, "head", best, deadline, opts)
+    cbs.append(_schedule(plan, plan.lr, steps, 0, initial_epoch, phase_end, deadline))
+    _log(f"{plan.name}: phase head on cached features ({len(x)} examples, {o['cached_views']} views), "
+         f"epochs {initial_epoch + 1}..{phase_end}, peak lr {plan.lr:g}", opts["quiet"])
+    head.fit(train_ds, epochs=phase_end, initial_epoch=initial_epoch, steps_per_epoch=steps,
+             validation_data=val_ds, validation_steps=val_steps, class_weight=_class_weight(plan, y),
+             callbacks=cbs, verbose=opts["verbose"])
+    best = max((r.get(inputs.monitor) or -math.inf for r in runs.read_history(plan.write_dir)), default=best)
+    return timer, best
+
+
+def _class_weight(plan, labels):
+    if not plan.options["class_weights"]:
+        return None
+    import numpy as np
+
+    counts = np.bincount(labels, minlength=len(plan.labels))
+    present = counts > 0
+    return {int(i): float(counts.sum() / (present.sum() * c)) for i, c in enumerate(counts) if c > 0}
 
 
 def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts):
@@ -337,8 +468,10 @@ def run_phase(plan, strat, net, fit_model, inputs, phase, initial_epoch, phase_e
             phase_lr = plan.lr
         phases_mod.compile_model(fit_model, plan.name, phase_lr, o["weight_decay"], o["label_smoothing"])
     cbs, timer = _phase_callbacks(plan, net, inputs, phase, best, deadline, opts)
+    cbs.append(_schedule(plan, phase_lr, inputs.steps, _phase_first_epoch(plan, phase), initial_epoch, phase_end,
+                         deadline))
     config = plan.config
-    _log(f"{plan.name}: phase {phase}, epochs {initial_epoch + 1}..{phase_end}, lr {phase_lr:g}, "
+    _log(f"{plan.name}: phase {phase}, epochs {initial_epoch + 1}..{phase_end}, peak lr {phase_lr:g}, "
          f"{config['strategy_class']} x{config['replicas']}, policy {config['mixed_precision_policy']}", opts["quiet"])
     fit_model._initial_epoch = None
     if plan.num_workers > 1:
@@ -366,6 +499,9 @@ def finish_run(plan, state, net, budget_hit, t_start):
             os.remove(weights_file)
     for phase, _ in plan.phases:
         shutil.rmtree(_backup_dir(plan.run_dir, phase, plan.is_chief, plan.task_id), ignore_errors=True)
+    from amazon_visual.training import feature_cache
+
+    feature_cache.remove(write_dir)
     try:  # every worker removes its own folder, then the parent when it is empty
         os.rmdir(os.path.join(plan.run_dir, "backup"))
     except OSError:
