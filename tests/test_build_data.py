@@ -308,9 +308,72 @@ def test_split_whose_images_all_fail_and_top_categories(tmp_path):
     out = tmp_path / "d"
     report = build_data(meta, str(out), images_dir=str(img), top_categories=2, image_size=16,
                         splits="0.5,0.5,0", workers=1, progress=False)
-    assert report["classes"] == ["Sports", "Toys"]
+    assert report["classes"] == ["Sports", "Toys"] and report["category_level"] == 1
     assert sorted(f["asin"] for f in report["failures"]) == sorted(bad)
     assert report["totals"]["validation"] == 0 and report["totals"]["train"] == 16 - len(bad)
     assert any("validation has no example" in w for w in report["warnings"])
     assert data.splits(out) == ["train"]
     assert_report_matches(report, out)
+
+
+def _one_department(tmp_path, n=36):
+    """A meta_Clothing-like file: every product under Clothing, Shoes & Jewelry, then Women/Men/Girls."""
+    img = tmp_path / "images"
+    img.mkdir()
+    prods = []
+    for i in range(n):
+        asin = f"C{i:03d}"
+        sub = ["Women", "Women", "Men", "Girls"][i % 4]
+        prods.append(product(asin, ["Clothing, Shoes &amp; Jewelry", sub, ["Tops", "Shoes"][i % 2]]))
+        (img / f"{asin}.jpg").write_bytes(image_bytes("jpeg"))
+    return write_catalog(tmp_path / "meta_Clothing.json.gz", "2018", prods), str(img)
+
+
+def test_top_categories_of_a_one_department_file(tmp_path, capsys):
+    meta, img = _one_department(tmp_path)
+    out = tmp_path / "d"
+    rc = main(["build-data", "--metadata", meta, "--images-dir", img, "--out", str(out), "--top-categories", "3",
+               "--image-size", "16", "--workers", "1", "--no-progress"])
+    assert rc == 0
+    assert "classes: the most frequent categories at level 2 of the category paths" in capsys.readouterr().out
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["classes"] == ["Women", "Girls", "Men"] and report["category_level"] == 2  # ties by name
+    assert report["class_source"] == "top 3"
+    names, counts, _ = read_back(out)
+    assert {n: sum(c[n] for c in counts.values()) for n in names} == {"Women": 18, "Men": 9, "Girls": 9}
+
+
+@pytest.mark.parametrize("how,needle", [
+    (dict(top_categories=1), "--top-categories 1 (level 1 of the category paths): fewer than 2 classes have "
+                             "products (Clothing, Shoes & Jewelry (36))"),
+    (dict(top_categories=4), "--top-categories 4: no level of the category paths has 4 categories (level 1: "
+                             "Clothing, Shoes & Jewelry (36); level 2: Women (18), Girls (9), Men (9)): pass a "
+                             "smaller N"),
+    (dict(categories=["Women", "Boys"]), "--category: fewer than 2 classes have products (Women (18), Boys (0))"),
+    (dict(categories_file="cats.txt"), "--categories-file cats.txt: fewer than 2 classes have products (Men (9), Luggage (0))"),
+    (dict(categories=["Women", "Girls"], min_per_class=10), "(Women (18); dropped by --min-per-class: Girls (9))"),
+])
+def test_fewer_than_two_classes_is_a_user_error(tmp_path, monkeypatch, how, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cats.txt").write_text("Men\nLuggage\n")
+    meta, img = _one_department(tmp_path)
+    with pytest.raises(UserError) as e:
+        build_data(meta, str(tmp_path / "d"), images_dir=img, image_size=16, workers=1, progress=False, **how)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg, msg
+    assert "--category NAME" in msg and "--categories-file FILE" in msg
+    if "fewer than 2" in msg:
+        assert "level 2: Women (18), Girls (9), Men (9)" in msg  # the categories found, to choose from
+    assert sorted(os.listdir(tmp_path)) == ["cats.txt", "images", "meta_Clothing.json.gz"]  # nothing written
+
+
+def test_two_classes_that_lose_their_images_is_a_user_error(tmp_path):
+    meta, img = _one_department(tmp_path, n=12)
+    for name in os.listdir(img):
+        if int(name[1:4]) % 4 == 2:  # every Men photo is broken
+            (tmp_path / "images" / name).write_bytes(image_bytes("truncated"))
+    with pytest.raises(UserError, match=r"fewer than 2 classes have products with a usable image \(Women \(6\), "
+                                        r"Men \(0\)\)"):
+        build_data(meta, str(tmp_path / "d"), images_dir=img, categories=["Women", "Men"], image_size=16,
+                   workers=1, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["images", "meta_Clothing.json.gz"]

@@ -38,6 +38,7 @@ class Product:
     title: str = ""
     paths: list = field(default_factory=list)  # list of category paths (lists of names)
     image_urls: list = field(default_factory=list)  # best first
+    store: str = ""  # 2018 main_cat / 2023 main_category (also a one-name path in ``paths``)
     source: str = ""
     line: int = 0
 
@@ -150,7 +151,7 @@ def _parse_2014(line):
             p = _path(p)
             if p:
                 paths.append(p)
-    return asin, rec.get("title"), paths, _urls([rec.get("imUrl")])
+    return asin, rec.get("title"), paths, _urls([rec.get("imUrl")]), ""
 
 
 def _parse_2018(line):
@@ -168,7 +169,7 @@ def _parse_2018(line):
     lo = rec.get("imageURL") or []
     hi = hi if isinstance(hi, list) else [hi]
     lo = lo if isinstance(lo, list) else [lo]
-    return asin, rec.get("title"), paths, _urls(hi + lo)
+    return asin, rec.get("title"), paths, _urls(hi + lo), _text(rec.get("main_cat"))
 
 
 def _parse_2023(line):
@@ -194,7 +195,7 @@ def _parse_2023(line):
                         key=lambda im: 0 if str(im.get("variant", "")).upper() == "MAIN" else 1)
         for im in images:
             urls.extend([im.get("large"), im.get("hi_res"), im.get("thumb")])
-    return asin, rec.get("title"), paths, _urls(urls)
+    return asin, rec.get("title"), paths, _urls(urls), main
 
 
 _PARSERS = {"2014": _parse_2014, "2018": _parse_2018, "2023": _parse_2023}
@@ -273,11 +274,11 @@ def _record(parse, line, fmt):
     if line is None:
         return None, "line too long"
     try:
-        asin, title, cat_paths, urls = parse(line.strip())
+        asin, title, cat_paths, urls, store = parse(line.strip())
         asin = _text(asin)
         title = _text(title)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, AttributeError) as e:
         return None, f"unparsable {fmt} record ({type(e).__name__})"
     if not asin:
         return None, "no asin"
-    return Product(asin=asin, title=title, paths=cat_paths, image_urls=urls), None
+    return Product(asin=asin, title=title, paths=cat_paths, image_urls=urls, store=store), None
