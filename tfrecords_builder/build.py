@@ -208,7 +208,7 @@ def _read_back_counts(version_dir, class_names):
 
 
 def _move_into_place(version_dir, out):
-    """Atomically put the finished dataset folder at ``out`` (replacing an old dataset)."""
+    """Put the finished dataset folder at ``out`` by renames (replacing an old dataset; see _recover)."""
     old = None
     if os.path.isdir(out):
         if os.listdir(out):
@@ -269,19 +269,82 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
     beam_args = _parse_beam_options(beam_options)
     if beam_args and not beam:
         raise UserError("--beam-options needs --beam")
-    out = _check_out(out, overwrite)
-    pool = None
-    if not beam and workers > 1:
-        pool = OrderedPool(workers)
-        pool.warm(warm_up)  # the workers start while the metadata is read
+    out = os.path.abspath(os.fspath(out))
+    with _build_lock(out):
+        _recover(out)
+        out = _check_out(out, overwrite)
+        pool = None
+        if not beam and workers > 1:
+            pool = OrderedPool(workers)
+            pool.warm(warm_up)  # the workers start while the metadata is read
+        try:
+            return _build(metadata, out, images_dir, download, cache_dir, categories, categories_file,
+                          top_categories, preset, min_per_class, max_per_class, image_size, fractions, seed,
+                          workers, beam, beam_args, download_workers, timeout, retries, backoff, max_bytes,
+                          shard_mb, progress, pool, t0)
+        finally:
+            if pool is not None:
+                pool.close()
+
+
+@contextlib.contextmanager
+def _build_lock(out):
+    """Hold ``<out>.build-lock`` (an flock, freed by the kernel even on kill -9): one build per --out.
+
+    The file is removed when the build ends (a killed build leaves it, unlocked, for the next).
+    """
     try:
-        return _build(metadata, out, images_dir, download, cache_dir, categories, categories_file,
-                      top_categories, preset, min_per_class, max_per_class, image_size, fractions, seed,
-                      workers, beam, beam_args, download_workers, timeout, retries, backoff, max_bytes,
-                      shard_mb, progress, pool, t0)
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    if fcntl is None or not os.path.isdir(os.path.dirname(out)):
+        yield  # (a missing parent folder is reported by _check_out)
+        return
+    path = f"{out}.build-lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"--out {out} is being built by another build-data (it holds {path}): wait for it "
+                            "to end, or choose another --out") from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # its holder removed it as we took it: take the current file
+    try:
+        yield
     finally:
-        if pool is not None:
-            pool.close()
+        with contextlib.suppress(OSError):
+            os.remove(path)  # while still held
+        os.close(fd)
+
+
+def _same_file(fd, path):
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
+
+
+def _recover(out):
+    """Undo what a killed build left next to ``out`` (under the build lock).
+
+    The dataset only ever appears at ``out`` by renaming a finished folder, so ``out`` is
+    always absent, the old dataset or the new one. A kill between the two renames of
+    :func:`_move_into_place` leaves the old dataset at ``<out>.old-<pid>``: it is put back.
+    """
+    parent, name = os.path.split(out)
+    if not os.path.isdir(parent):
+        return
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        if entry.startswith(f"{name}.old-") and os.path.isdir(path):
+            if not os.path.exists(out):
+                os.replace(path, out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(f"{out}.tmp-build", ignore_errors=True)
 
 
 def _build(metadata, out, images_dir, download, cache_dir, categories, categories_file, top_categories, preset,
@@ -379,9 +442,7 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
     # ---- the TFDS build ---------------------------------------------------------------
     from tfrecords_builder.builder import BuildPlan
 
-    tmp = f"{out}.tmp-build"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)  # left by a killed run
+    tmp = f"{out}.tmp-build"  # (one left by a killed run was removed by _recover)
     os.makedirs(tmp)
     failures_dir = os.path.join(tmp, "failures")
     os.makedirs(failures_dir)
