@@ -8,7 +8,8 @@ import pytest
 from amazon_visual import data
 from amazon_visual.cli import main
 from amazon_visual.errors import UserError
-from builder_fixtures import PWNED_LINE, ImageServer, files_under, image_bytes, product, write_catalog
+from builder_fixtures import (PWNED_LINE, ImageServer, files_under, forged_jpeg, image_bytes, large_jpeg, png_bomb,
+                              product, write_catalog)
 from tfrecords_builder.build import build_data
 
 CLASSES = ["Shoes", "Watches", "Kitchen & Dining"]
@@ -377,3 +378,46 @@ def test_two_classes_that_lose_their_images_is_a_user_error(tmp_path):
         build_data(meta, str(tmp_path / "d"), images_dir=img, categories=["Women", "Men"], image_size=16,
                    workers=1, progress=False)
     assert sorted(os.listdir(tmp_path)) == ["images", "meta_Clothing.json.gz"]
+
+
+def test_every_bad_record_and_image_is_counted_in_the_report(tmp_path, monkeypatch):
+    from tfrecords_builder import metadata
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(metadata, "MAX_LINE_CHARS", 10_000)
+    img = tmp_path / "images"
+    img.mkdir()
+    good = {f"G{i}": CLASSES[i % 2] for i in range(10)}
+    prods = [product(a, PATHS[c]) for a, c in good.items()]
+    prods[0]["title"] = "odd \ud800 title \x00 ok"  # a lone surrogate (from a JSON escape) and a NUL
+    for a in good:
+        (img / f"{a}.png").write_bytes(image_bytes("png"))
+    (img / "G1.png").unlink()
+    (img / "G1.jpg").write_bytes(large_jpeg(10954, 8216))  # 90 MP: decoded at 1/8, kept
+    bad_images = {"B1": png_bomb(9_000, 9_000), "B2": forged_jpeg(65_000, 65_000), "B3": b"\x89PNG\r\n\x1a\nrandom",
+                  "B4": bytes(range(256)) * 4}
+    for a, data in bad_images.items():
+        (img / f"{a}.png").write_bytes(data)
+        prods.append(product(a, PATHS["Watches"]))
+    bad_lines = [PWNED_LINE, '{"asin": ["B0"], "category": ["Shoes"]}', '{"asin": "Z1", "category": ["Shoes"]',
+                 "\x00\x01\x02 binary junk", "[1, 2, 3]", '{"title": "no asin"}', "{" + "x" * 20_000 + "}",
+                 '{"asin": {"nested": 1}}', "\ufeff{\"asin\": \"Z2\"" + ", \"x\": " * 3]
+    meta = write_catalog(tmp_path / "meta.json", "2018", prods, extra_lines=bad_lines)
+    text = open(meta, encoding="utf-8", errors="surrogatepass").read()
+    with open(meta, "wb") as f:  # json.dumps escaped the surrogate; keep it as a JSON escape
+        f.write(text.encode("utf-8", "surrogatepass"))
+    out = tmp_path / "d"
+    report = build_data(meta, str(out), images_dir=str(img), categories=CLASSES[:2], image_size=32,
+                        splits="1,0,0", workers=1, progress=False)
+    assert not (tmp_path / "PWNED").exists()
+    assert report["drops"]["malformed_line"] == report["metadata"]["malformed"] == len(bad_lines)
+    assert [m["line"] for m in report["metadata"]["malformed_lines"]] == list(range(15, 15 + len(bad_lines)))
+    assert report["drops"]["image_failed"] == len(bad_images)
+    reasons = {f["asin"]: f["reason"] for f in report["failures"]}
+    assert reasons["B1"] == reasons["B2"] == "decompression bomb (too many pixels)"
+    assert set(reasons) == set(bad_images)
+    assert sum(report["failure_reasons"].values()) == len(bad_images)
+    examples = assert_report_matches(report, out)
+    assert set(examples) == set(good)
+    assert examples["G0"]["title"].decode() == "odd ? title \x00 ok"
+    assert examples["G1"]["image"].shape == (24, 32, 3)
