@@ -69,6 +69,44 @@ def bomb_png(width, height):
     return bytes(data)
 
 
+def large_jpeg(width, height, mode="L", quality=5):
+    """A real, fully decodable JPEG of ``width`` x ``height`` (a flat tone: ~0.15 s for 90 MP in L)."""
+    buf = io.BytesIO()
+    Image.new(mode, (width, height), 90 if mode == "L" else (120, 60, 30)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def png_bomb(width, height):
+    """A real, valid grayscale PNG of ``width`` x ``height`` zeros: a file ~1/1000 of its pixel count."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp = zlib.compressobj(6)
+    row = b"\x00" * (width + 1)  # filter byte + one byte per pixel
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def forged_jpeg(width, height):
+    """A small JPEG whose SOF header claims ``width`` x ``height`` (its data is for 16 x 16)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")  # baseline SOF0: marker, length (2), precision (1), height, width
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def forged_gif(width, height):
+    """A small GIF whose logical screen claims ``width`` x ``height``."""
+    buf = io.BytesIO()
+    Image.new("P", (4, 4), 0).save(buf, "GIF")
+    data = bytearray(buf.getvalue())
+    data[6:10] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
 # -------------------------------------------------------------------------------- catalogs
 def product(asin, path, title=None, url=None):
     return {"asin": asin, "path": list(path), "title": title or f"Product {asin} &amp; co", "url": url}

@@ -8,7 +8,8 @@ import pytest
 from amazon_visual import data
 from amazon_visual.cli import main
 from amazon_visual.errors import UserError
-from builder_fixtures import PWNED_LINE, ImageServer, files_under, image_bytes, product, write_catalog
+from builder_fixtures import (PWNED_LINE, ImageServer, files_under, forged_jpeg, image_bytes, large_jpeg, png_bomb,
+                              product, write_catalog)
 from tfrecords_builder.build import build_data
 
 CLASSES = ["Shoes", "Watches", "Kitchen & Dining"]
@@ -308,9 +309,115 @@ def test_split_whose_images_all_fail_and_top_categories(tmp_path):
     out = tmp_path / "d"
     report = build_data(meta, str(out), images_dir=str(img), top_categories=2, image_size=16,
                         splits="0.5,0.5,0", workers=1, progress=False)
-    assert report["classes"] == ["Sports", "Toys"]
+    assert report["classes"] == ["Sports", "Toys"] and report["category_level"] == 1
     assert sorted(f["asin"] for f in report["failures"]) == sorted(bad)
     assert report["totals"]["validation"] == 0 and report["totals"]["train"] == 16 - len(bad)
     assert any("validation has no example" in w for w in report["warnings"])
     assert data.splits(out) == ["train"]
     assert_report_matches(report, out)
+
+
+def _one_department(tmp_path, n=36):
+    """A meta_Clothing-like file: every product under Clothing, Shoes & Jewelry, then Women/Men/Girls."""
+    img = tmp_path / "images"
+    img.mkdir()
+    prods = []
+    for i in range(n):
+        asin = f"C{i:03d}"
+        sub = ["Women", "Women", "Men", "Girls"][i % 4]
+        prods.append(product(asin, ["Clothing, Shoes &amp; Jewelry", sub, ["Tops", "Shoes"][i % 2]]))
+        (img / f"{asin}.jpg").write_bytes(image_bytes("jpeg"))
+    return write_catalog(tmp_path / "meta_Clothing.json.gz", "2018", prods), str(img)
+
+
+def test_top_categories_of_a_one_department_file(tmp_path, capsys):
+    meta, img = _one_department(tmp_path)
+    out = tmp_path / "d"
+    rc = main(["build-data", "--metadata", meta, "--images-dir", img, "--out", str(out), "--top-categories", "3",
+               "--image-size", "16", "--workers", "1", "--no-progress"])
+    assert rc == 0
+    assert "classes: the most frequent categories at level 2 of the category paths" in capsys.readouterr().out
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["classes"] == ["Women", "Girls", "Men"] and report["category_level"] == 2  # ties by name
+    assert report["class_source"] == "top 3"
+    names, counts, _ = read_back(out)
+    assert {n: sum(c[n] for c in counts.values()) for n in names} == {"Women": 18, "Men": 9, "Girls": 9}
+
+
+@pytest.mark.parametrize("how,needle", [
+    (dict(top_categories=1), "--top-categories 1 (level 1 of the category paths): fewer than 2 classes have "
+                             "products (Clothing, Shoes & Jewelry (36))"),
+    (dict(top_categories=4), "--top-categories 4: no level of the category paths has 4 categories (level 1: "
+                             "Clothing, Shoes & Jewelry (36); level 2: Women (18), Girls (9), Men (9)): pass a "
+                             "smaller N"),
+    (dict(categories=["Women", "Boys"]), "--category: fewer than 2 classes have products (Women (18), Boys (0))"),
+    (dict(categories_file="cats.txt"), "--categories-file cats.txt: fewer than 2 classes have products (Men (9), Luggage (0))"),
+    (dict(categories=["Women", "Girls"], min_per_class=10), "(Women (18); dropped by --min-per-class: Girls (9))"),
+])
+def test_fewer_than_two_classes_is_a_user_error(tmp_path, monkeypatch, how, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cats.txt").write_text("Men\nLuggage\n")
+    meta, img = _one_department(tmp_path)
+    with pytest.raises(UserError) as e:
+        build_data(meta, str(tmp_path / "d"), images_dir=img, image_size=16, workers=1, progress=False, **how)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg, msg
+    assert "--category NAME" in msg and "--categories-file FILE" in msg
+    if "fewer than 2" in msg:
+        assert "level 2: Women (18), Girls (9), Men (9)" in msg  # the categories found, to choose from
+    assert sorted(os.listdir(tmp_path)) == ["cats.txt", "images", "meta_Clothing.json.gz"]  # nothing written
+
+
+def test_two_classes_that_lose_their_images_is_a_user_error(tmp_path):
+    meta, img = _one_department(tmp_path, n=12)
+    for name in os.listdir(img):
+        if int(name[1:4]) % 4 == 2:  # every Men photo is broken
+            (tmp_path / "images" / name).write_bytes(image_bytes("truncated"))
+    with pytest.raises(UserError, match=r"fewer than 2 classes have products with a usable image \(Women \(6\), "
+                                        r"Men \(0\)\)"):
+        build_data(meta, str(tmp_path / "d"), images_dir=img, categories=["Women", "Men"], image_size=16,
+                   workers=1, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["images", "meta_Clothing.json.gz"]
+
+
+def test_every_bad_record_and_image_is_counted_in_the_report(tmp_path, monkeypatch):
+    from tfrecords_builder import metadata
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(metadata, "MAX_LINE_CHARS", 10_000)
+    img = tmp_path / "images"
+    img.mkdir()
+    good = {f"G{i}": CLASSES[i % 2] for i in range(10)}
+    prods = [product(a, PATHS[c]) for a, c in good.items()]
+    prods[0]["title"] = "odd \ud800 title \x00 ok"  # a lone surrogate (from a JSON escape) and a NUL
+    for a in good:
+        (img / f"{a}.png").write_bytes(image_bytes("png"))
+    (img / "G1.png").unlink()
+    (img / "G1.jpg").write_bytes(large_jpeg(10954, 8216))  # 90 MP: decoded at 1/8, kept
+    bad_images = {"B1": png_bomb(9_000, 9_000), "B2": forged_jpeg(65_000, 65_000), "B3": b"\x89PNG\r\n\x1a\nrandom",
+                  "B4": bytes(range(256)) * 4}
+    for a, data in bad_images.items():
+        (img / f"{a}.png").write_bytes(data)
+        prods.append(product(a, PATHS["Watches"]))
+    bad_lines = [PWNED_LINE, '{"asin": ["B0"], "category": ["Shoes"]}', '{"asin": "Z1", "category": ["Shoes"]',
+                 "\x00\x01\x02 binary junk", "[1, 2, 3]", '{"title": "no asin"}', "{" + "x" * 20_000 + "}",
+                 '{"asin": {"nested": 1}}', "\ufeff{\"asin\": \"Z2\"" + ", \"x\": " * 3]
+    meta = write_catalog(tmp_path / "meta.json", "2018", prods, extra_lines=bad_lines)
+    text = open(meta, encoding="utf-8", errors="surrogatepass").read()
+    with open(meta, "wb") as f:  # json.dumps escaped the surrogate; keep it as a JSON escape
+        f.write(text.encode("utf-8", "surrogatepass"))
+    out = tmp_path / "d"
+    report = build_data(meta, str(out), images_dir=str(img), categories=CLASSES[:2], image_size=32,
+                        splits="1,0,0", workers=1, progress=False)
+    assert not (tmp_path / "PWNED").exists()
+    assert report["drops"]["malformed_line"] == report["metadata"]["malformed"] == len(bad_lines)
+    assert [m["line"] for m in report["metadata"]["malformed_lines"]] == list(range(15, 15 + len(bad_lines)))
+    assert report["drops"]["image_failed"] == len(bad_images)
+    reasons = {f["asin"]: f["reason"] for f in report["failures"]}
+    assert reasons["B1"] == reasons["B2"] == "decompression bomb (too many pixels)"
+    assert set(reasons) == set(bad_images)
+    assert sum(report["failure_reasons"].values()) == len(bad_images)
+    examples = assert_report_matches(report, out)
+    assert set(examples) == set(good)
+    assert examples["G0"]["title"].decode() == "odd ? title \x00 ok"
+    assert examples["G1"]["image"].shape == (24, 32, 3)

@@ -71,7 +71,8 @@ def test_asin_is_never_a_path(server, tmp_path):
         assert os.path.dirname(cache_path(str(cache), asin)) == str(cache)
     assert cache_name("../../x") != cache_name("__x") != cache_name("x")  # the hash keeps them apart
     paths, failures, _ = download_all([("../../x", [server.url("img/jpeg/evil")])], str(cache), **FAST)
-    assert not failures and files_under(tmp_path) == {os.path.join("cache", cache_name("../../x"))}
+    assert not failures and files_under(tmp_path) == {os.path.join("cache", cache_name("../../x")),
+                                                      os.path.join("cache", "urls.jsonl")}
 
 
 def test_download_all_records_every_failure(server, tmp_path):
@@ -88,6 +89,23 @@ def test_download_all_records_every_failure(server, tmp_path):
         "F1": "HTTP 404", "F2": "not an image (Content-Type text/html)", "F3": "unsupported URL scheme 'ftp'"}
     assert all(f["url"] for f in failures)
     assert stats == {"cached": 0, "downloaded": 2, "failed": 3}
+    # a rerun reports the URL each cached image came from, not the product's first URL
+    used2 = {}
+    paths2, _, stats2 = download_all(items, str(tmp_path), workers=4, used_urls=used2, **FAST)
+    assert paths2 == paths and stats2["cached"] == 2 and used2 == used
+
+
+def test_url_log_survives_a_record_cut_by_a_kill(tmp_path):
+    from tfrecords_builder.download import UrlLog
+
+    log = UrlLog(tmp_path)
+    log.add("A1", "http://h/a1.jpg")
+    with open(log.path, "ab") as f:
+        f.write(b'\n["A2", "http://h/a')  # the kill came in the middle of this record
+    log = UrlLog(tmp_path)
+    log.add("A3", "http://h/a3.jpg")
+    log.add("A1", "http://h/a1-again.jpg")
+    assert UrlLog(tmp_path).urls == {"A1": "http://h/a1-again.jpg", "A3": "http://h/a3.jpg"}
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -115,7 +133,7 @@ def test_killed_download_resumes_without_corrupt_files(server, tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(10)
-    before = {f for f in files_under(cache) if ".tmp-" not in f}
+    before = {f for f in files_under(cache) if ".tmp-" not in f and f != "urls.jsonl"}
     assert 6 <= len(before) < 40
     good = image_bytes("big")
     for f in before:  # every cache file is complete
@@ -128,4 +146,4 @@ def test_killed_download_resumes_without_corrupt_files(server, tmp_path):
     hits_after = sum(v for k, v in server.hits.items() if k.startswith("/slow/0.15/big/"))
     assert hits_after - hits_before == 40 - len(before)  # only the missing ones were fetched
     assert all(".tmp-" not in f for f in files_under(cache))  # partial files of the killed run removed
-    assert all((cache / f).read_bytes() == good for f in files_under(cache))
+    assert all((cache / f).read_bytes() == good for f in files_under(cache) if f != "urls.jsonl")

@@ -4,7 +4,7 @@ import io
 import pytest
 from PIL import Image
 
-from builder_fixtures import bomb_png, image_bytes
+from builder_fixtures import bomb_png, forged_gif, forged_jpeg, image_bytes, large_jpeg, png_bomb
 from tfrecords_builder import images
 from tfrecords_builder.images import ImageError, index_images_dir, normalize, process_item
 
@@ -65,12 +65,67 @@ def test_bad_images_raise_image_error(kind, reason):
 
 
 def test_bomb_guard_by_pixel_count(monkeypatch):
+    assert images.MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS > 1_000_000
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ImageError, match="decompression bomb"):
-        normalize(image_bytes("big"), 64)  # 45000 px > 2 x 100
-    assert images.MAX_IMAGE_PIXELS > 1_000_000
+        normalize(image_bytes("big"), 64)  # a JPEG decoded at 1/4 scale: 75 x 38 px > 100
+    with pytest.raises(ImageError, match="decompression bomb"):
+        normalize(image_bytes("png"), 64)  # 40 x 30 = 1200 px, Pillow's guard (> 2 x 100)
     with pytest.raises(ImageError, match="decompression bomb"):
         normalize(bomb_png(20_000, 20_000), 64)
+
+
+@pytest.fixture(scope="module")
+def jpeg_90mp():
+    return large_jpeg(10954, 8216)  # 90 MP, ~1 MB, generated in ~0.2 s
+
+
+def test_a_90_megapixel_jpeg_is_decoded_at_reduced_scale(jpeg_90mp):
+    with pytest.raises(Image.DecompressionBombError):  # what a plain Pillow open does with it
+        Image.open(io.BytesIO(jpeg_90mp))
+    jpeg, w, h = normalize(jpeg_90mp, 256)
+    assert (w, h) == (256, 192) and _open(jpeg).size == (256, 192)
+    with images._open_image(io.BytesIO(jpeg_90mp)) as im:
+        images._reduce(im, 256)
+        assert im.size == (1370, 1027)  # decoded at 1/8 scale: 1.4 MP
+    # a large image size needs a larger decode, still under the cap: 1/2 scale is 22.5 MP
+    _, w, h = normalize(jpeg_90mp, 4096)
+    assert (w, h) == (4096, 3072)
+    assert process_item(("L1", jpeg_90mp, 64))[2] is None
+
+
+def test_a_long_panorama_jpeg_is_reduced_by_its_longer_side():
+    pano = large_jpeg(60_000, 1_000)  # 60 MP: both sides reduced by 8 for a 4096 px output
+    assert normalize(pano, 4096)[1:] == (4096, 68)
+
+
+@pytest.mark.parametrize("make,what", [
+    (lambda: png_bomb(9_000, 9_000), "81 MP PNG (78 KB): over Pillow's 2x limit"),
+    (lambda: png_bomb(7_000, 7_000), "49 MP PNG: between the limit and 2x (Pillow's warning)"),
+    (lambda: bomb_png(100_000, 100_000), "PNG header claiming 10 GP"),
+    (lambda: forged_jpeg(65_000, 65_000), "JPEG header claiming 4.2 GP"),
+    (lambda: forged_jpeg(12_000, 11_000), "JPEG header claiming 132 MP, over MAX_JPEG_PIXELS"),
+    (lambda: forged_gif(65_535, 65_535), "GIF screen claiming 4.3 GP"),
+], ids=["png-81mp", "png-49mp", "png-header", "jpeg-header-4gp", "jpeg-header-132mp", "gif-header"])
+def test_real_bombs_are_refused(make, what):
+    data = make()
+    assert len(data) < 200_000, what
+    with pytest.raises(ImageError, match="decompression bomb"):
+        normalize(data, 256)
+    assert process_item(("X", data, 256)) == ("X", None, images.BOMB)
+
+
+def test_a_forged_jpeg_header_under_the_cap_costs_only_its_reduced_decode():
+    # 108 MP claimed by a 600-byte file: decoded at 1/8 (1500 x 1125), never at full size;
+    # libjpeg fills the missing data (the file ends with a proper EOI marker)
+    data = forged_jpeg(12_000, 9_000)
+    with images._open_image(io.BytesIO(data)) as im:
+        images._reduce(im, 256)
+        assert im.size == (1500, 1125)
+    assert normalize(data, 256)[1:] == (256, 192)
+    with pytest.raises(ImageError, match="undecodable"):
+        normalize(data[:-200], 256)  # cut: Pillow refuses truncated files
 
 
 def test_missing_file_is_an_image_error(tmp_path):

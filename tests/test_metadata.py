@@ -121,7 +121,41 @@ def test_top_categories_counts_top_levels():
 
     ps = [Product("a", paths=[["A", "x"], ["A", "y"]]), Product("b", paths=[["B"]]),
           Product("c", paths=[["B"]]), Product("d", paths=[["C"]])]
-    assert top_categories(ps, 2) == ["B", "A"]
+    names, level, _ = top_categories(ps, 2)
+    assert (names, level) == (["B", "A"], 1)
+
+
+def _dept(i, sub, n=1):
+    from tfrecords_builder.metadata import Product
+
+    return [Product(f"{sub}{i}-{k}", paths=[["Clothing, Shoes & Jewelry", sub, "Things"]]) for k in range(n)]
+
+
+def test_top_categories_of_a_one_department_file_go_one_level_down():
+    from tfrecords_builder.metadata import Product
+
+    ps = _dept(0, "Women", 50) + _dept(1, "Men", 30) + _dept(2, "Girls", 12) + _dept(3, "Luggage", 8)
+    ps.append(Product("stray", paths=[["Sports & Outdoors", "Golf"]]))  # 1 of 101: not a department
+    names, level, counts = top_categories(ps, 3)
+    assert (names, level) == (["Women", "Men", "Girls"], 2)
+    assert top_categories(ps, 1)[:2] == (["Clothing, Shoes & Jewelry"], 1)
+    assert top_categories(ps, 5)[:2] == ([], None)  # no level has 5 categories with a real share
+    assert counts.describe(k=2) == ("level 1: Clothing, Shoes & Jewelry (100), Sports & Outdoors (1); "
+                                    "level 2: Women (50), Men (30), ... (3 more)")
+
+
+def test_the_store_is_no_level_of_the_category_tree(tmp_path):
+    import json
+
+    lines = [{"parent_asin": f"P{i}", "main_category": "AMAZON FASHION",
+              "categories": [] if i % 3 == 0 else ["Clothing, Shoes & Jewelry", ["Women", "Men"][i % 2]]}
+             for i in range(30)]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    ps = list(read_products(str(path)))
+    assert ps[0].store == "AMAZON FASHION" and ps[0].paths == [["AMAZON FASHION"]]  # still a class to match
+    names, level, _ = top_categories(ps, 2)
+    assert (names, level) == (["Men", "Women"], 2)
 
 
 # ------------------------------------------------------------------------------ splits

@@ -17,7 +17,8 @@ from collections import Counter, defaultdict
 from amazon_visual.errors import UserError
 from tfrecords_builder import download as dl
 from tfrecords_builder.images import index_images_dir, warm_up
-from tfrecords_builder.labels import PRESETS, Labeler, read_categories_file, top_categories, unique_names
+from tfrecords_builder.labels import (PRESETS, CategoryCounts, Labeler, read_categories_file, top_categories,
+                                     unique_names)
 from tfrecords_builder.metadata import ReadStats, read_products
 from tfrecords_builder.parallel import OrderedPool
 from amazon_visual.atomic import write_json
@@ -52,6 +53,7 @@ def _check_out(out, overwrite):
 
 
 def _choose_classes(metadata, categories, categories_file, top, preset, progress):
+    """``(class names, source, category level or None, the option in words)``."""
     given = sum(x is not None and x != [] for x in (categories or None, categories_file, top, preset))
     if given == 0:
         raise UserError("name the classes: --category NAME (repeatable), --categories-file FILE, "
@@ -59,33 +61,48 @@ def _choose_classes(metadata, categories, categories_file, top, preset, progress
     if given > 1:
         raise UserError("give only one of --category, --categories-file, --top-categories, --preset")
     if categories:
-        return unique_names(categories, "--category"), "category"
+        return unique_names(categories, "--category"), "category", None, "--category"
     if categories_file:
-        return unique_names(read_categories_file(categories_file), f"categories file {categories_file}"), "file"
+        names = unique_names(read_categories_file(categories_file), f"categories file {categories_file}")
+        return names, "file", None, f"--categories-file {categories_file}"
     if preset:
         if preset not in PRESETS:
             raise UserError(f"--preset {preset!r} is unknown: use one of {', '.join(PRESETS)}")
-        return list(PRESETS[preset]), f"preset {preset}"
+        return list(PRESETS[preset]), f"preset {preset}", None, f"--preset {preset}"
     top = int(top)
     if top < 1:
         raise UserError(f"--top-categories {top}: give a positive number")
     bar = _tqdm(progress, desc="counting categories", unit=" products")
-    stats = ReadStats()
 
     def counted():
-        for p in read_products(metadata, stats):
+        for p in read_products(metadata, ReadStats()):
             bar.update(1)
             yield p
 
-    names = top_categories(counted(), top)
+    names, level, counts = top_categories(counted(), top)
     bar.close()
     if not names:
-        raise UserError("--top-categories: the metadata has no category paths; name the classes with --category")
-    return names, f"top {top}"
+        raise UserError(f"--top-categories {top}: no level of the category paths has {top} categories "
+                        f"({counts.describe()}): pass a smaller N, or name the classes with --category NAME "
+                        "(repeatable) or --categories-file FILE")
+    return names, f"top {top}", level, f"--top-categories {top} (level {level} of the category paths)"
 
 
-def _select(metadata, labeler, images_index, need_url, stats, drops, progress):
-    """Stream the products; keep the labelled, unique ones with an image source."""
+def _check_classes(names, n_per_label, counts, how, when="", dropped=None):
+    """A dataset needs 2 classes with products: else a UserError naming the categories found."""
+    if sum(1 for i in range(len(names)) if n_per_label.get(i)) >= 2:
+        return
+    have = ", ".join(f"{n} ({n_per_label.get(i, 0)})" for i, n in enumerate(names)) or "none"
+    if dropped:
+        have += "; dropped by --min-per-class: " + ", ".join(f"{k} ({v})" for k, v in dropped.items())
+    raise UserError(f"{how}: fewer than 2 classes have products{when} ({have}), and a dataset needs 2; the "
+                    f"metadata's categories: {counts.describe()}: name 2 or more with --category NAME (repeatable) "
+                    "or --categories-file FILE, or use --top-categories N" + (", or a smaller --min-per-class"
+                                                                             if dropped else ""))
+
+
+def _select(metadata, labeler, images_index, need_url, stats, drops, progress, counts):
+    """Stream the products; keep the labelled, unique ones with an image source (``counts``: categories)."""
     seen = set()
     kept = []
     bar = _tqdm(progress, desc="reading metadata", unit=" products")
@@ -95,6 +112,7 @@ def _select(metadata, labeler, images_index, need_url, stats, drops, progress):
             drops["duplicate_asin"] += 1
             continue
         seen.add(p.asin)
+        counts.add(p)
         label, category = labeler.match(p.paths)
         if label is None:
             drops["no_class"] += 1
@@ -190,7 +208,7 @@ def _read_back_counts(version_dir, class_names):
 
 
 def _move_into_place(version_dir, out):
-    """Atomically put the finished dataset folder at ``out`` (replacing an old dataset)."""
+    """Put the finished dataset folder at ``out`` by renames (replacing an old dataset; see _recover)."""
     old = None
     if os.path.isdir(out):
         if os.listdir(out):
@@ -251,19 +269,82 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
     beam_args = _parse_beam_options(beam_options)
     if beam_args and not beam:
         raise UserError("--beam-options needs --beam")
-    out = _check_out(out, overwrite)
-    pool = None
-    if not beam and workers > 1:
-        pool = OrderedPool(workers)
-        pool.warm(warm_up)  # the workers start while the metadata is read
+    out = os.path.abspath(os.fspath(out))
+    with _build_lock(out):
+        _recover(out)
+        out = _check_out(out, overwrite)
+        pool = None
+        if not beam and workers > 1:
+            pool = OrderedPool(workers)
+            pool.warm(warm_up)  # the workers start while the metadata is read
+        try:
+            return _build(metadata, out, images_dir, download, cache_dir, categories, categories_file,
+                          top_categories, preset, min_per_class, max_per_class, image_size, fractions, seed,
+                          workers, beam, beam_args, download_workers, timeout, retries, backoff, max_bytes,
+                          shard_mb, progress, pool, t0)
+        finally:
+            if pool is not None:
+                pool.close()
+
+
+@contextlib.contextmanager
+def _build_lock(out):
+    """Hold ``<out>.build-lock`` (an flock, freed by the kernel even on kill -9): one build per --out.
+
+    The file is removed when the build ends (a killed build leaves it, unlocked, for the next).
+    """
     try:
-        return _build(metadata, out, images_dir, download, cache_dir, categories, categories_file,
-                      top_categories, preset, min_per_class, max_per_class, image_size, fractions, seed,
-                      workers, beam, beam_args, download_workers, timeout, retries, backoff, max_bytes,
-                      shard_mb, progress, pool, t0)
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    if fcntl is None or not os.path.isdir(os.path.dirname(out)):
+        yield  # (a missing parent folder is reported by _check_out)
+        return
+    path = f"{out}.build-lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"--out {out} is being built by another build-data (it holds {path}): wait for it "
+                            "to end, or choose another --out") from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # its holder removed it as we took it: take the current file
+    try:
+        yield
     finally:
-        if pool is not None:
-            pool.close()
+        with contextlib.suppress(OSError):
+            os.remove(path)  # while still held
+        os.close(fd)
+
+
+def _same_file(fd, path):
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
+
+
+def _recover(out):
+    """Undo what a killed build left next to ``out`` (under the build lock).
+
+    The dataset only ever appears at ``out`` by renaming a finished folder, so ``out`` is
+    always absent, the old dataset or the new one. A kill between the two renames of
+    :func:`_move_into_place` leaves the old dataset at ``<out>.old-<pid>``: it is put back.
+    """
+    parent, name = os.path.split(out)
+    if not os.path.isdir(parent):
+        return
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        if entry.startswith(f"{name}.old-") and os.path.isdir(path):
+            if not os.path.exists(out):
+                os.replace(path, out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(f"{out}.tmp-build", ignore_errors=True)
 
 
 def _build(metadata, out, images_dir, download, cache_dir, categories, categories_file, top_categories, preset,
@@ -278,12 +359,13 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
     drops = Counter({k: 0 for k in ("malformed_line", "duplicate_asin", "no_class", "no_image_url",
                                     "no_image_file", "class_too_small", "over_max_per_class",
                                     "download_failed", "image_failed")})
-    class_names, class_source = _choose_classes(metadata, categories, categories_file, top_categories,
-                                                preset, progress)
+    class_names, class_source, level, how = _choose_classes(metadata, categories, categories_file, top_categories,
+                                                            preset, progress)
     labeler = Labeler(class_names)
     images_index = index_images_dir(images_dir) if images_dir else None
     stats = ReadStats()
-    items = _select(metadata, labeler, images_index, bool(download), stats, drops, progress)
+    categories_seen = CategoryCounts()
+    items = _select(metadata, labeler, images_index, bool(download), stats, drops, progress, categories_seen)
     drops["malformed_line"] = stats.malformed
     t_meta = time.time()
 
@@ -322,6 +404,7 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
         keep = {id(it) for it in capped}
         items = [it for it in items if id(it) in keep]  # metadata order
     n_per_label = Counter(it["label"] for it in items)
+    _check_classes(final_names, n_per_label, categories_seen, how, dropped=dropped_classes)
     empty_classes = [name for i, name in enumerate(final_names) if not n_per_label.get(i)]
     if empty_classes:
         warnings.append("classes with no product: " + ", ".join(empty_classes))
@@ -347,6 +430,7 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
                 it["image_url"] = used.get(it["asin"], it["image_url"])  # cached earlier: the first URL
                 kept.append(it)
         items = kept
+        _check_classes(final_names, Counter(it["label"] for it in items), categories_seen, how, " once downloaded")
     t_dl = time.time()
 
     for it in items:
@@ -358,9 +442,7 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
     # ---- the TFDS build ---------------------------------------------------------------
     from tfrecords_builder.builder import BuildPlan
 
-    tmp = f"{out}.tmp-build"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)  # left by a killed run
+    tmp = f"{out}.tmp-build"  # (one left by a killed run was removed by _recover)
     os.makedirs(tmp)
     failures_dir = os.path.join(tmp, "failures")
     os.makedirs(failures_dir)
@@ -397,6 +479,10 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
         failures.extend(plan.failures)
         drops["image_failed"] += len(plan.failures)
 
+        written = Counter()
+        for per_label in plan.counts.values():
+            written.update(dict(enumerate(per_label)))
+        _check_classes(final_names, written, categories_seen, how, " with a usable image")
         counts = {s: {final_names[i]: int(v) for i, v in enumerate(plan.counts.get(s, [0] * len(final_names)))}
                   for s in SPLIT_NAMES}
         totals = {s: sum(counts[s].values()) for s in SPLIT_NAMES}
@@ -413,6 +499,7 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "classes": final_names,
             "class_source": class_source,
+            "category_level": level,  # --top-categories: the level of the category paths (1 = top)
             "image_size": image_size,
             "seed": seed,
             "split_fractions": dict(zip(SPLIT_NAMES, fractions)),

@@ -6,11 +6,15 @@
 - the cache file name comes from the ASIN through :func:`cache_name` (sanitised
   characters plus a short hash), never a path taken from the data;
 - each file is written to ``name.tmp-<pid>-<thread>`` then renamed with ``os.replace``,
-  so a killed run leaves no partial cache file and a rerun fetches only what is missing.
+  so a killed run leaves no partial cache file and a rerun fetches only what is missing;
+- the URL each cached image came from is appended to ``urls.jsonl`` in the cache before
+  the image is renamed into place, so a rerun reports the same URL (a product's first
+  URL may have failed and its second served the image).
 
 Every failure is returned as ``{"asin", "url", "reason"}``; the build goes on.
 """
 import hashlib
+import json
 import os
 import re
 import socket
@@ -44,7 +48,39 @@ class _Failure(Exception):
         self.retry = retry
 
 
-def _fetch_once(url, dest, timeout, max_bytes):
+class UrlLog:
+    """ASIN -> the URL its cached image came from: ``urls.jsonl`` in the cache, appended per download.
+
+    Each record is one small ``O_APPEND`` write that starts with a newline, so a record cut
+    by a kill never spoils the next one; unreadable lines are skipped, the last record wins.
+    """
+
+    NAME = "urls.jsonl"
+
+    def __init__(self, cache_dir):
+        self.path = os.path.join(os.fspath(cache_dir), self.NAME)
+        self.urls = {}
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        asin, url = json.loads(line)
+                    except (ValueError, TypeError):
+                        continue
+                    if isinstance(asin, str) and isinstance(url, str):
+                        self.urls[asin] = url
+        except FileNotFoundError:
+            pass
+
+    def add(self, asin, url):
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, ("\n" + json.dumps([asin, url])).encode("utf-8"))
+        finally:
+            os.close(fd)
+
+
+def _fetch_once(url, dest, timeout, max_bytes, before_commit=None):
     tmp = f"{dest}.tmp-{os.getpid()}-{threading.get_ident()}"
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
     try:
@@ -75,6 +111,8 @@ def _fetch_once(url, dest, timeout, max_bytes):
                 raise _Failure("empty body", retry=False)
             if length and length.isdigit() and size < int(length):
                 raise _Failure(f"truncated body ({size} of {length} bytes)", retry=True)
+        if before_commit is not None:
+            before_commit()
         os.replace(tmp, dest)
     except _Failure:
         raise
@@ -100,8 +138,10 @@ def _fetch_once(url, dest, timeout, max_bytes):
                 pass
 
 
-def fetch(asin, url, cache_dir, timeout=10.0, retries=3, backoff=0.5, max_bytes=MAX_BYTES):
-    """Fetch one image into the cache; ``(path, None)`` or ``(None, reason)``. Cached files are kept."""
+def fetch(asin, url, cache_dir, timeout=10.0, retries=3, backoff=0.5, max_bytes=MAX_BYTES, log=None):
+    """Fetch one image into the cache; ``(path, None)`` or ``(None, reason)``. Cached files are kept.
+
+    ``log`` (a :class:`UrlLog`) records the URL before the image is committed."""
     dest = cache_path(cache_dir, asin)
     if os.path.isfile(dest) and os.path.getsize(dest) > 0:
         return dest, None
@@ -111,7 +151,7 @@ def fetch(asin, url, cache_dir, timeout=10.0, retries=3, backoff=0.5, max_bytes=
     last = "unknown"
     for attempt in range(retries + 1):
         try:
-            _fetch_once(url, dest, timeout, max_bytes)
+            _fetch_once(url, dest, timeout, max_bytes, log and (lambda: log.add(asin, url)))
             return dest, None
         except _Failure as f:
             last = f.reason
@@ -147,11 +187,13 @@ def download_all(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=
     images now in the cache; ``failures`` is a list of ``{"asin", "url", "reason"}``;
     ``stats`` counts ``cached`` (already there), ``downloaded`` and ``failed``.
     For a product with several URLs the next one is tried when one fails; ``used_urls``
-    (a dict), when given, receives ASIN -> the URL that was downloaded.
+    (a dict), when given, receives ASIN -> the URL its image came from (for a cached
+    image: the one in the cache's :class:`UrlLog`, when it has one).
     """
     cache_dir = os.fspath(cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
     clean_partials(cache_dir)
+    log = UrlLog(cache_dir)
     items = list(items)
     stats = {"cached": 0, "downloaded": 0, "failed": 0}
     paths, failures = {}, []
@@ -161,6 +203,8 @@ def download_all(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=
         if os.path.isfile(dest) and os.path.getsize(dest) > 0:
             paths[asin] = dest
             stats["cached"] += 1
+            if used_urls is not None and asin in log.urls:
+                used_urls[asin] = log.urls[asin]
         else:
             todo.append((asin, urls))
     if progress is not None and stats["cached"]:
@@ -170,7 +214,7 @@ def download_all(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=
         asin, urls = item
         reason, url = "no image URL", ""
         for url in urls[:3]:
-            path, reason = fetch(asin, url, cache_dir, timeout, retries, backoff, max_bytes)
+            path, reason = fetch(asin, url, cache_dir, timeout, retries, backoff, max_bytes, log)
             if path:
                 return asin, url, path, None
         return asin, url, None, reason

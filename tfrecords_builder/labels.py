@@ -57,26 +57,83 @@ def unique_names(names, what="--category"):
     return out
 
 
-def top_categories(products, n):
-    """The ``n`` most frequent top-level categories (first path elements) over ``products``.
+class CategoryCounts:
+    """Products per category name at each level of the category paths (level 1 = the top).
 
-    A product counts once per distinct top-level category. Ties break by name.
+    Only the category tree counts, not the store a product is sold in (2018 ``main_cat``,
+    2023 ``main_category``, kept in ``Product.store``): a store is no level of the tree.
+    A product counts once per name and level.
     """
-    counts = Counter()
+
+    def __init__(self):
+        self.levels = []  # level - 1 -> Counter(normalised name -> products)
+        self.names = {}  # normalised name -> its first spelling
+        self._keys = {}  # spelling -> normalised name (names repeat: norm once)
+
+    def _key(self, name):
+        key = self._keys.get(name)
+        if key is None:
+            key = self._keys[name] = norm(name)
+            self.names.setdefault(key, name)
+        return key
+
+    def add(self, product):
+        store = norm(product.store) if product.store else None
+        seen = set()
+        for path in product.paths:
+            if store is not None and len(path) == 1 and self._key(path[0]) == store:
+                continue
+            seen.update((depth, self._key(name)) for depth, name in enumerate(path))
+        for depth, key in seen:
+            while len(self.levels) <= depth:
+                self.levels.append(Counter())
+            self.levels[depth][key] += 1
+
+    def ranked(self, level):
+        """``[(name, products)]`` at ``level`` (1 = top), most frequent first, ties by name."""
+        if not 1 <= level <= len(self.levels):
+            return []
+        items = sorted(self.levels[level - 1].items(), key=lambda kv: (-kv[1], kv[0]))
+        return [(self.names[k], c) for k, c in items]
+
+    def level_for(self, n):
+        """The first level where at least ``n`` names each hold 1/(10 n) of its products, or None.
+
+        The share (a tenth of an even split) keeps a few stray products filed under another
+        department from making the top level of a one-department file look like ``n`` classes.
+        """
+        for level in range(1, len(self.levels) + 1):
+            ranked = self.ranked(level)
+            total = sum(c for _, c in ranked)
+            if sum(c * 10 * n >= total for _, c in ranked) >= n:
+                return level
+        return None
+
+    def top(self, n):
+        """``(names, level)``: the ``n`` most frequent names at :meth:`level_for`; ``([], None)`` if none."""
+        level = self.level_for(n)
+        return ([name for name, _ in self.ranked(level)[:n]], level) if level else ([], None)
+
+    def describe(self, k=6):
+        """The levels down to the first where 2 categories hold a real share (``level_for(2)``), as
+        ``level 1: A (9); level 2: B (5), C (4)``."""
+        last = self.level_for(2) or min(len(self.levels), 3)
+        parts = []
+        for level in range(1, last + 1):
+            ranked = self.ranked(level)
+            more = f", ... ({len(ranked) - k} more)" if len(ranked) > k else ""
+            parts.append(f"level {level}: " + ", ".join(f"{name} ({c})" for name, c in ranked[:k]) + more)
+        return "; ".join(parts) or "no category paths"
+
+
+def top_categories(products, n):
+    """``(names, level, counts)``: the ``n`` most frequent categories at the first level of the
+    category paths where ``n`` of them occur (see :meth:`CategoryCounts.level_for`)."""
+    counts = CategoryCounts()
     for p in products:
-        tops = {}
-        for path in p.paths:
-            if path:
-                tops.setdefault(norm(path[0]), path[0])
-        for key, name in tops.items():
-            counts[(key, name)] += 1
-    by_key = Counter()
-    display = {}
-    for (key, name), c in counts.items():
-        by_key[key] += c
-        display.setdefault(key, name)
-    ranked = sorted(by_key.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-    return [display[k] for k, _ in ranked]
+        counts.add(p)
+    names, level = counts.top(n)
+    return names, level, counts
 
 
 class Labeler:

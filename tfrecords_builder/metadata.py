@@ -7,9 +7,14 @@
 - 2023 (Hou): JSONL ``{"parent_asin", "title", "main_category", "categories": [path],
   "images": [{"large", "hi_res", "thumb", "variant"}]}``.
 
-Files may be plain or gzipped (detected by magic bytes, not by name). The format is
-detected from the first well-formed line. A malformed line is skipped and counted
-with its line number; nothing here ever loads a whole file.
+Files may be plain or gzipped (detected by magic bytes, not by name), UTF-8 (with or
+without a BOM) or UTF-16/32 with a BOM; undecodable bytes are replaced. The format is
+detected from the first well-formed line. A malformed line (unparsable, not a record,
+no usable ASIN, longer than :data:`MAX_LINE_CHARS`) is skipped and counted with its
+line number; nothing here ever loads a whole file or a whole overlong line. A gzip
+stream that ends early or is corrupt is a :class:`UserError` naming the file.
+Fields of the wrong type are ignored (a title that is a list is no title); text is
+made valid Unicode (lone surrogates replaced).
 """
 import ast
 import gzip
@@ -17,6 +22,7 @@ import html
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 
 from amazon_visual.errors import UserError
@@ -32,6 +38,7 @@ class Product:
     title: str = ""
     paths: list = field(default_factory=list)  # list of category paths (lists of names)
     image_urls: list = field(default_factory=list)  # best first
+    store: str = ""  # 2018 main_cat / 2023 main_category (also a one-name path in ``paths``)
     source: str = ""
     line: int = 0
 
@@ -55,21 +62,61 @@ class ReadStats:
 
 
 def open_text(path):
-    """Open a plain or gzipped text file for streaming (UTF-8, undecodable bytes replaced)."""
+    """Open a plain or gzipped text file for streaming (encoding from its BOM, else UTF-8)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"metadata file {path} does not exist: pass an Amazon meta_*.json(.gz) / .jsonl(.gz) file")
     with open(path, "rb") as f:
         magic = f.read(2)
     raw = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
+    try:
+        head = raw.peek(4)[:4]
+    except (OSError, EOFError, zlib.error) as e:
+        raw.close()
+        raise _read_error(path, 0, e) from None
+    return io.TextIOWrapper(raw, encoding=_encoding(head), errors="replace", newline=None)
+
+
+def _encoding(head):
+    if head in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return "utf-32"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    return "utf-8-sig"  # UTF-8, its BOM dropped when there is one
+
+
+def _read_error(path, lineno, e):
+    where = f"after line {lineno}" if lineno else "at its start"
+    return UserError(f"metadata file {path}: its data ends early or is corrupt {where} "
+                     f"({type(e).__name__}: {str(e)[:80]}): download or copy the file again")
+
+
+def _lines(f, path):
+    """Each line of ``f``, or None for a line over MAX_LINE_CHARS (read in pieces, never held whole)."""
+    limit, lineno = MAX_LINE_CHARS, 0
+    try:
+        while True:
+            line = f.readline(limit + 1)
+            if not line:
+                return
+            lineno += 1
+            if len(line) <= limit or line.endswith("\n"):
+                yield line
+                continue
+            while line and not line.endswith("\n"):
+                line = f.readline(limit + 1)
+            yield None
+    except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip, I/O error
+        raise _read_error(path, lineno, e) from None
 
 
 def _text(value):
-    if value is None:
-        return ""
-    if not isinstance(value, str):
+    """Valid, unescaped, stripped text of a scalar; "" for anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
+    if not isinstance(value, str):
+        return ""
+    value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates -> "?"
     return html.unescape(value).strip()
 
 
@@ -79,14 +126,14 @@ def _path(value):
         value = [value]
     if not isinstance(value, (list, tuple)):
         return []
-    return [t for t in (_text(v) for v in value if isinstance(v, (str, int, float))) if t]
+    return [t for t in (_text(v) for v in value) if t]
 
 
 def _urls(values):
     out = []
     for v in values:
         if isinstance(v, str):
-            v = v.strip()
+            v = v.encode("utf-8", "replace").decode("utf-8").strip()
             if v and v not in out:
                 out.append(v)
     return out
@@ -104,7 +151,7 @@ def _parse_2014(line):
             p = _path(p)
             if p:
                 paths.append(p)
-    return asin, rec.get("title"), paths, _urls([rec.get("imUrl")])
+    return asin, rec.get("title"), paths, _urls([rec.get("imUrl")]), ""
 
 
 def _parse_2018(line):
@@ -116,13 +163,13 @@ def _parse_2018(line):
     p = _path(rec.get("category") or [])
     if p:
         paths.append(p)
-    elif rec.get("main_cat"):
+    elif _path(rec.get("main_cat")):
         paths.append(_path(rec.get("main_cat")))
     hi = rec.get("imageURLHighRes") or []
     lo = rec.get("imageURL") or []
     hi = hi if isinstance(hi, list) else [hi]
     lo = lo if isinstance(lo, list) else [lo]
-    return asin, rec.get("title"), paths, _urls(hi + lo)
+    return asin, rec.get("title"), paths, _urls(hi + lo), _text(rec.get("main_cat"))
 
 
 def _parse_2023(line):
@@ -148,7 +195,7 @@ def _parse_2023(line):
                         key=lambda im: 0 if str(im.get("variant", "")).upper() == "MAIN" else 1)
         for im in images:
             urls.extend([im.get("large"), im.get("hi_res"), im.get("thumb")])
-    return asin, rec.get("title"), paths, _urls(urls)
+    return asin, rec.get("title"), paths, _urls(urls), main
 
 
 _PARSERS = {"2014": _parse_2014, "2018": _parse_2018, "2023": _parse_2023}
@@ -180,10 +227,10 @@ def detect_line_format(line):
 def detect_format(path, max_lines=1000):
     """Detect the format of a metadata file from its first well-formed lines."""
     with open_text(path) as f:
-        for i, line in enumerate(f):
+        for i, line in enumerate(_lines(f, path)):
             if i >= max_lines:
                 break
-            if len(line) > MAX_LINE_CHARS:
+            if line is None:
                 continue
             fmt = detect_line_format(line)
             if fmt:
@@ -209,23 +256,29 @@ def read_products(paths, stats=None, fmt=None):
         stats.formats[os.path.basename(path)] = f_fmt
         parse = _PARSERS[f_fmt]
         with open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
+            for lineno, line in enumerate(_lines(f, path), 1):
+                if line is not None and not line.strip():
+                    continue
                 stats.lines += 1
-                if not line.strip():
-                    stats.lines -= 1
-                    continue
-                if len(line) > MAX_LINE_CHARS:
-                    stats.bad(path, lineno, "line too long")
-                    continue
-                try:
-                    asin, title, cat_paths, urls = parse(line.strip())
-                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, AttributeError) as e:
-                    stats.bad(path, lineno, f"unparsable {f_fmt} record ({type(e).__name__})")
-                    continue
-                asin = _text(asin)
-                if not asin:
-                    stats.bad(path, lineno, "no asin")
+                product, reason = _record(parse, line, f_fmt)
+                if product is None:
+                    stats.bad(path, lineno, reason)
                     continue
                 stats.products += 1
-                yield Product(asin=asin, title=_text(title), paths=cat_paths, image_urls=urls,
-                              source=os.path.basename(path), line=lineno)
+                product.source, product.line = os.path.basename(path), lineno
+                yield product
+
+
+def _record(parse, line, fmt):
+    """``(Product, None)`` for a well-formed line, else ``(None, reason)``."""
+    if line is None:
+        return None, "line too long"
+    try:
+        asin, title, cat_paths, urls, store = parse(line.strip())
+        asin = _text(asin)
+        title = _text(title)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, AttributeError) as e:
+        return None, f"unparsable {fmt} record ({type(e).__name__})"
+    if not asin:
+        return None, "no asin"
+    return Product(asin=asin, title=title, paths=cat_paths, image_urls=urls, store=store), None

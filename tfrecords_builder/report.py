@@ -4,8 +4,6 @@ import os
 from tfrecords_builder.splits import SPLIT_NAMES
 
 
-
-
 def plot_label_distribution(report, path):
     """Grouped horizontal bar chart: examples per class, one bar per split."""
     import matplotlib
@@ -45,7 +43,11 @@ def summary_table(report):
     classes = report["classes"]
     counts = report["counts"]
     w = max([len("class")] + [len(c) for c in classes] + [len("total")])
-    lines = [f"Dataset {report['data_dir']}  ({len(classes)} classes, image size {report['image_size']})", ""]
+    lines = [f"Dataset {report['data_dir']}  ({len(classes)} classes, image size {report['image_size']})"]
+    if report.get("category_level"):
+        lines.append(f"classes: the most frequent categories at level {report['category_level']} of the category "
+                     "paths (level 1 = the top level)")
+    lines.append("")
     head = f"{'class':<{w}}  " + "  ".join(f"{s:>10}" for s in SPLIT_NAMES) + f"  {'all':>8}"
     lines += [head, "-" * len(head)]
     for c in classes:
