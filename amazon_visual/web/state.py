@@ -12,12 +12,14 @@ watcher sees ``manifest.json`` change (``amazon-visual index`` writes it last, a
 When the new index was built with the same model (same fingerprint), the loaded model and
 its micro-batcher are kept.
 """
+import functools
 import logging
 import os
 import threading
 import time
 
 from amazon_visual.errors import UserError
+from amazon_visual.retrieval.index import Index
 from amazon_visual.retrieval.layout import MANIFEST
 from amazon_visual.web.batching import BatchedEmbedder
 
@@ -31,6 +33,40 @@ def manifest_signature(index_dir):
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+ROW_CACHE = 1 << 16
+
+
+class ServingIndex(Index):
+    """A loaded :class:`~amazon_visual.retrieval.index.Index` tuned for serving many small queries.
+
+    ``item()`` and ``thumb_path()`` read a row of the items table (through pandas) and stat a
+    thumbnail per result, which costs more than the whole Annoy search. Here each row and
+    its thumbnail's path are looked up once and kept (up to ``ROW_CACHE`` rows), and the
+    ``label`` column the filters read per query is a plain object array. A thumbnail removed
+    later (an index being rebuilt) answers 404 at ``/thumbs``.
+    """
+
+    @classmethod
+    def wrap(cls, index):
+        obj = cls.__new__(cls)
+        obj.__dict__.update(index.__dict__)
+        obj.items = index.items.astype({"label": object})
+        obj._row = functools.lru_cache(maxsize=ROW_CACHE)(obj._read_row)
+        return obj
+
+    def _read_row(self, item_id):
+        row = self.items.iloc[item_id].to_dict()
+        name = row.get("thumb", "")
+        path = os.path.join(self.index_dir, name) if name else None
+        return row, (path if path and os.path.isfile(path) else None)
+
+    def item(self, item_id):
+        return dict(self._row(int(item_id))[0])
+
+    def thumb_path(self, item_id):
+        return self._row(int(item_id))[1]
 
 
 class Generation:
@@ -103,7 +139,7 @@ class IndexHolder:
         else:
             on_batch = self.metrics.observe_batch if self.metrics is not None else None
             embedder = BatchedEmbedder(lambda: plain.embedder, self.max_batch, self.max_wait_ms, on_batch)
-        rec = Recommender(plain.index, embedder=embedder)
+        rec = Recommender(ServingIndex.wrap(plain.index), embedder=embedder)
         number = previous.number + 1 if previous is not None else 1
         return Generation(number, rec, signature)
 
