@@ -68,8 +68,6 @@ def keras_env(work):
 def ensure_index(args, env):
     if args.index:
         return args.index
-    from amazon_visual import sample
-
     index_dir = os.path.join(args.work, f"index-{args.model}-{args.image_size}")
     if os.path.isfile(os.path.join(index_dir, "manifest.json")):
         return index_dir

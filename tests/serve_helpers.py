@@ -1,4 +1,5 @@
-"""Helpers of the service tests: a client for an INDEX_DIR, test images, a loopback image server."""
+"""Helpers of the service tests: a client or a real server for an INDEX_DIR, test images, a loopback image server."""
+import contextlib
 import http.server
 import io
 import os
@@ -19,17 +20,34 @@ def client_for(index_dir, **settings):
     return TestClient(create_app(Settings(index_dir=index_dir, **settings)), raise_server_exceptions=False)
 
 
-def jpeg_bytes(size=(40, 40), color=(200, 30, 30)):
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 def bomb_png(side=10000):
     """A small PNG file that decodes to side x side pixels (a decompression bomb by default)."""
     buf = io.BytesIO()
     Image.new("1", (side, side)).save(buf, "PNG")
     return buf.getvalue()
+
+
+@contextlib.contextmanager
+def uvicorn_server(index_dir, **settings):
+    """A real uvicorn server for ``index_dir`` in a thread on 127.0.0.1; yields its base URL."""
+    import uvicorn
+
+    from amazon_visual.web.app import Settings, create_app
+
+    settings.setdefault("warm_up", False)
+    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(index_dir=index_dir, **settings)), host="127.0.0.1",
+                                        port=free_port(), log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    end = time.monotonic() + 30
+    while not srv.started and time.monotonic() < end:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{srv.config.port}"
+    finally:
+        srv.should_exit = True
+        t.join(10)
 
 
 def free_port():

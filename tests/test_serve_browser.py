@@ -4,12 +4,10 @@ press Enter on one) to get a new grid, filter by category, browse the catalog, r
 phone width. Screenshots: build/serve.png, build/serve-phone.png. Skipped only when Chromium or
 Playwright is not installed."""
 import os
-import threading
-import time
 
 import pytest
 
-from serve_helpers import free_port
+from serve_helpers import uvicorn_server
 from test_browser import BUILD, browser  # noqa: F401  (the module-scoped Chromium fixture)
 from test_index import retrieval_world
 
@@ -21,22 +19,8 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(world):
-    import uvicorn
-
-    from amazon_visual.web.app import Settings, create_app
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(index_dir=world["index"], warm_up=False)),
-                                        host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    end = time.monotonic() + 30
-    while not srv.started and time.monotonic() < end:
-        time.sleep(0.05)
-    assert srv.started
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    t.join(10)
+    with uvicorn_server(world["index"]) as base:
+        yield base
 
 
 ALL_IMAGES_LOADED = """sel => { const imgs = Array.from(document.querySelectorAll(sel));

@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from amazon_visual.errors import UserError
 from amazon_visual.web.batching import ModelUnavailable
 from amazon_visual.web.fetch import FetchError, UrlFetcher
-from amazon_visual.web.limits import DEFAULT_MAX_PIXELS, BodySizeLimit, PayloadTooLarge, read_image
+from amazon_visual.web.limits import DEFAULT_MAX_PIXELS, BodySizeLimit, PayloadTooLarge
 from amazon_visual.web.metrics import MetricsMiddleware, ServiceMetrics
 from amazon_visual.web.state import IndexHolder
 from amazon_visual.web.templating import STATIC_DIR
