@@ -161,6 +161,15 @@ class Server:
         self.proc.terminate()
         self.proc.wait(30)
 
+    def cpu_seconds(self):
+        """CPU seconds (user + system) the server process has used so far (Linux /proc; None elsewhere)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
 
 def _request(pool, job, k):
     kind, q = job
@@ -189,14 +198,17 @@ def run_load(server, jobs, concurrency, k):
                 ok = False
             records.append((job[0], ok, time.perf_counter() - t0))
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), server.cpu_seconds()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    return summarize(records, wall)
+    wall, cpu1 = time.perf_counter() - t0, server.cpu_seconds()
+    out = summarize(records, wall)
+    if cpu0 is not None and cpu1 is not None:
+        out["server_cpu_ms_per_request"] = round((cpu1 - cpu0) * 1000 / max(1, len(records)), 3)
+    return out
 
 
 def summarize(records, wall):
@@ -261,12 +273,13 @@ def report(res, args):
     print(f"index {res['index']}; concurrency {res['concurrency']}, k {res['k']}; "
           f"load average before {res['load_before'][0]:.2f}, after {res['load_after'][0]:.2f}")
     print(f"in process, batches of {res['concurrency']}: {res['in_process_img_per_s']:.1f} photos/s")
-    print(f"{'phase':<22}{'requests':>9}{'QPS':>9}{'errors':>8}   per kind: QPS, p50 / p99 ms")
+    print(f"{'phase':<18}{'requests':>9}{'QPS':>8}{'errors':>7}{'srv CPU ms/req':>16}   per kind: QPS, p50 / p99 ms")
     for phase in ("asin", "photo_batched", "mixed", "photo_unbatched"):
         r = res[phase]
         kinds = "; ".join(f"{kd} {r[kd]['qps']:.1f}, {r[kd]['p50_ms']:.1f} / {r[kd]['p99_ms']:.1f}"
                           for kd in ("asin", "photo") if kd in r)
-        print(f"{phase:<22}{r['requests']:>9}{r['qps']:>9.1f}{r['errors']:>8}   {kinds}")
+        cpu = r.get("server_cpu_ms_per_request")
+        print(f"{phase:<18}{r['requests']:>9}{r['qps']:>8.1f}{r['errors']:>7}{cpu if cpu is not None else '-':>16}   {kinds}")
     print(f"photo QPS / in process: {ratios['photo_vs_in_process']:.2f}   "
           f"photo QPS batched / unbatched: {ratios['photo_vs_unbatched']:.2f}")
     print("targets: " + ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets.items()))

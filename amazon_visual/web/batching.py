@@ -7,7 +7,9 @@ passed since the first, and calls ``fn`` once on the whole list. Callers block o
 
 :class:`BatchedEmbedder` puts a MicroBatcher in front of an
 :class:`amazon_visual.retrieval.embeddings.Embedder`: decoding and resizing stay in the
-caller's thread (in parallel), only the model call is batched. It has the Embedder's
+caller's thread (Pillow, in parallel); the resize (TensorFlow ops, the very function the
+index used) and the model call run in the batcher's thread, once per batch: TensorFlow ops
+from many threads at once would fight the model call for TensorFlow's thread pools. It has the Embedder's
 interface, so a :class:`~amazon_visual.retrieval.recommend.Recommender` built with
 ``embedder=BatchedEmbedder(...)`` is the same engine with batched image queries. The
 model is loaded on first use (or by :meth:`BatchedEmbedder.warm_up`).
@@ -142,17 +144,20 @@ class BatchedEmbedder:
         for n in sizes:
             inner.predict(np.zeros((n, inner.image_size, inner.image_size, 3), np.float32))
 
-    def _predict(self, prepared):
-        emb, probs = self.inner.predict(np.stack(prepared))
-        return [(emb[i], None if probs is None else probs[i]) for i in range(len(prepared))]
+    def _predict(self, arrays):
+        from amazon_visual.retrieval.embeddings import prepare_image
+
+        inner = self.inner
+        emb, probs = inner.predict(np.stack([prepare_image(a, inner.image_size, inner.resize) for a in arrays]))
+        return [(emb[i], None if probs is None else probs[i]) for i in range(len(arrays))]
 
     def embed_images(self, images):
         """Like ``Embedder.embed_images``; the model call is shared with concurrent callers."""
-        from amazon_visual.retrieval.embeddings import load_image, prepare_image
+        from amazon_visual.retrieval.embeddings import load_image
 
-        inner = self.inner
+        self.inner  # noqa: B018  (a model that cannot load fails here, before the queue)
         arrays = [load_image(im) for im in images]
-        futures = [self.batcher.submit(prepare_image(a, inner.image_size, inner.resize)) for a in arrays]
+        futures = [self.batcher.submit(a) for a in arrays]
         outs = [f.result() for f in futures]
         probs = None if outs[0][1] is None else np.stack([o[1] for o in outs])
         return np.stack([o[0] for o in outs]), probs, arrays
