@@ -29,12 +29,11 @@ SIGNATURES = ("embed", "classify")
 
 def export_model(run_dir):
     """(Keras model images -> {"embedding", "probabilities"}, labels, image size) of RUN_DIR."""
+    _check_run(run_dir)
     import keras
 
     from amazon_visual.retrieval.embeddings import Embedder
 
-    if not os.path.isfile(os.path.join(os.fspath(run_dir), "model.keras")):
-        raise UserError(f"{run_dir} is not a trained run (no model.keras): give a RUN_DIR from amazon-visual train")
     emb = Embedder.from_run(run_dir)
     size = emb.image_size
     images = keras.Input((size, size, 3), name="images", dtype="float32")
@@ -45,8 +44,14 @@ def export_model(run_dir):
     return model, list(emb.labels or []), size
 
 
+def _check_run(run_dir):
+    if not os.path.isfile(os.path.join(os.fspath(run_dir), "model.keras")):
+        raise UserError(f"{run_dir} is not a trained run (no model.keras): give a RUN_DIR from amazon-visual train")
+
+
 def export_run(run_dir, format="saved_model", out=None, overwrite=False):
     """Export RUN_DIR's model to ``out`` in ``format``; returns ``{"format", "path", "signatures", ...}``."""
+    _check_run(run_dir)
     if format not in FORMATS:
         raise UserError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
     if not out:

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import os
-import urllib.parse
 from contextlib import asynccontextmanager
 
 from amazon_visual.errors import UserError
@@ -141,37 +140,3 @@ def _add_error_handlers(app):
     app.add_exception_handler(PayloadTooLarge, answer(413))
     app.add_exception_handler(FetchError, fetch_error)
     app.add_exception_handler(Exception, internal)
-
-
-# --------------------------------------------------------------------------
-# shaping results for the API
-# --------------------------------------------------------------------------
-def thumb_url(asin):
-    return f"/thumbs/{urllib.parse.quote(str(asin), safe='')}.jpg"
-
-
-def product_json(row, has_thumb):
-    """An item of items.csv as the API shows it (``category`` is the class the filters use)."""
-    asin = str(row.get("asin", ""))
-    return {"asin": asin, "title": row.get("title", ""), "category": row.get("label", ""),
-            "category_path": row.get("category", ""), "image_url": row.get("image_url", ""),
-            "split": row.get("split", ""), "thumbnail": thumb_url(asin) if has_thumb else None}
-
-
-def result_json(r):
-    out = product_json(r, r.get("thumb") is not None)
-    out.update(rank=r["rank"], similarity=r["similarity"])
-    return out
-
-
-def query_json(q):
-    out = {"kind": q.get("kind")}
-    if q.get("kind") == "asin":
-        out.update(asin=q["asin"], title=q.get("title", ""), category=q.get("label", ""),
-                   thumbnail=thumb_url(q["asin"]) if q.get("thumb") else None)
-    if q.get("predicted_label") is not None:
-        out.update(predicted_category=q["predicted_label"], predicted_probability=q.get("predicted_probability"))
-    if q.get("same_category") is not None:
-        out["filtered_category"] = q["same_category"]
-    return out
-

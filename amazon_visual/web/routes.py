@@ -2,6 +2,7 @@
 import math
 import os
 import time
+import urllib.parse
 from typing import Optional
 
 import numpy as np
@@ -22,6 +23,39 @@ SAME = Query(False, description="keep results of the query's category (its label
 ASIN = Path(..., min_length=1, max_length=64)
 
 
+# --------------------------------------------------------------------------
+# shaping results for the API
+# --------------------------------------------------------------------------
+def thumb_url(asin):
+    return f"/thumbs/{urllib.parse.quote(str(asin), safe='')}.jpg"
+
+
+def product_json(row, has_thumb):
+    """An item of items.csv as the API shows it (``category`` is the class the filters use)."""
+    asin = str(row.get("asin", ""))
+    return {"asin": asin, "title": row.get("title", ""), "category": row.get("label", ""),
+            "category_path": row.get("category", ""), "image_url": row.get("image_url", ""),
+            "split": row.get("split", ""), "thumbnail": thumb_url(asin) if has_thumb else None}
+
+
+def result_json(r):
+    out = product_json(r, r.get("thumb") is not None)
+    out.update(rank=r["rank"], similarity=r["similarity"])
+    return out
+
+
+def query_json(q):
+    out = {"kind": q.get("kind")}
+    if q.get("kind") == "asin":
+        out.update(asin=q["asin"], title=q.get("title", ""), category=q.get("label", ""),
+                   thumbnail=thumb_url(q["asin"]) if q.get("thumb") else None)
+    if q.get("predicted_label") is not None:
+        out.update(predicted_category=q["predicted_label"], predicted_probability=q.get("predicted_probability"))
+    if q.get("same_category") is not None:
+        out["filtered_category"] = q["same_category"]
+    return out
+
+
 def _filters(gen, category, same_category):
     """The Recommender's ``same_category``: a category name, True (the query's own) or False."""
     if category is not None:
@@ -32,8 +66,6 @@ def _filters(gen, category, same_category):
 
 
 def _answer(out, t0, gen):
-    from amazon_visual.web.app import query_json, result_json
-
     # JSON-ready already (str, int, float): answered without FastAPI's generic encoder, which costs more than the search
     return JSONResponse({"query": query_json(out["query"]), "results": [result_json(r) for r in out["results"]],
                          "index": {"n_items": gen.rec.index.n_items, "generation": gen.number},
@@ -101,8 +133,6 @@ async def search(request: Request, k: int = K, min_similarity: Optional[float] =
 
 @router.get("/v1/products/{asin}", summary="one indexed product")
 async def product(request: Request, asin: str = ASIN):
-    from amazon_visual.web.app import product_json
-
     rec = request.app.state.holder.current
     i = rec.index.asin_to_id.get(asin)
     if i is None:
@@ -122,8 +152,6 @@ async def similar(request: Request, asin: str = ASIN, k: int = K, min_similarity
 async def products(request: Request, category: Optional[str] = CATEGORY,
                    q: Optional[str] = Query(None, max_length=200, description="words the title contains"),
                    page: int = Query(1, ge=1, le=1_000_000), per_page: int = Query(24, ge=1, le=200)):
-    from amazon_visual.web.app import product_json
-
     gen = request.app.state.holder.generation
     rec = gen.rec
     items = rec.index.items
