@@ -486,6 +486,86 @@ def add_report(sub):
 
 
 # --------------------------------------------------------------------------
+# serve / export  (the service and model export for other servers)
+# --------------------------------------------------------------------------
+def add_serve(sub):
+    p = sub.add_parser(
+        "serve", help="serve visual search over an index: HTTP API and web page",
+        description="Serve INDEX_DIR over HTTP (FastAPI on uvicorn): POST /v1/search by photo, URL or ASIN, "
+                    "product and category browsing, thumbnails, a web page at /, OpenAPI at /docs, Prometheus "
+                    "metrics at /metrics. The index is reloaded without downtime when 'amazon-visual index' "
+                    "rewrites it, or on SIGHUP.",
+        epilog="example: amazon-visual serve demo-out/index --port 8000   then open http://127.0.0.1:8000/")
+    p.add_argument("index_dir", metavar="INDEX_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="uvicorn worker processes (default 1)")
+    p.add_argument("--max-batch", type=int, default=32, metavar="N",
+                   help="photo queries per model call (micro-batching; 1 turns it off; default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="how long a photo query waits for others to share its model call (default 5)")
+    p.add_argument("--allow-url-fetch", action="store_true",
+                   help="let clients query by image URL (public http(s) addresses only; off by default)")
+    p.add_argument("--url-allow-hosts", default="", metavar="HOSTS",
+                   help="comma-separated hosts/IPs a URL query may reach even if not public (e.g. a test server)")
+    p.add_argument("--url-timeout", type=float, default=5.0, metavar="S", help="deadline of one URL fetch (default 5)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
+                   help="largest upload or fetched image (default 10)")
+    p.add_argument("--reload-poll", type=float, default=2.0, metavar="S",
+                   help="seconds between checks of INDEX_DIR/manifest.json for a rebuilt index (0: only SIGHUP)")
+    p.add_argument("--run", metavar="RUN_DIR", default=None, help="the run the index was built from, if it moved")
+    p.add_argument("--no-warm-up", action="store_true",
+                   help="load the model at the first photo query instead of at start")
+    p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    p.set_defaults(func=_run_serve)
+    return p
+
+
+def _run_serve(args):
+    from amazon_visual.web.app import Settings
+    from amazon_visual.web.serve import serve
+
+    if args.max_upload_mb <= 0:
+        raise UserError(f"--max-upload-mb must be positive, not {args.max_upload_mb}")
+    hosts = tuple(h.strip() for h in args.url_allow_hosts.split(",") if h.strip())
+    settings = Settings(index_dir=args.index_dir, run_dir=args.run, max_batch=args.max_batch,
+                        max_wait_ms=args.max_wait_ms, allow_url_fetch=args.allow_url_fetch, url_allow_hosts=hosts,
+                        url_timeout=args.url_timeout, max_upload_mb=args.max_upload_mb,
+                        reload_poll_seconds=args.reload_poll, warm_up=not args.no_warm_up)
+    serve(settings, host=args.host, port=args.port, workers=args.workers, access_log=args.access_log)
+    return 0
+
+
+def add_export(sub):
+    p = sub.add_parser(
+        "export", help="export a trained run for other servers: SavedModel, TFLite or ONNX",
+        description="Export RUN_DIR's model: a TensorFlow SavedModel for TF Serving with the signatures 'embed' "
+                    "(images -> L2-normalised embedding) and 'classify' (images -> class probabilities and label; "
+                    "labels.txt in the assets), a TFLite file with the same two signatures, or ONNX.",
+        epilog="example: amazon-visual export runs/resnet50 --format saved_model --out export/resnet50/1")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", choices=["saved_model", "tflite", "onnx"], default="saved_model")
+    p.add_argument("--out", required=True, metavar="PATH", help="folder (saved_model) or file (.tflite, .onnx)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing PATH")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_run_export)
+    return p
+
+
+def _run_export(args):
+    _quiet_tensorflow()
+    from amazon_visual.export import export_run
+
+    info = export_run(args.run_dir, args.format, args.out, overwrite=args.overwrite)
+    if args.json:
+        print_json(info)
+    else:
+        print(f"{info['format']} written to {info['path']} ({', '.join(info['signatures'])}; "
+              f"{info['image_size']} px images in [0, 255])")
+    return 0
+
+
+# --------------------------------------------------------------------------
 def _not_ready(args):
     raise UserError(f"'{args.command}' is not available in this build")
 
@@ -502,7 +582,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (add_build_data, add_train, add_evaluate, add_compare, add_index,
-                add_recommend, add_eval_retrieval, add_demo, add_report):
+                add_recommend, add_eval_retrieval, add_demo, add_report, add_serve, add_export):
         add(sub)
     return parser
 

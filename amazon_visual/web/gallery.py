@@ -2,10 +2,12 @@
 
 Every image is embedded in the page as a base64 JPEG data URI (a thumbnail), so the
 page needs no network and refers to no other file: it can be mailed or archived alone.
-A result with no thumbnail shows a grey box with its ASIN.
+A result with no thumbnail shows a grey box with its ASIN. The HTML comes from the Jinja2
+templates ``templates/gallery.html`` (the ``gallery`` macro), ``gallery_fragment.html`` and
+``gallery_page.html``, autoescaped.
 
-- :func:`gallery_fragment` (query, results, title) -> an HTML ``<section>`` with its own
-  scoped CSS, for other pages (``amazon-visual report``) to reuse;
+- :func:`gallery_fragment` (query, results, title) -> an HTML ``<section>`` with the shared
+  stylesheet, for other pages to reuse (``amazon-visual report`` calls the template's macro);
 - :func:`gallery_page` -> a whole HTML document; :func:`write_gallery` writes it atomically.
 
 ``query`` is a dict: ``image`` (anything :func:`amazon_visual.retrieval.embeddings.load_image`
@@ -16,26 +18,12 @@ result dicts of :class:`~amazon_visual.retrieval.recommend.Recommender` (``thumb
 ``rank``, ``asin``, ``title``, ``label``, ``image_url``).
 """
 import base64
-import html
 import os
 
-THUMB = 200
+from amazon_visual.web.templating import render
 
-CSS = """
-.av-gallery{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#222;margin:1em 0}
-.av-gallery h2{font-size:1.2em;margin:.2em 0 .6em}
-.av-gallery .av-row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
-.av-gallery figure{margin:0;width:170px;border:1px solid #ddd;border-radius:6px;padding:6px;background:#fff}
-.av-gallery figure.av-query{border:2px solid #1f77b4;width:200px}
-.av-gallery .av-img{width:100%;height:160px;display:flex;align-items:center;justify-content:center;background:#fafafa}
-.av-gallery .av-query .av-img{height:190px}
-.av-gallery img{max-width:100%;max-height:100%;object-fit:contain}
-.av-gallery .av-missing{width:100%;height:100%;background:#e5e5e5;color:#666;display:flex;align-items:center;justify-content:center;font-size:.8em}
-.av-gallery figcaption{font-size:.78em;line-height:1.3;margin-top:4px;word-wrap:break-word}
-.av-gallery .av-score{font-weight:600;color:#1f77b4}
-.av-gallery .av-bar{height:4px;background:#1f77b4;border-radius:2px;margin-top:2px}
-.av-gallery .av-label{color:#555}
-"""
+THUMB = 200
+TITLE_CHARS = 90
 
 
 def image_data_uri(src, size=THUMB):
@@ -54,34 +42,34 @@ def image_data_uri(src, size=THUMB):
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
-def _img_html(uri, alt):
-    if uri is None:
-        return f'<div class="av-img"><div class="av-missing">{html.escape(alt)}</div></div>'
-    return f'<div class="av-img"><img src="{uri}" alt="{html.escape(alt, quote=True)}"></div>'
-
-
-def _query_caption(query):
+def query_caption(query):
+    """The query's caption as lines ``{"text", "kind"}`` (kind: bold, label or plain) for the template."""
     if query.get("caption"):
-        return html.escape(str(query["caption"]))
+        return [{"text": str(query["caption"]), "kind": "plain"}]
     if query.get("kind") == "asin" or query.get("asin"):
-        parts = [f"<b>query: {html.escape(str(query.get('asin', '')))}</b>"]
+        lines = [{"text": f"query: {query.get('asin', '')}", "kind": "bold"}]
         if query.get("label"):
-            parts.append(f'<span class="av-label">{html.escape(str(query["label"]))}</span>')
+            lines.append({"text": str(query["label"]), "kind": "label"})
         if query.get("title"):
-            parts.append(html.escape(str(query["title"])))
-        return "<br>".join(parts)
-    parts = ["<b>query image</b>"]
+            lines.append({"text": str(query["title"]), "kind": "plain"})
+        return lines
+    lines = [{"text": "query image", "kind": "bold"}]
     if isinstance(query.get("image"), (str, os.PathLike)):
-        parts.append(html.escape(os.path.basename(os.fspath(query["image"]))))
+        lines.append({"text": os.path.basename(os.fspath(query["image"])), "kind": "plain"})
     if query.get("predicted_label"):
         p = query.get("predicted_probability")
-        parts.append(f'<span class="av-label">predicted: {html.escape(str(query["predicted_label"]))}'
-                     + (f" ({p:.2f})" if p is not None else "") + "</span>")
-    return "<br>".join(parts)
+        lines.append({"text": f"predicted: {query['predicted_label']}" + (f" ({p:.2f})" if p is not None else ""),
+                      "kind": "label"})
+    return lines
 
 
-def gallery_fragment(query, results, title=None, size=THUMB):
-    """An HTML ``<section class="av-gallery">`` (with its CSS) showing the query and the results."""
+def _short(text, n=TITLE_CHARS):
+    text = str(text)
+    return text if len(text) <= n else text[:n - 1] + "\u2026"
+
+
+def gallery_context(query, results, title=None, size=THUMB):
+    """What the ``gallery`` macro of ``templates/gallery.html`` shows: every image as a data URI."""
     query = dict(query or {})
     qsrc = query.get("image_array")
     if qsrc is None:
@@ -91,33 +79,24 @@ def gallery_fragment(query, results, title=None, size=THUMB):
         uri = image_data_uri(qsrc, size)  # a URL is not fetched again: pass the decoded image as image_array
     if uri is None and query.get("thumb"):
         uri = image_data_uri(query["thumb"], size)
-    out = [f"<style>{CSS}</style>", '<section class="av-gallery">']
-    if title:
-        out.append(f"<h2>{html.escape(str(title))}</h2>")
-    out.append('<div class="av-row">')
-    out.append(f'<figure class="av-query">{_img_html(uri, "query")}<figcaption>{_query_caption(query)}</figcaption></figure>')
+    rows = []
     for r in results:
         sim = float(r.get("similarity", 0.0))
-        alt = str(r.get("asin", ""))
-        ruri = image_data_uri(r.get("thumb"), size) if r.get("thumb") else None
-        bits = [f'<span class="av-score">#{int(r.get("rank", 0))} &nbsp; {sim:.3f}</span>',
-                f'<div class="av-bar" style="width:{max(0.0, min(1.0, sim)) * 100:.0f}%"></div>',
-                html.escape(alt)]
-        if r.get("label"):
-            bits.append(f'<span class="av-label">{html.escape(str(r["label"]))}</span>')
-        if r.get("title"):
-            t = str(r["title"])
-            bits.append(html.escape(t if len(t) <= 90 else t[:89] + "\u2026"))
-        out.append(f'<figure>{_img_html(ruri, alt)}<figcaption>{"<br>".join(bits)}</figcaption></figure>')
-    out.append("</div></section>")
-    return "\n".join(out)
+        rows.append({"rank": int(r.get("rank", 0)), "similarity": sim, "asin": str(r.get("asin", "")),
+                     "bar": f"{max(0.0, min(1.0, sim)) * 100:.0f}", "label": str(r.get("label") or ""),
+                     "title": _short(r["title"]) if r.get("title") else "",
+                     "uri": image_data_uri(r.get("thumb"), size) if r.get("thumb") else None})
+    return {"title": str(title) if title else "", "query_uri": uri, "caption": query_caption(query), "results": rows}
+
+
+def gallery_fragment(query, results, title=None, size=THUMB):
+    """An HTML ``<section class="av-gallery">`` (with the shared stylesheet) showing the query and the results."""
+    return render("gallery_fragment.html", g=gallery_context(query, results, title, size))
 
 
 def gallery_page(query, results, title="Look-alike products", size=THUMB):
-    """A whole HTML document: :func:`gallery_fragment` in a page."""
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(str(title))}</title></head><body>\n"
-            + gallery_fragment(query, results, title=title, size=size) + "\n</body></html>\n")
+    """A whole HTML document showing the gallery."""
+    return render("gallery_page.html", title=str(title), g=gallery_context(query, results, title, size))
 
 
 def write_gallery(path, query, results, title="Look-alike products", size=THUMB):

@@ -6,7 +6,11 @@ the dataset's label distribution, the compare table, and for each run its learni
 curves, the per-class classification report and the confusion matrix of each
 evaluated split, then the recommendation galleries (a query image, then the top-k
 look-alikes with their scores). Every image is embedded as a base64 ``data:`` URI and
-the styling is inline, so the page works opened from ``file://`` with no network.
+the shared stylesheet is inlined, so the page works opened from ``file://`` with no network.
+
+The Python here only gathers what to show (dicts and lists); the HTML is the Jinja2
+template ``templates/report.html`` (autoescaped), with the pieces of ``macros.html``
+and the gallery macro of ``gallery.html``.
 
 It only reads the stage folders (see the contracts): it imports neither TensorFlow
 nor Keras, so it is quick and works on any machine that holds the folders.
@@ -14,7 +18,6 @@ nor Keras, so it is quick and works on any machine that holds the folders.
 import base64
 import csv
 import datetime
-import html
 import json
 import mimetypes
 import os
@@ -132,12 +135,8 @@ def find_artifacts(path, index_dir=None):
 
 
 # ---------------------------------------------------------------------------
-# HTML pieces
+# pieces the template shows
 # ---------------------------------------------------------------------------
-def esc(x):
-    return html.escape("" if x is None else str(x), quote=True)
-
-
 def data_uri(path, mime=None):
     """The file's bytes as a ``data:`` URI (so the page needs no other file)."""
     mime = mime or mimetypes.guess_type(path)[0] or "application/octet-stream"
@@ -145,17 +144,11 @@ def data_uri(path, mime=None):
         return f"data:{mime};base64,{base64.b64encode(f.read()).decode('ascii')}"
 
 
-def img_tag(path, alt, cls="figure"):
-    if not path or not os.path.isfile(path):
-        return ""
-    return f'<img class="{cls}" src="{data_uri(path)}" alt="{esc(alt)}">'
-
-
 def figure(path, caption):
-    tag = img_tag(path, caption)
-    if not tag:
-        return ""
-    return f'<figure>{tag}<figcaption>{esc(caption)}</figcaption></figure>'
+    """``{"uri", "caption"}`` of an image file, or None when there is no such file."""
+    if not path or not os.path.isfile(path):
+        return None
+    return {"uri": data_uri(path), "caption": caption}
 
 
 def _fmt(v, digits=3):
@@ -176,89 +169,11 @@ def _fmt(v, digits=3):
     return f"{f:.{digits}f}"
 
 
-def table(headers, rows, cls="data", numeric_from=1):
-    """A plain HTML table; cells from column ``numeric_from`` on are right-aligned."""
-    head = "".join(f"<th{' class=num' if i >= numeric_from else ''}>{esc(h)}</th>" for i, h in enumerate(headers))
-    body = []
-    for row in rows:
-        cells = []
-        for i, c in enumerate(row):
-            cells.append(f"<td{' class=num' if i >= numeric_from else ''}>{esc(c)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-
-
-CSS = """
-:root { --ink:#1f2933; --muted:#616e7c; --line:#e4e7eb; --bg:#f5f7fa; --card:#fff; --accent:#2563eb; }
-* { box-sizing: border-box; }
-body { margin:0; font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       color:var(--ink); background:var(--bg); }
-header.top { background:#102a43; color:#fff; padding:28px 40px 22px; }
-header.top h1 { margin:0 0 4px; font-size:26px; font-weight:600; }
-header.top p { margin:0; color:#bcccdc; }
-nav { background:#243b53; padding:8px 40px; position:sticky; top:0; z-index:2; }
-nav a { color:#d9e2ec; text-decoration:none; margin-right:18px; font-size:14px; }
-nav a:hover { color:#fff; }
-main { max-width:1240px; margin:0 auto; padding:24px 40px 60px; }
-section { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:20px 26px;
-          margin:0 0 22px; box-shadow:0 1px 2px rgba(16,42,67,.05); }
-h2 { margin:0 0 14px; font-size:20px; font-weight:600; }
-h3 { margin:22px 0 10px; font-size:16px; font-weight:600; color:#243b53; }
-p.note { color:var(--muted); margin:4px 0 12px; font-size:14px; }
-.cards { display:flex; flex-wrap:wrap; gap:14px; margin:0 0 22px; }
-.card { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:14px 18px; min-width:150px; flex:1; }
-.card .k { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.05em; }
-.card .v { font-size:22px; font-weight:600; margin-top:2px; }
-.card .s { color:var(--muted); font-size:12px; }
-table.data { border-collapse:collapse; font-size:14px; margin:6px 0 10px; }
-table.data th, table.data td { padding:6px 12px; border-bottom:1px solid var(--line); text-align:left; }
-table.data th { background:#f0f4f8; font-weight:600; color:#334e68; }
-table.data td.num, table.data th.num { text-align:right; font-variant-numeric: tabular-nums; }
-table.data tbody tr:hover { background:#f8fafc; }
-table.data tr.avg td { color:var(--muted); }
-table.cm { border-collapse:collapse; font-size:13px; font-variant-numeric: tabular-nums; }
-table.cm th, table.cm td { padding:5px 8px; text-align:center; border:1px solid #fff; }
-table.cm th { color:#334e68; font-weight:600; background:#f0f4f8; }
-table.cm th.rot { height:92px; vertical-align:bottom; }
-table.cm th.rot span { writing-mode: vertical-rl; transform: rotate(180deg); white-space:nowrap; }
-table.cm td.diag { outline:2px solid #102a43; outline-offset:-2px; }
-.figs { display:flex; flex-wrap:wrap; gap:18px; align-items:flex-start; }
-figure { margin:0; }
-figure img.figure { max-width:100%; border:1px solid var(--line); border-radius:6px; background:#fff; }
-figcaption { color:var(--muted); font-size:13px; margin-top:4px; }
-.scroll { overflow-x:auto; }
-.kv { display:grid; grid-template-columns: max-content 1fr; gap:2px 16px; font-size:14px; margin:0 0 10px; }
-.kv dt { color:var(--muted); } .kv dd { margin:0; }
-.missing { color:#9b2c2c; font-size:14px; }
-details { margin:10px 0; } summary { cursor:pointer; color:var(--accent); font-size:14px; }
-#recommendations section.av-gallery { margin:0 0 14px; padding:12px 16px; box-shadow:none; background:#fbfcfe; }
-#recommendations .av-gallery h2 { font-size:16px; font-weight:600; font-family:inherit; }
-#recommendations .av-gallery figure { width:142px; }
-#recommendations .av-gallery .av-img { height:140px; }
-#recommendations .av-gallery figure.av-query { width:170px; }
-#recommendations .av-gallery .av-query .av-img { height:170px; }
-footer { color:var(--muted); font-size:12px; text-align:center; padding:0 0 30px; }
-"""
-
-
-def _page(title, subtitle, nav, body):
-    links = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in nav)
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    from amazon_visual import __version__
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{esc(title)}</title>
-<style>{CSS}</style></head>
-<body>
-<header class="top"><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>
-<nav>{links}</nav>
-<main>
-{body}
-</main>
-<footer>written by amazon-visual {esc(__version__)} on {esc(when)}; every image is embedded in this file</footer>
-</body></html>
-"""
+def table(headers, rows, numeric_from=1, row_classes=None):
+    """A table for the ``table`` macro; cells from column ``numeric_from`` on are right-aligned."""
+    row_classes = row_classes or [""] * len(rows)
+    return {"headers": list(headers), "numeric_from": numeric_from,
+            "rows": [{"cells": ["" if c is None else c for c in row], "cls": cls} for row, cls in zip(rows, row_classes)]}
 
 
 # ---------------------------------------------------------------------------
@@ -310,13 +225,10 @@ def _per_class_counts(build_report):
 
 def section_dataset(data_dir):
     if not data_dir:
-        return ('<section id="data"><h2>Dataset</h2><p class="missing">No dataset folder found '
-                "(the run's config.json names none that exists here).</p></section>")
+        return None
     counts = _split_counts(data_dir)
     names = _class_names_from_features(data_dir)
     build = _read_json(os.path.join(data_dir, "build_report.json"), {}) or {}
-    parts = ['<section id="data"><h2>Dataset: label distribution</h2>',
-             f'<p class="note">{esc(data_dir)}</p>']
     kv = [("classes", f"{len(names)}: " + ", ".join(names) if names else "")]
     for split in ("train", "validation", "test"):
         if split in counts:
@@ -325,21 +237,15 @@ def section_dataset(data_dir):
         if isinstance(v, (str, int, float)) and not isinstance(v, bool) and len(str(v)) < 120 \
                 and key not in ("classes",):
             kv.append((key.replace("_", " "), _fmt(v) if not isinstance(v, str) else v))
-    parts.append('<dl class="kv">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in kv if v != "")
-                 + "</dl>")
-    fig = figure(os.path.join(data_dir, "label_distribution.png"), "examples per class and split")
-    if fig:
-        parts.append(f'<div class="figs">{fig}</div>')
-    else:
-        parts.append('<p class="missing">label_distribution.png not found in the dataset folder.</p>')
+    out = {"data_dir": data_dir, "kv": [(k, v) for k, v in kv if v != ""], "per_class": None,
+           "figure": figure(os.path.join(data_dir, "label_distribution.png"), "examples per class and split")}
     per_class = _per_class_counts(build)
     if per_class:
         splits = [s for s in ("train", "validation", "test") if any(s in d for d in per_class.values())]
         rows = [[c] + [_fmt(per_class[c].get(s, 0)) for s in splits] +
                 [_fmt(sum(per_class[c].get(s, 0) for s in splits))] for c in per_class]
-        parts.append(table(["class"] + splits + ["total"], rows))
-    parts.append("</section>")
-    return "".join(parts)
+        out["per_class"] = table(["class"] + splits + ["total"], rows)
+    return out
 
 
 def _history(run_dir):
@@ -383,70 +289,52 @@ def run_summary(run_dir):
 
 
 def section_compare(found):
-    parts = ['<section id="compare"><h2>Compare</h2>']
     rows_csv = _read_csv(os.path.join(found["compare_dir"], "compare.csv")) if found["compare_dir"] else []
     if rows_csv:
         headers = list(rows_csv[0].keys())
-        parts.append(f'<p class="note">from {esc(os.path.join(found["compare_dir"], "compare.csv"))}</p>')
         rows = [[r.get(h, "") if i == 0 else _fmt(r.get(h, "")) for i, h in enumerate(headers)] for r in rows_csv]
-        parts.append('<div class="scroll">' + table(headers, rows) + "</div>")
         fig = figure(os.path.join(found["compare_dir"], "learning_curves.png"), "learning curves of the compared runs")
-        if fig and len(rows_csv) > 1:  # one run: its own section shows the same curves
-            parts.append(f'<div class="figs">{fig}</div>')
-    else:
-        summaries = [run_summary(r) for r in found["runs"]]
-        headers = []
-        for s in summaries:
-            headers += [k for k in s if k not in headers]
-        rows = [[s.get(h) if i == 0 else (_fmt(s.get(h)) if s.get(h) is not None else "")
-                 for i, h in enumerate(headers)] for s in summaries]
-        parts.append('<div class="scroll">' + table(headers, rows) + "</div>")
-    parts.append("</section>")
-    return "".join(parts)
+        return {"note": f"from {os.path.join(found['compare_dir'], 'compare.csv')}", "table": table(headers, rows),
+                "figure": fig if len(rows_csv) > 1 else None}  # one run: its own section shows the same curves
+    summaries = [run_summary(r) for r in found["runs"]]
+    headers = []
+    for s in summaries:
+        headers += [k for k in s if k not in headers]
+    rows = [[s.get(h) if i == 0 else (_fmt(s.get(h)) if s.get(h) is not None else "")
+             for i, h in enumerate(headers)] for s in summaries]
+    return {"note": "", "table": table(headers, rows), "figure": None}
 
 
 def classification_table(report):
-    """sklearn's ``classification_report(output_dict=True)`` as an HTML table."""
+    """sklearn's ``classification_report(output_dict=True)`` as a table: classes, accuracy, then the averages."""
     headers = ["class", "precision", "recall", "f1-score", "support"]
     rows, avg = [], []
     for name, v in report.items():
-        if name == "accuracy":
-            continue
-        if not isinstance(v, dict):
+        if name == "accuracy" or not isinstance(v, dict):
             continue
         row = [name] + [_fmt(v.get(h)) if h != "support" else _fmt(int(v.get(h, 0))) for h in headers[1:]]
         (avg if name.endswith(" avg") else rows).append(row)
-    html_rows = [f"<tr>{''.join(f'<td{cls}>{esc(c)}</td>' for c, cls in zip(r, [''] + [' class=num'] * 4))}</tr>"
-                 for r in rows]
     if "accuracy" in report:
         total = sum(int(report[n].get("support", 0)) for n in report if isinstance(report[n], dict)
                     and not n.endswith(" avg"))
-        html_rows.append(f'<tr class="avg"><td>accuracy</td><td class=num></td><td class=num></td>'
-                         f'<td class=num>{_fmt(report["accuracy"])}</td><td class=num>{_fmt(total)}</td></tr>')
-    html_rows += [f"<tr class=\"avg\">{''.join(f'<td{cls}>{esc(c)}</td>' for c, cls in zip(r, [''] + [' class=num'] * 4))}</tr>"
-                  for r in avg]
-    head = "".join(f"<th{' class=num' if i else ''}>{h}</th>" for i, h in enumerate(headers))
-    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(html_rows)}</tbody></table>'
+        avg.insert(0, ["accuracy", "", "", _fmt(report["accuracy"]), _fmt(total)])
+    return table(headers, rows + avg, row_classes=[""] * len(rows) + ["avg"] * len(avg))
 
 
 def confusion_table(matrix, labels):
-    """The confusion matrix as a heat-map table: rows true class, columns predicted class."""
+    """The confusion matrix as heat-map cells: rows true class, columns predicted class."""
     if not matrix:
-        return ""
-    head = "<th>true \\ predicted</th>" + "".join(f'<th class="rot"><span>{esc(l)}</span></th>' for l in labels)
-    body = []
+        return None
+    rows = []
     for i, row in enumerate(matrix):
         total = sum(row) or 1
         cells = []
         for j, n in enumerate(row):
             a = n / total
-            color = f"rgba(37,99,235,{0.08 + 0.85 * a:.2f})" if n else "#f8fafc"
-            ink = "#fff" if a > 0.5 else "#1f2933"
-            cls = ' class="diag"' if i == j else ""
-            cells.append(f'<td{cls} style="background:{color};color:{ink}" title="{esc(labels[i])} as '
-                         f'{esc(labels[j])}: {n}">{n}</td>')
-        body.append(f"<tr><th>{esc(labels[i] if i < len(labels) else i)}</th>{''.join(cells)}</tr>")
-    return f'<table class="cm"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+            cells.append({"n": n, "diag": i == j, "color": f"rgba(37,99,235,{0.08 + 0.85 * a:.2f})" if n else "#f8fafc",
+                          "ink": "#fff" if a > 0.5 else "#1f2933", "title": f"{labels[i]} as {labels[j]}: {n}"})
+        rows.append({"label": labels[i] if i < len(labels) else i, "cells": cells})
+    return {"labels": list(labels), "rows": rows}
 
 
 def _learning_curves_png(run_dir):
@@ -486,51 +374,26 @@ def section_run(run_dir, anchor):
     cfg = _read_json(os.path.join(run_dir, "config.json"), {}) or {}
     labels = _read_json(os.path.join(run_dir, "labels.json"), []) or []
     name = os.path.basename(os.path.normpath(run_dir))
-    parts = [f'<section id="{esc(anchor)}"><h2>Training run: {esc(cfg.get("model", "?"))}'
-             + (f' ({esc(name)})' if name not in ("run", cfg.get("model")) else "") + "</h2>",
-             f'<p class="note">{esc(run_dir)}</p>']
     keys = ["model", "weights", "image_size", "preprocessing", "embedding_dim", "num_classes", "epochs",
             "batch_size", "learning_rate", "optimizer", "strategy", "fine_tune", "seed"]
     kv = [(k.replace("_", " "), cfg[k]) for k in keys if k in cfg and not isinstance(cfg[k], (dict, list))]
     kv = [(k, "none (trained from scratch)" if k == "weights" and v in (None, "none") else v) for k, v in kv]
-    kv = [(k, v) for k, v in kv if v is not None]
-    if kv:
-        parts.append('<dl class="kv">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in kv) + "</dl>")
-
-    parts.append("<h3>Learning curves</h3>")
     lc = _learning_curves_png(run_dir)
-    tmp_lc = lc if lc and not lc.startswith(run_dir) else None
-    fig = figure(lc, "loss and accuracy per epoch (train and validation)")
-    if tmp_lc:
-        os.remove(tmp_lc)
-    parts.append(f'<div class="figs">{fig}</div>' if fig else '<p class="missing">no history.csv in the run.</p>')
-
-    evals = _eval_dirs(run_dir)
-    if not evals:
-        parts.append('<p class="missing">No evaluation yet: run <code>amazon-visual evaluate</code> on this run.</p>')
-    for split, m, folder in evals:
+    curves = figure(lc, "loss and accuracy per epoch (train and validation)")
+    if lc and not lc.startswith(run_dir):
+        os.remove(lc)  # drawn into a temporary file
+    evals = []
+    for split, m, folder in _eval_dirs(run_dir):
         lab = m.get("labels") or labels
-        n = len(lab) or 1
-        parts.append(f'<h3>Evaluation on the {esc(split)} split: accuracy {_fmt(m.get("accuracy"))} '
-                     f'<span class="note">(chance {1 / n:.3f})</span></h3>')
         rep = m.get("classification_report")
-        figs = []
-        if isinstance(rep, dict):
-            figs.append(f'<div><div class="note">per-class classification report</div>{classification_table(rep)}</div>')
-        cm = m.get("confusion_matrix")
-        if cm:
-            figs.append(f'<div class="scroll"><div class="note">confusion matrix (rows: true class)</div>'
-                        f'{confusion_table(cm, lab)}</div>')
-        parts.append(f'<div class="figs">{"".join(figs)}</div>')
-        mis = figure(os.path.join(folder, "misclassified.png"), f"misclassified examples ({split})")
-        if mis:
-            parts.append(f'<div class="figs">{mis}</div>')
-        cm_png = figure(os.path.join(folder, "confusion_matrix.png"), f"confusion matrix ({split})")
-        if cm_png:
-            parts.append(f'<details><summary>the confusion matrix as a figure</summary><div class="figs">{cm_png}'
-                         "</div></details>")
-    parts.append("</section>")
-    return "".join(parts)
+        evals.append({"split": split, "accuracy": _fmt(m.get("accuracy")), "chance": f"{1 / (len(lab) or 1):.3f}",
+                      "report": classification_table(rep) if isinstance(rep, dict) else None,
+                      "cm": confusion_table(m.get("confusion_matrix"), lab),
+                      "misclassified": figure(os.path.join(folder, "misclassified.png"), f"misclassified examples ({split})"),
+                      "cm_png": figure(os.path.join(folder, "confusion_matrix.png"), f"confusion matrix ({split})")})
+    title = f"Training run: {cfg.get('model', '?')}" + (f" ({name})" if name not in ("run", cfg.get("model")) else "")
+    return {"anchor": anchor, "title": title, "run_dir": run_dir, "kv": [(k, v) for k, v in kv if v is not None],
+            "curves": curves, "evals": evals}
 
 
 def load_recommendations(path):
@@ -598,7 +461,7 @@ def live_recommendations(index_dir, queries=4, k=5):
 
 
 def section_recommendations(found, queries=4, k=5):
-    parts = ['<section id="recommendations"><h2>Recommendations</h2>']
+    """``{"source", "galleries"}`` (gallery contexts of :mod:`.gallery`), or None when there is nothing to show."""
     saved = load_recommendations(found["recommendations"]) if found["recommendations"] else []
     if saved:
         saved = resolve_paths(saved, os.path.dirname(found["recommendations"]))
@@ -606,21 +469,12 @@ def section_recommendations(found, queries=4, k=5):
     elif found["index_dir"]:
         saved = live_recommendations(found["index_dir"], queries, k)
         source = f"from the index {found['index_dir']}"
-    queries = saved
-    if not queries:
-        parts.append('<p class="missing">No saved recommendations: <code>amazon-visual demo</code> saves some; '
-                     "for a run, use <code>amazon-visual index</code> and <code>amazon-visual recommend</code>."
-                     "</p></section>")
-        return "".join(parts)
-    from amazon_visual.web.gallery import gallery_fragment
+    if not saved:
+        return None
+    from amazon_visual.web.gallery import gallery_context
 
-    parts.append('<p class="note">For each query product (framed), the indexed products that look most alike, '
-                 "best first, with their cosine similarity to the query in embedding space "
-                 f"({esc(source)}).</p>")
-    for i, q in enumerate(queries, 1):
-        parts.append(gallery_fragment(q["query"], q["results"], title=gallery_title(i, q["query"])))
-    parts.append("</section>")
-    return "".join(parts)
+    return {"source": source, "galleries": [gallery_context(q["query"], q["results"], title=gallery_title(i, q["query"]))
+                                            for i, q in enumerate(saved, 1)]}
 
 
 def _summary_cards(found):
@@ -643,15 +497,13 @@ def _summary_cards(found):
     if found["index_dir"]:
         man = _read_json(os.path.join(found["index_dir"], "manifest.json"), {}) or {}
         cards.append(("indexed items", _fmt(man.get("n_items", "?")), f"{man.get('embedding_dim', man.get('dim', '?'))}-d embeddings"))
-    if not cards:
-        return ""
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div><div class="s">{esc(s)}</div></div>'
-        for k, v, s in cards) + "</div>"
+    return [{"k": k, "v": v, "s": s} for k, v, s in cards]
 
 
 def render(found, title=None, queries=4, k=5):
     """The report's HTML for the artifacts ``find_artifacts`` found."""
+    from amazon_visual.web.templating import render as render_template
+
     demo = found.get("demo") or {}
     title = title or ("amazon-visual demo" if found["kind"] == "demo" else
                       f"amazon-visual report: {os.path.basename(found['root'])}")
@@ -660,15 +512,14 @@ def render(found, title=None, queries=4, k=5):
         subtitle += " \u2014 model trained from scratch on the embedded sample catalog"
     elif demo:
         subtitle += f" \u2014 model started from {demo.get('weights')} weights"
+    runs = [section_run(run, f"run-{i + 1}") for i, run in enumerate(found["runs"])]
     nav = [("data", "Dataset"), ("compare", "Compare")]
-    body = [_summary_cards(found), section_dataset(found["data_dir"]), section_compare(found)]
-    for i, run in enumerate(found["runs"]):
-        anchor = f"run-{i + 1}"
-        nav.append((anchor, "Run" if len(found["runs"]) == 1 else f"Run {i + 1}"))
-        body.append(section_run(run, anchor))
+    nav += [(r["anchor"], "Run" if len(runs) == 1 else f"Run {i + 1}") for i, r in enumerate(runs)]
     nav.append(("recommendations", "Recommendations"))
-    body.append(section_recommendations(found, queries, k))
-    return _page(title, subtitle, nav, "\n".join(b for b in body if b))
+    return render_template("report.html", title=title, subtitle=subtitle, nav=nav, cards=_summary_cards(found),
+                           dataset=section_dataset(found["data_dir"]), compare=section_compare(found), runs=runs,
+                           recommendations=section_recommendations(found, queries, k),
+                           when=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
 
 
 def write_report(path, out=None, title=None, index_dir=None, queries=4, k=5):
