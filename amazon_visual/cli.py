@@ -128,6 +128,21 @@ def add_train(sub):
                    help="stop after PATIENCE epochs without better val accuracy (0: off)")
     p.add_argument("--max-minutes", type=float, default=None, help="time budget: stop at the epoch end that would pass it")
     p.add_argument("--seed", type=int, default=0)
+    # --- the training objective (amazon_visual.training.metric_learning) ---
+    g = p.add_argument_group("objective", "classify (default): a classifier, whose penultimate layer is the "
+                             "embedding; retrieval: metric learning of the embedding itself (better look-alikes)")
+    g.add_argument("--objective", default="classify", choices=["classify", "retrieval"],
+                   help="what the run learns (default classify)")
+    g.add_argument("--loss", default=None, help="retrieval loss: multi_similarity (default), supcon, "
+                   "proxy_anchor or arcface")
+    g.add_argument("--embedding-dim", type=int, default=None, metavar="D",
+                   help="size of the embedding (retrieval: L2-normalised, default 128; classify: the head's "
+                        "Dense layer, default 512)")
+    g.add_argument("--classes-per-batch", type=int, default=None, metavar="P",
+                   help="retrieval: classes per batch (default min(16, classes)); a batch is P x K photos")
+    g.add_argument("--per-class", type=int, default=None, metavar="K",
+                   help="retrieval: photos of each class per batch (default 4; smaller classes repeat photos)")
+    # --- end of the objective block ---
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_run_train)
     return p
@@ -144,7 +159,9 @@ def _run_train(args):
                         fine_tune_at=args.fine_tune_at, strategy=args.strategy,
                         mixed_precision=args.mixed_precision, augment=args.augment, seed=args.seed,
                         learning_rate=args.learning_rate, head_epochs=args.head_epochs,
-                        early_stopping=args.early_stopping, max_minutes=args.max_minutes)
+                        early_stopping=args.early_stopping, max_minutes=args.max_minutes,
+                        objective=args.objective, loss=args.loss, embedding_dim=args.embedding_dim,
+                        classes_per_batch=args.classes_per_batch, per_class=args.per_class)
     if not summary.get("chief", True):
         return 0
     if args.json:
@@ -154,7 +171,11 @@ def _run_train(args):
     print(f"model               {summary['model']}")
     print(f"run folder          {summary['run_dir']}")
     print(f"epochs run          {summary['epochs_run']} / {summary['epochs']}  (phases: {', '.join(summary['phases'])})")
-    print(f"best val accuracy   {'-' if best is None else f'{best:.4f}'}")
+    if args.objective == "retrieval":
+        best = summary["best_val_recall_at_1"]
+        print(f"best val recall@1   {'-' if best is None else f'{best:.4f}'}")
+    else:
+        print(f"best val accuracy   {'-' if best is None else f'{best:.4f}'}")
     print(f"seconds             {summary['seconds']}")
     return 0
 
@@ -334,6 +355,9 @@ def add_eval_retrieval(sub):
     p.add_argument("--search-k", type=int, default=None, help="Annoy search_k (default: the manifest's)")
     p.add_argument("--trees", type=int, default=None, help="trees of the evaluation index (default: the manifest's)")
     p.add_argument("--run", metavar="RUN_DIR", default=None, help="the run the index was built from, if it moved")
+    p.add_argument("--exclude-train-classes", action="store_true",
+                   help="query only items of classes the run was not trained on (held-out classes), "
+                        "against every other indexed item")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_run_eval_retrieval)
     return p
@@ -343,7 +367,8 @@ def _run_eval_retrieval(args):
     from amazon_visual.retrieval.metrics import evaluate_retrieval, format_report
 
     r = evaluate_retrieval(args.index_dir, data_dir=args.data, queries=args.queries, k=args.k,
-                           search_k=args.search_k, trees=args.trees, run_dir=args.run)
+                           search_k=args.search_k, trees=args.trees, run_dir=args.run,
+                           exclude_train_classes=args.exclude_train_classes)
     if args.json:
         print_json(r)
     else:
