@@ -172,8 +172,8 @@ def _run_train(args):
     print(f"run folder          {summary['run_dir']}")
     print(f"epochs run          {summary['epochs_run']} / {summary['epochs']}  (phases: {', '.join(summary['phases'])})")
     if args.objective == "retrieval":
-        best = summary["best_val_recall_at_1"]
-        print(f"best val recall@1   {'-' if best is None else f'{best:.4f}'}")
+        for key, name in (("best_val_precision_at_10", "precision@10"), ("best_val_recall_at_1", "recall@1")):
+            print(f"best val {name:<11}{'-' if summary[key] is None else f'{summary[key]:.4f}'}")
     else:
         print(f"best val accuracy   {'-' if best is None else f'{best:.4f}'}")
     print(f"seconds             {summary['seconds']}")

@@ -10,15 +10,16 @@ loaded through KERAS_HOME and ``weights="imagenet"``), the same image size and t
 (b) ``classifier``: the classifier head of ``train`` (``heads.classification_head``: Dropout ->
     Dense(D, relu, "embedding") -> Dropout -> softmax), its ``embedding`` layer;
 (c) ``retrieval``: the retrieval head of ``train --objective retrieval``
-    (``retrieval_head.projection_head``: Dropout -> Dense(D) -> L2 norm) trained with the
-    metric loss on P x K batches (``sampler.pk_stream``), model kept by validation recall@1.
+    (``retrieval_head.projection_head``: Dropout -> Dense(512, relu) -> Dense(D) -> L2 norm)
+    trained with the metric loss on P x K batches (``sampler.pk_stream``), model kept by
+    validation precision@10, as ``train`` does.
 
 To fit two CPU cores, (b) and (c) are trained as the ``head`` phase of ``train`` with
 pretrained weights: the backbone is frozen, so its pooled features are computed once per
 photo and cached, and only the heads train on them (no augmentation: features are cached).
 Both heads get the same optimiser as ``train`` (AdamW, lr 1e-3, weight decay 1e-4), at most
 ``--epochs`` epochs over the train split and early stopping (patience 5) on their own
-validation measure (accuracy for (b), as ``train``; recall@1 for (c)), at D = 128 and 512.
+validation measure (accuracy for (b), precision@10 for (c), as ``train``), at D = 128 and 512.
 
 Queries: the test split; gallery: train + validation (as ``eval-retrieval --queries test``).
 Reported per variant: precision@10, mAP@10, recall@1 (the top result has the query's class),
@@ -131,7 +132,7 @@ def train_retrieval(train, val, num_classes, dim, epochs, loss):
     ds = pk_stream(tf.data.Dataset.from_tensor_slices(train), counts, p, k, seed=SEED).batch(p * k)
     val_cb = RetrievalValidation(net, tf.data.Dataset.from_tensor_slices(val).batch(256))
     fit_model.fit(ds, epochs=epochs, steps_per_epoch=math.ceil(len(train[1]) / (p * k)),
-                  callbacks=[val_cb, _early_stop("val_recall_at_1")], shuffle=False, verbose=0)
+                  callbacks=[val_cb, _early_stop("val_precision_at_10")], shuffle=False, verbose=0)
     return net
 
 
@@ -289,7 +290,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=30, help="most epochs of each head (early stopping, patience 5)")
     ap.add_argument("--dims", default="128,512")
     ap.add_argument("--loss", default="multi_similarity", help="the loss of the headline (c)")
-    ap.add_argument("--other-losses", default="supcon,proxy_anchor,arcface", help="also reported, not headline")
+    ap.add_argument("--other-losses", default="", help="also reported, not headline (e.g. supcon,proxy_anchor,arcface)")
     ap.add_argument("--holdout", default="outwear,shorts", help="the 2 classes kept out of training")
     ap.add_argument("--e2e-epochs", type=int, default=3, help="epochs of the product-path run (0: skip it)")
     ap.add_argument("--e2e-minutes", type=float, default=5.0)

@@ -98,8 +98,8 @@ def summary(run_dir, config, state, seconds):
         "run_dir": run_dir, "model": config["model"], "image_size": config["image_size"],
         "weights": config["weights"], "epochs_run": len(hist), "epochs": config["epochs"],
         "best_val_accuracy": max(val) if val else None,
-        "best_val_recall_at_1": max((r["val_recall_at_1"] for r in hist if r.get("val_recall_at_1") is not None),
-                                    default=None),
+        **{f"best_{k}": max((r[k] for r in hist if r.get(k) is not None), default=None)
+           for k in ("val_precision_at_10", "val_recall_at_1")},
         "final_accuracy": hist[-1].get("accuracy") if hist else None,
         "phases": state.get("phases_done", []), "stopped_by_time_budget": state.get("stopped_by_time_budget", False),
         "seconds": round(seconds, 1), "history": hist, "chief": True,
