@@ -231,7 +231,8 @@ def product_path(data_dir, image_size, work, epochs, minutes):
     run, index = os.path.join(work, "e2e-run"), os.path.join(work, "e2e-index")
     t0 = time.time()
     summary = train(data_dir, model=MODEL, out=run, weights="imagenet", image_size=image_size, epochs=epochs,
-                    head_epochs=max(1, epochs - 1), objective="retrieval", embedding_dim=128, max_minutes=minutes, seed=SEED, verbose=2)
+                    head_epochs=max(1, epochs - 1), objective="retrieval", embedding_dim=128, max_minutes=minutes,
+                    seed=SEED, verbose=2)
     train_seconds = time.time() - t0
     if not os.path.isfile(os.path.join(index, "manifest.json")):
         build_index(data_dir, index, run_dir=run, trees=50, thumbnails=False, progress=False)
@@ -267,11 +268,13 @@ def verdicts(seen, held, dims, loss):
     raw = next(r for r in seen if r["variant"] == "(a) raw backbone")
     out = []
     for dim in dims:
-        for base, b in (("(a) raw backbone", raw), (f"(a) raw backbone, PCA {dim}", _find(seen, f"(a) raw backbone, PCA {dim}", dim)),
+        pca = f"(a) raw backbone, PCA {dim}"
+        for base, b in (("(a) raw backbone", raw), (pca, _find(seen, pca, dim)),
                         ("(b) classifier", _find(seen, "(b) classifier", dim))):
             for m in ("precision_at_10", "map_at_10"):
                 d = _find(seen, c, dim)[m] - b[m]
-                out.append(f"dim {dim}: (c) - {base} on {m} = {d:+.3f} (target >= +0.03: {'met' if d >= 0.03 else 'MISSED'})")
+                verdict = "met" if d >= 0.03 else "MISSED"
+                out.append(f"dim {dim}: (c) - {base} on {m} = {d:+.3f} (target >= +0.03: {verdict})")
     small, big = min(dims), max(dims)
     for m in ("precision_at_10", "map_at_10", "recall_at_1"):
         d = _find(seen, c, small)[m] - _find(seen, c, big)[m]
@@ -312,7 +315,9 @@ def main(argv=None):
     losses = [args.loss] + [x for x in args.other_losses.split(",") if x and x != args.loss]
     seen = seen_classes_table(feats, len(names), dims, args.epochs, losses)
     held = held_out_table(feats, names, args.holdout.split(","), dims, args.epochs, args.loss)
-    e2e = [product_path(data_dir, args.image_size, args.work, args.e2e_epochs, args.e2e_minutes)] if args.e2e_epochs else []
+    e2e = []
+    if args.e2e_epochs:
+        e2e.append(product_path(data_dir, args.image_size, args.work, args.e2e_epochs, args.e2e_minutes))
     result = {"image_size": args.image_size, "model": MODEL, "classes": names, "holdout": args.holdout.split(","),
               "feature_seconds": round(feat_seconds, 1), "seen": seen, "held_out": held, "product_path": e2e,
               "verdicts": verdicts(seen, held, dims, args.loss), "total_seconds": round(time.time() - t_start, 1),

@@ -134,3 +134,14 @@ def test_one_class_dataset_and_classify_only_flags(tmp_path, capsys):
     rc, _, err = _cli(["train", "--data", one, "--model", "alexnet", "--per-class", "2", "--out", str(tmp_path / "r")],
                       capsys)
     assert rc == 2 and "--per-class only apply to --objective retrieval" in err
+
+
+def test_embedding_dim_sizes_a_classifier_head(world, tmp_path, capsys):
+    summary = training.train(world["full"], model="vgg16_bn", out=tmp_path / "c", image_size=32, epochs=1,
+                             steps_per_epoch=1, validation_steps=1, embedding_dim=24, model_kwargs={"width": 0.125},
+                             quiet=True)
+    _, config, _ = training.load_run(summary["run_dir"])
+    assert (config["objective"], config["embedding_dim"]) == ("classify", 24)
+    rc, _, err = _cli(["train", "--data", world["full"], "--model", "alexnet", "--embedding-dim", "24",
+                       "--out", str(tmp_path / "a")], capsys)
+    assert rc == 2 and "--embedding-dim does not size alexnet's classifier" in err

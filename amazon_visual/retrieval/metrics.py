@@ -236,10 +236,11 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
 def format_report(r):
     """A readable text report of :func:`evaluate_retrieval`'s result."""
     k = r["k"]
+    held_out = " (classes the run never saw)" if r.get("exclude_train_classes") else ""
     lines = [
         f"index {r['index_dir']}  model {r.get('model')}  dim {r.get('embedding_dim')}",
         f"queries: {r['n_queries']} items of split {r['queries']!r}"
-        f"{' (classes the run never saw)' if r.get('exclude_train_classes') else ''} against {r['n_indexed']} indexed items "
+        f"{held_out} against {r['n_indexed']} indexed items "
         f"(trees {r['trees']}, search_k {r['search_k']})",
         "",
         f"{'metric':<28}{'annoy':>10}{'exact':>10}",

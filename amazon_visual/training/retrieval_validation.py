@@ -13,8 +13,8 @@ for a dataset without a validation split), so EarlyStopping and the best-model s
 monitor them. It must come before those callbacks: Keras hands every callback the same
 logs dict, in order.
 """
-import numpy as np
 import keras
+import numpy as np
 
 DEFAULT_MAX_ITEMS = 2000
 

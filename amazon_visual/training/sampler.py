@@ -91,7 +91,7 @@ def _encoded_split(data_dir, split):
                       read_config=tfds.ReadConfig(try_autocache=False))
     ds = ds.map(lambda ex: (ex["image"], ex["label"]))
     shard_bytes = sum(os.path.getsize(os.path.join(data_dir, f)) for f in os.listdir(data_dir)
-                      if f".tfrecord" in f and f"-{split}." in f)
+                      if ".tfrecord" in f and f"-{split}." in f)
     return ds.cache() if shard_bytes <= CACHE_LIMIT_BYTES else ds
 
 
