@@ -176,6 +176,21 @@ def add_train(sub):
     p.add_argument("--cached-views", type=int, default=2, metavar="N",
                    help="views of each training photo in the feature cache: as it is + N-1 augmented (default 2)")
     p.add_argument("--seed", type=int, default=0)
+    # --- the training objective (amazon_visual.training.metric_learning) ---
+    g = p.add_argument_group("objective", "classify (default): a classifier, whose penultimate layer is the "
+                             "embedding; retrieval: metric learning of the embedding itself (better look-alikes)")
+    g.add_argument("--objective", default="classify", choices=["classify", "retrieval"],
+                   help="what the run learns (default classify)")
+    g.add_argument("--loss", default=None, help="retrieval loss: multi_similarity (default), supcon, "
+                   "proxy_anchor or arcface")
+    g.add_argument("--embedding-dim", type=int, default=None, metavar="D",
+                   help="size of the embedding (retrieval: L2-normalised, default 128; classify: the head's "
+                        "Dense layer, default 512)")
+    g.add_argument("--classes-per-batch", type=int, default=None, metavar="P",
+                   help="retrieval: classes per batch (default min(16, classes)); a batch is P x K photos")
+    g.add_argument("--per-class", type=int, default=None, metavar="K",
+                   help="retrieval: photos of each class per batch (default 4; smaller classes repeat photos)")
+    # --- end of the objective block ---
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_run_train)
     return p
@@ -196,7 +211,9 @@ def _run_train(args):
                         fine_tune_lr_factor=args.fine_tune_lr_factor, label_smoothing=args.label_smoothing,
                         weight_decay=args.weight_decay, head_budget=args.head_budget,
                         cache_features=args.cache_features, cached_views=args.cached_views,
-                        model_kwargs={"width": args.width} if args.width else None)
+                        model_kwargs={"width": args.width} if args.width else None,
+                        objective=args.objective, loss=args.loss, embedding_dim=args.embedding_dim,
+                        classes_per_batch=args.classes_per_batch, per_class=args.per_class)
     if not summary.get("chief", True):
         return 0
     if args.json:
@@ -206,7 +223,11 @@ def _run_train(args):
     print(f"model               {summary['model']}")
     print(f"run folder          {summary['run_dir']}")
     print(f"epochs run          {summary['epochs_run']} / {summary['epochs']}  (phases: {', '.join(summary['phases'])})")
-    print(f"best val accuracy   {'-' if best is None else f'{best:.4f}'}")
+    if args.objective == "retrieval":
+        for key, name in (("best_val_precision_at_10", "precision@10"), ("best_val_recall_at_1", "recall@1")):
+            print(f"best val {name:<11}{'-' if summary[key] is None else f'{summary[key]:.4f}'}")
+    else:
+        print(f"best val accuracy   {'-' if best is None else f'{best:.4f}'}")
     print(f"seconds             {summary['seconds']}")
     return 0
 
@@ -390,6 +411,9 @@ def add_eval_retrieval(sub):
     p.add_argument("--run", metavar="RUN_DIR", default=None, help="the run the index was built from, if it moved")
     p.add_argument("--weights", metavar="PATH", default=None,
                    help="a backbone index built from a weights file: that file, if it moved (checked by checksum)")
+    p.add_argument("--exclude-train-classes", action="store_true",
+                   help="query only items of classes the run was not trained on (held-out classes), "
+                        "against every other indexed item")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_run_eval_retrieval)
     return p
@@ -400,7 +424,7 @@ def _run_eval_retrieval(args):
 
     r = evaluate_retrieval(args.index_dir, data_dir=args.data, queries=args.queries, k=args.k,
                            search_k=args.search_k, trees=args.trees, run_dir=args.run,
-                           backbone_weights=args.weights)
+                           backbone_weights=args.weights, exclude_train_classes=args.exclude_train_classes)
     if args.json:
         print_json(r)
     else:

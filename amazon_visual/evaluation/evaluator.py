@@ -17,6 +17,9 @@ MAX_MISCLASSIFIED = 24
 def _check_dataset(run_dir, config, labels, data_dir):
     from amazon_visual import training
 
+    if (config or {}).get("objective") == "retrieval":
+        raise UserError(f"{run_dir} was trained with --objective retrieval and has no classifier to evaluate: "
+                        f"measure it with amazon-visual index {run_dir} ... and amazon-visual eval-retrieval")
     training.check_same_labels(run_dir, labels, data_dir)
     fp = (config or {}).get("dataset_fingerprint") or {}
     current = training.dataset_fingerprint(data_dir)

@@ -23,14 +23,18 @@ def _save(fig, path):
 
 def learning_curves(runs, path):
     """``runs``: {name: history rows (dicts with epoch, accuracy, val_accuracy, loss, val_loss)}.
-    Two panels: accuracy and loss per epoch, training solid and validation dashed."""
+    Two panels: accuracy (recall@1 for retrieval runs, which have no accuracy) and loss per
+    epoch, training solid and validation dashed."""
     plt = _plt()
+    every_row = [r for rows in runs.values() for r in rows]
+    has_accuracy = any(r.get("accuracy") is not None or r.get("val_accuracy") is not None for r in every_row)
+    quality = "accuracy" if has_accuracy or not every_row else "recall_at_1"
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, rows) in enumerate(runs.items()):
         c = colors[i % len(colors)]
         epochs = [r["epoch"] + 1 for r in rows]
-        for ax, key in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+        for ax, key in ((ax_acc, quality), (ax_loss, "loss")):
             tr = [r.get(key) for r in rows]
             va = [r.get("val_" + key) for r in rows]
             if any(v is not None for v in tr):
@@ -39,7 +43,7 @@ def learning_curves(runs, path):
             if any(v is not None for v in va):
                 ax.plot(epochs, [float("nan") if v is None else v for v in va], "--s", ms=3, color=c,
                         label=f"{name} validation")
-    for ax, title in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+    for ax, title in ((ax_acc, quality.replace("_at_", "@")), (ax_loss, "loss")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)

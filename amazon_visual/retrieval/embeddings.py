@@ -221,14 +221,17 @@ class Embedder:
             emb_out = model.get_layer(layer_name).output
         except ValueError:
             raise UserError(f"model of {run_dir} has no layer named {layer_name!r}: retrain it with amazon-visual train") from None
-        combined = keras.Model(model.inputs, [emb_out, model.output], name=f"{model.name}_embed_and_predict")
+        # a retrieval run (metric learning) outputs its embedding and has no class probabilities
+        objective = config.get("objective", "classify")
+        outputs = emb_out if objective == "retrieval" else [emb_out, model.output]
+        combined = keras.Model(model.inputs, outputs, name=f"{model.name}_embed_and_predict")
         dim = int(emb_out.shape[-1])
         image_size = int(config.get("image_size") or model.inputs[0].shape[1])
         info = {"source": "run", "model": config.get("model", model.name), "run_dir": os.path.abspath(run_dir),
                 "fingerprint": fingerprint, "embedding_layer": layer_name, "embedding_dim": dim,
                 "image_size": image_size, "weights": config.get("weights"), "resize": config.get("resize", DEFAULT_RESIZE),
-                "preprocessing": config.get("preprocessing")}
-        return cls(combined, image_size, info, labels=labels, resize=info["resize"], with_probs=True)
+                "preprocessing": config.get("preprocessing"), "objective": objective, "train_classes": list(labels)}
+        return cls(combined, image_size, info, labels=labels, resize=info["resize"], with_probs=objective != "retrieval")
 
     @classmethod
     def from_backbone(cls, name, weights="imagenet", image_size=224):

@@ -22,6 +22,11 @@ Reported (``k`` results per query, the query item itself never among them):
   same for numpy brute force one query at a time;
 - ``build_seconds`` and ``index_size_bytes`` of the evaluation index, plus the size of
   the INDEX_DIR on disk.
+
+``exclude_train_classes`` keeps only the queries of classes the run never saw (the
+manifest's ``train_classes``: a run trained on a dataset without them), still searched
+against every other item: retrieval on held-out classes. Recall@1 in the metric-learning
+sense (the top result has the query's class) is precision@1: ``k=1``.
 """
 import os
 import shutil
@@ -87,9 +92,27 @@ def _embed_split(manifest, index_dir, data_dir, split, run_dir=None, progress=Tr
     return emb, items
 
 
+def _unseen_class_queries(manifest, index_dir, q_emb, q_items):
+    """The queries whose class is not one the index's run was trained on."""
+    trained = manifest.get("train_classes")
+    if trained is None:
+        raise UserError(f"{index_dir} was not built from a trained run, so no class is held out: "
+                        "drop --exclude-train-classes or index a run")
+    keep = ~q_items["label"].isin(set(trained)).to_numpy()
+    if not keep.any():
+        raise UserError(f"every query of {index_dir} has a class its run was trained on: train on a dataset "
+                        "without some classes (build-data --category ...) and index the full dataset with it")
+    return q_emb[keep], q_items[keep].reset_index(drop=True)
+
+
 def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=None, trees=None,
-                       max_queries=None, latency_queries=1000, run_dir=None, progress=True, backbone_weights=None):
-    """Measure an INDEX_DIR; returns a dict of metrics (see the module doc)."""
+                       max_queries=None, latency_queries=1000, run_dir=None, progress=True,
+                       exclude_train_classes=False, backbone_weights=None):
+    """Measure an INDEX_DIR; returns a dict of metrics (see the module doc).
+
+    ``exclude_train_classes``: query only the items of classes the index's run was not
+    trained on (held-out classes), still against every other indexed item.
+    ``backbone_weights``: the weights file of a backbone index, if it moved."""
     from tqdm import tqdm
 
     index_dir = os.fspath(index_dir)
@@ -136,6 +159,8 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
         source = "data_dir"
     if len(g_idx) == 0:
         raise UserError(f"{index_dir} holds only {queries!r} items: index more splits to search against")
+    if exclude_train_classes:
+        q_emb, q_items = _unseen_class_queries(manifest, index_dir, q_emb, q_items)
     if max_queries and len(q_emb) > int(max_queries):
         sel = np.random.default_rng(0).choice(len(q_emb), int(max_queries), replace=False)
         sel.sort()
@@ -207,15 +232,18 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
         "build_seconds": st["build_seconds"], "index_size_bytes": st["size_bytes"],
         "index_dir_bytes": dir_size(index_dir), "per_category": per_cat,
         "model": manifest.get("model"), "embedding_dim": manifest.get("embedding_dim"),
+        "objective": manifest.get("objective"), "exclude_train_classes": bool(exclude_train_classes),
     }
 
 
 def format_report(r):
     """A readable text report of :func:`evaluate_retrieval`'s result."""
     k = r["k"]
+    held_out = " (classes the run never saw)" if r.get("exclude_train_classes") else ""
     lines = [
         f"index {r['index_dir']}  model {r.get('model')}  dim {r.get('embedding_dim')}",
-        f"queries: {r['n_queries']} items of split {r['queries']!r} against {r['n_indexed']} indexed items "
+        f"queries: {r['n_queries']} items of split {r['queries']!r}"
+        f"{held_out} against {r['n_indexed']} indexed items "
         f"(trees {r['trees']}, search_k {r['search_k']})",
         "",
         f"{'metric':<28}{'annoy':>10}{'exact':>10}",

@@ -5,7 +5,7 @@ import time
 
 import keras
 
-from amazon_visual.training.runs import read_history, save_model, write_history
+from amazon_visual.training.runs import RETRIEVAL_FIELDS, read_history, save_model, write_history
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -23,7 +23,7 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         row = {"epoch": epoch, "phase": self.phase, "seconds": round(time.time() - (self._t0 or time.time()), 2)}
-        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy", *RETRIEVAL_FIELDS):
             if k in logs:
                 row[k] = float(logs[k])
         try:

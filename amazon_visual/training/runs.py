@@ -12,7 +12,10 @@ import os
 
 from amazon_visual.errors import UserError
 
-HISTORY_FIELDS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+# what --objective retrieval logs (recall@1 / precision@10 of the validation split, or of the train split without one)
+RETRIEVAL_FIELDS = ("val_recall_at_1", "val_precision_at_10", "recall_at_1", "precision_at_10")
+HISTORY_FIELDS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds",
+                  *RETRIEVAL_FIELDS)
 
 
 def read_json(path, default=None):
@@ -50,10 +53,12 @@ def write_history(run_dir, rows):
     path = os.path.join(run_dir, "history.csv")
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        # a classifier's history keeps its columns; the retrieval ones appear when logged
+        fields = [k for k in HISTORY_FIELDS if k not in RETRIEVAL_FIELDS or any(r.get(k) is not None for r in rows)]
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for row in sorted(rows, key=lambda r: r["epoch"]):
-            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_FIELDS})
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
     os.replace(tmp, path)
 
 
@@ -93,6 +98,8 @@ def summary(run_dir, config, state, seconds):
         "run_dir": run_dir, "model": config["model"], "image_size": config["image_size"],
         "weights": config["weights"], "epochs_run": len(hist), "epochs": config["epochs"],
         "best_val_accuracy": max(val) if val else None,
+        **{f"best_{k}": max((r[k] for r in hist if r.get(k) is not None), default=None)
+           for k in ("val_precision_at_10", "val_recall_at_1")},
         "final_accuracy": hist[-1].get("accuracy") if hist else None,
         "phases": state.get("phases_done", []), "stopped_by_time_budget": state.get("stopped_by_time_budget", False),
         "seconds": round(seconds, 1), "history": hist, "chief": True,

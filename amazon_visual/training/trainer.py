@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from amazon_visual.atomic import write_json
 from amazon_visual.errors import UserError
+from amazon_visual.training import metric_learning
 from amazon_visual.training import phases as phases_mod
 from amazon_visual.training import recipes, runs
 from amazon_visual.training import strategy as strategy_mod
@@ -60,7 +61,8 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
           learning_rate=None, fine_tune_lr_factor=None, head_epochs=None, label_smoothing=None,
           weight_decay=None, class_weights=True, early_stopping=None, max_minutes=None, steps_per_epoch=None,
           validation_steps=None, backup_freq="epoch", quiet=False, callbacks=True, model_kwargs=None,
-          verbose=None, head_budget=None, cache_features=None, cached_views=2):
+          verbose=None, head_budget=None, cache_features=None, cached_views=2, objective="classify", loss=None,
+          embedding_dim=None, classes_per_batch=None, per_class=None):
     """Trains ``model`` on DATA_DIR and writes the run folder ``out``; returns a summary dict.
 
     Every value left ``None`` comes from the model family's recipe
@@ -96,6 +98,10 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
       quiet: no progress output. callbacks: False drops TensorBoard and BackupAndRestore
         (a quick, not resumable run; model.keras, history.csv are still written).
       model_kwargs: extra arguments of :func:`amazon_visual.models.build` (e.g. width).
+      objective: ``"classify"`` (a classifier; its penultimate layer is the embedding) or
+        ``"retrieval"`` (metric learning of an L2-normalised embedding of ``embedding_dim``
+        with ``loss`` on ``classes_per_batch`` x ``per_class`` batches; see
+        :mod:`amazon_visual.training.metric_learning`).
     """
     if verbose is None:
         verbose = 0 if quiet else 2
@@ -110,7 +116,8 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
         learning_rate=learning_rate, fine_tune_lr_factor=fine_tune_lr_factor, head_epochs=head_epochs,
         label_smoothing=label_smoothing, weight_decay=weight_decay, class_weights=class_weights,
         early_stopping=early_stopping, max_minutes=max_minutes, model_kwargs=model_kwargs,
-        head_budget=head_budget, cache_features=cache_features, cached_views=cached_views))
+        head_budget=head_budget, cache_features=cache_features, cached_views=cached_views, objective=objective,
+        loss=loss, embedding_dim=embedding_dim, classes_per_batch=classes_per_batch, per_class=per_class))
     state = _read_state(plan, quiet)
     if plan.old_config is not None:  # finished before
         return runs.summary(plan.run_dir, plan.old_config, state, time.time() - t_start)
@@ -188,6 +195,7 @@ def plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, stra
     n_val = fingerprint["splits"].get("validation", 0)
     if n_train == 0:
         raise UserError(f"{data_dir} has no training examples: rebuild it with a train split")
+    objective = metric_learning.plan_options(data_dir, name, info, labels, options)  # classify | retrieval
     if len(labels) < 2:
         raise UserError(f"{data_dir} has {len(labels)} class: a classifier needs at least 2")
 
@@ -212,6 +220,7 @@ def plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, stra
         "schedule": {"kind": "warmup_cosine", "warmup": rec["warmup"], "min_lr_factor": rec["min_lr_factor"]},
         "cached_head": None, "time_budget": None,
     }
+    config.update(objective)
     return RunPlan(name=name, info=info, labels=labels, run_dir=run_dir, write_dir=write_dir, phases=phases, lr=lr,
                    config=config, n_train=n_train, n_val=n_val, is_chief=is_chief, task_id=task_id,
                    num_workers=num_workers, options=options)
@@ -228,6 +237,8 @@ def _read_state(plan, quiet):
     if old:
         keys = ("model", "image_size", "weights", "epochs", "batch_size")
         diff = [k for k in keys if old.get(k) != plan.config.get(k)]
+        if old.get("objective", "classify") != plan.config["objective"]:
+            diff.append("objective")
         if old.get("dataset_fingerprint", {}).get("sha1") != plan.config["dataset_fingerprint"]["sha1"]:
             diff.append("dataset")
         if diff:
@@ -270,9 +281,12 @@ def build_models(plan, strat, mixed_precision, seed):
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(int(seed))
     with strat.scope():
-        net = models.build(plan.name, len(plan.labels), plan.config["image_size"], weights=plan.config["weights"],
-                           **(plan.options["model_kwargs"] or {}))
-        fit_model = svm.training_model(net) if plan.name == "svm" else net
+        if plan.config["objective"] == "retrieval":
+            net, fit_model = metric_learning.build_models(plan)
+        else:
+            net = models.build(plan.name, len(plan.labels), plan.config["image_size"], weights=plan.config["weights"],
+                               **(plan.options["model_kwargs"] or {}))
+            fit_model = svm.training_model(net) if plan.name == "svm" else net
     config = plan.config
     config["embedding_dim"] = int(net.get_layer("embedding").output.shape[-1])
     config["mixed_precision_policy"] = policy
@@ -298,6 +312,8 @@ def make_inputs(plan, data_dir, batch_size, augment, seed, steps_per_epoch, vali
     """The tf.data pipelines, steps per epoch, the monitored metric and class weights."""
     from amazon_visual.training import pipeline
 
+    if plan.config["objective"] == "retrieval":
+        return Inputs(**metric_learning.make_inputs(plan, data_dir, augment, seed, steps_per_epoch))
     image_size, n_classes = plan.config["image_size"], len(plan.labels)
     batch_size = int(batch_size)
     shard = plan.num_workers > 1
@@ -353,10 +369,11 @@ def _use_cached_head(plan, net):
     from amazon_visual.training import feature_cache
 
     wanted = plan.options["cache_features"]
-    able = plan.num_workers == 1 and feature_cache.supports_cached_head(net)
+    able = (plan.num_workers == 1 and plan.config["objective"] == "classify"
+            and feature_cache.supports_cached_head(net))
     if wanted and not able:
-        raise UserError(f"--cache-features needs a single worker and the standard head; {plan.name} here has "
-                        f"neither: drop --cache-features")
+        raise UserError(f"--cache-features needs a single worker, --objective classify and the standard head; "
+                        f"this {plan.name} run lacks one of them: drop --cache-features")
     use = able if wanted is None else bool(wanted)
     plan.config["cached_head"] = {"views": int(plan.options["cached_views"]),
                                   "augmentation": f"views 2..{int(plan.options['cached_views'])}: "
@@ -434,6 +451,8 @@ def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts):
     from amazon_visual.training.callbacks import BestModelSaver, EpochLogger, TimeBudget, tensorboard_available
 
     cbs = []
+    if plan.config["objective"] == "retrieval":  # first: it writes the monitored value into the logs
+        cbs.append(metric_learning.validation_callback(plan, net))
     if opts["callbacks"]:
         backup_dir = _backup_dir(plan.run_dir, phase, plan.is_chief, plan.task_id)
         cbs.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq=opts["backup_freq"], delete_checkpoint=False))
@@ -466,7 +485,10 @@ def run_phase(plan, strat, net, fit_model, inputs, phase, initial_epoch, phase_e
         else:
             phases_mod.set_phase_trainable(net, phase, 0)
             phase_lr = plan.lr
-        phases_mod.compile_model(fit_model, plan.name, phase_lr, o["weight_decay"], o["label_smoothing"])
+        if plan.config["objective"] == "retrieval":
+            metric_learning.compile_model(fit_model, plan, phase_lr)
+        else:
+            phases_mod.compile_model(fit_model, plan.name, phase_lr, o["weight_decay"], o["label_smoothing"])
     cbs, timer = _phase_callbacks(plan, net, inputs, phase, best, deadline, opts)
     cbs.append(_schedule(plan, phase_lr, inputs.steps, _phase_first_epoch(plan, phase), initial_epoch, phase_end,
                          deadline))
