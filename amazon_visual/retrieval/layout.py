@@ -5,8 +5,9 @@ An INDEX_DIR holds::
     manifest.json    model/backbone, embedding layer, dim, metric, n_items, trees, search_k, ...
     items.csv        row i = index item i: asin, title, category, label, label_id, image_url, split, thumb
     embeddings.npy   float32 n x dim, L2-normalised (so cosine similarity is a dot product)
-    index.ann        the ANN index (Annoy forest, metric "angular")
+    index.ann        the ANN index: Annoy forest (default), or index.hnsw (HNSW graph, --backend hnsw)
     thumbs/          small JPEG thumbnails (galleries work offline)
+    .partial/        only while building: embedding shards and their state (removed once the manifest is written)
 
 :mod:`.embeddings` writes the embeddings, items and thumbnails; :mod:`.index` builds and
 reads the index; both take the names and :func:`normalize` from here.
@@ -19,6 +20,8 @@ INDEX_FILE = "index.ann"
 EMBEDDINGS = "embeddings.npy"
 ITEMS = "items.csv"
 THUMBS = "thumbs"
+PARTIAL = ".partial"
+ITEM_COLUMNS = ["asin", "title", "category", "label", "label_id", "image_url", "split", "thumb"]
 EMBEDDER_FILE = "embedder.keras"
 FORMAT_VERSION = 1
 

@@ -1,9 +1,10 @@
 """Retrieval quality and speed of an INDEX_DIR (``amazon-visual eval-retrieval``).
 
 Every item of the query split is searched against an index of the *other* items (a
-temporary Annoy index over the non-query rows of ``embeddings.npy``, built with the
-manifest's trees and metric). When the index does not hold the query split, the split is
-embedded from DATA_DIR with the index's model and searched against the whole index.
+temporary index over the non-query rows of ``embeddings.npy``, built with the manifest's
+backend -- Annoy or HNSW, :mod:`amazon_visual.retrieval.backends` -- and parameters).
+When the index does not hold the query split, the split is embedded from DATA_DIR with
+the index's model and searched against the whole index.
 
 Reported (``k`` results per query, the query item itself never among them):
 
@@ -13,12 +14,12 @@ Reported (``k`` results per query, the query item itself never among them):
 - ``map_at_k``: mean average precision at k, ``AP@k = sum_i P@i * rel_i / min(k, R)``
   with R the number of indexed items of the query's class;
 - both also for exact search (``exact_precision_at_k``, ``exact_map_at_k``);
-- ``recall_at_k``: the share of Annoy's k results that belong to the exact top k (numpy
+- ``recall_at_k``: the share of the index's k results that belong to the exact top k (numpy
   cosine search, batched matmul of the normalised vectors); tie-aware: a result whose
   cosine equals the exact k-th best (within 1e-6) counts, so near-duplicate embeddings
   do not make an exact answer look wrong;
 - ``latency_ms_p50/p99`` and ``qps`` (1 / mean latency) of single sequential queries
-  (Annoy + exact rescoring, as :meth:`amazon_visual.retrieval.index.Index.search`), ``exact_*`` the
+  (the index + exact rescoring, as :meth:`amazon_visual.retrieval.index.Index.search`), ``exact_*`` the
   same for numpy brute force one query at a time;
 - ``build_seconds`` and ``index_size_bytes`` of the evaluation index, plus the size of
   the INDEX_DIR on disk.
@@ -32,7 +33,8 @@ import time
 import numpy as np
 
 from amazon_visual.errors import UserError
-from amazon_visual.retrieval.index import (EMBEDDINGS, Index, build_annoy, dir_size, open_annoy, read_items, read_manifest)
+from amazon_visual.retrieval import backends
+from amazon_visual.retrieval.index import EMBEDDINGS, Index, dir_size, read_items, read_manifest
 
 
 def average_precision_at_k(rel, n_relevant, k):
@@ -142,13 +144,16 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
     g_items = items.iloc[g_idx].reset_index(drop=True)
     kk = min(k, len(g_idx))
 
-    trees = int(trees or manifest.get("trees") or 50)
+    backend = backends.for_manifest(manifest)
+    params = backends.build_params(manifest)
+    if trees and "trees" in params:
+        params["trees"] = int(trees)
+    sk = params["search_k"] if search_k is None else int(search_k)
     tmpdir = tempfile.mkdtemp(prefix="av-eval-index-")
     try:
-        ann_path = os.path.join(tmpdir, "index.ann")
-        st = build_annoy(g_emb, ann_path, trees=trees)
-        ann = open_annoy(ann_path, g_emb.shape[1], len(g_emb), st["size_bytes"])
-        sk = manifest.get("search_k", -1) if search_k is None else int(search_k)
+        ann_path = os.path.join(tmpdir, backend.index_file)
+        st = backend.build(backends.iter_blocks(g_emb), len(g_emb), g_emb.shape[1], ann_path, params)
+        ann = backend.open(ann_path, g_emb.shape[1], len(g_emb), {"index_size_bytes": st["size_bytes"], "search_k": sk})
         sub = Index(tmpdir, {"n_items": len(g_emb), "embedding_dim": g_emb.shape[1], "search_k": sk},
                     g_items, g_emb, ann, sk)
         nq = len(q_emb)
@@ -179,7 +184,7 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
     class_count = dict(zip(labs, cnt))
     p_ann, ap_ann = _ranking_metrics(annoy_ids, q_labels, g_labels, class_count, k)
     p_ex, ap_ex = _ranking_metrics(exact_ids, q_labels, g_labels, class_count, k)
-    # recall@k, tie-aware: an Annoy result counts when its cosine reaches the exact k-th best (within 1e-6)
+    # recall@k, tie-aware: an index result counts when its cosine reaches the exact k-th best (within 1e-6)
     hits = []
     for i, (a, e_s) in enumerate(zip(annoy_ids, exact_sims)):
         a = a[a >= 0]
@@ -193,7 +198,8 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
                              "map_at_k": float(ap_ann[sel].mean())}
     return {
         "index_dir": index_dir, "queries": queries, "query_source": source, "n_queries": int(nq),
-        "n_indexed": int(len(g_idx)), "k": k, "trees": trees, "search_k": int(sk),
+        "n_indexed": int(len(g_idx)), "k": k, "backend": backend.name, "trees": params.get("trees"),
+        "hnsw_m": params.get("hnsw_m"), "search_k": int(sk),
         "precision_at_k": float(p_ann.mean()), "map_at_k": float(ap_ann.mean()),
         "exact_precision_at_k": float(p_ex.mean()), "exact_map_at_k": float(ap_ex.mean()),
         "class_prior": prior, "recall_at_k": float(recall),
@@ -214,9 +220,10 @@ def format_report(r):
     lines = [
         f"index {r['index_dir']}  model {r.get('model')}  dim {r.get('embedding_dim')}",
         f"queries: {r['n_queries']} items of split {r['queries']!r} against {r['n_indexed']} indexed items "
-        f"(trees {r['trees']}, search_k {r['search_k']})",
+        f"({r.get('backend', 'annoy')}: " + (f"trees {r['trees']}" if r.get("trees") else f"M {r.get('hnsw_m')}")
+        + f", search_k {r['search_k']})",
         "",
-        f"{'metric':<28}{'annoy':>10}{'exact':>10}",
+        f"{'metric':<28}{r.get('backend', 'annoy'):>10}{'exact':>10}",
         f"{f'category precision@{k}':<28}{r['precision_at_k']:>10.4f}{r['exact_precision_at_k']:>10.4f}",
         f"{f'category mAP@{k}':<28}{r['map_at_k']:>10.4f}{r['exact_map_at_k']:>10.4f}",
         f"{'class prior (random)':<28}{r['class_prior']:>10.4f}",
