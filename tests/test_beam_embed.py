@@ -4,7 +4,6 @@ The dataset is tiny but has several TFRecord shards in its train split (tfds wri
 shard below 128 MB, so the test re-shards it), so ranges run on both Beam workers and the
 item order across shards is checked against the records' own order.
 """
-import json
 import os
 
 import numpy as np
@@ -17,34 +16,10 @@ pytest.importorskip("apache_beam")
 MULTI = ["--direct_num_workers=2 --direct_running_mode=multi_processing"]
 
 
-def reshard(data_dir, split, parts):
-    """Rewrite ``split`` of DATA_DIR as ``parts`` TFRecord files (same records, same order)."""
-    import tensorflow as tf
-
-    from amazon_visual import data
-
-    info_path = os.path.join(data_dir, "dataset_info.json")
-    sp = data.info(data_dir).splits[split]
-    records = [r.numpy() for p in sp.filepaths for r in tf.data.TFRecordDataset(os.fspath(p))]
-    for p in sp.filepaths:
-        os.remove(os.fspath(p))
-    bounds = np.linspace(0, len(records), parts + 1).astype(int)
-    for i in range(parts):
-        name = f"amazon_products-{split}.tfrecord-{i:05d}-of-{parts:05d}"
-        with tf.io.TFRecordWriter(os.path.join(data_dir, name)) as w:
-            for r in records[bounds[i]:bounds[i + 1]]:
-                w.write(r)
-    info = json.load(open(info_path))
-    for s in info["splits"]:
-        if s["name"] == split:
-            s["shardLengths"] = [str(int(bounds[i + 1] - bounds[i])) for i in range(parts)]
-    json.dump(info, open(info_path, "w"))
-    return len(records)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from helpers_training import tiny_dataset
+    from scale_fixtures import reshard
     from test_index import make_run
 
     from amazon_visual import data

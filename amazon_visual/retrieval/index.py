@@ -276,7 +276,7 @@ def _prepare_out(out_dir, overwrite):
 def build_index(data_dir, out_dir, run_dir=None, backbone=None, weights="imagenet", splits=("train", "validation", "test"),
                 trees=None, search_k=None, on_disk=False, image_size=None, batch_size=64, thumbnails=True,
                 overwrite=False, n_jobs=-1, progress=True, backend="annoy", hnsw_m=None, ef_construction=None,
-                beam=False, beam_options=None):
+                beam=False, beam_options=None, chunk_items=None):
     """Embed DATA_DIR's ``splits`` with a trained run (``run_dir``) or a pretrained ``backbone`` and index them.
 
     Writes INDEX_DIR = ``out_dir`` (manifest.json, items.csv, embeddings.npy, the ANN index
@@ -286,7 +286,8 @@ def build_index(data_dir, out_dir, run_dir=None, backbone=None, weights="imagene
     ``on_disk``) or ``"hnsw"`` (``hnsw_m``, ``ef_construction``, ``search_k`` = ``ef``); None
     values take the defaults of :mod:`.backends`. ``beam=True`` embeds with Apache Beam's
     RunInference (:mod:`.beam_embed`; ``beam_options``: pipeline options) and builds the
-    index on disk. Returns the manifest (plus timings).
+    index on disk. ``chunk_items``: items per embedding shard (the unit of resumption and of
+    Beam's parallelism; default 2048). Returns the manifest (plus timings).
     """
     from amazon_visual.retrieval import embeddings as E
     from amazon_visual.retrieval.shards import iter_npy_blocks
@@ -307,11 +308,13 @@ def build_index(data_dir, out_dir, run_dir=None, backbone=None, weights="imagene
         from amazon_visual.retrieval.beam_embed import embed_dataset_beam
 
         summary = embed_dataset_beam(embedder, data_dir, out_dir, splits=splits, batch_size=batch_size,
-                                     thumbnails=thumbnails, beam_options=beam_options, progress=progress)
+                                     thumbnails=thumbnails, beam_options=beam_options, progress=progress,
+                                     chunk_items=chunk_items)
         on_disk = on_disk or B is AnnoyBackend
     else:
         summary = E.embed_dataset(embedder, data_dir, out_dir, splits=splits, batch_size=batch_size,
-                                  thumbnails=thumbnails, progress=progress, cleanup=False)
+                                  thumbnails=thumbnails, progress=progress, cleanup=False,
+                                  chunk_items=chunk_items or E.CHUNK_ITEMS)
     embed_seconds = time.perf_counter() - t0
     n, dim = int(summary["n_items"]), embedder.dim
     if progress:
