@@ -48,19 +48,36 @@ def average_precision_at_k(rel, n_relevant, k):
     return float((prec * rel).sum() / denom)
 
 
-def exact_search(queries, gallery, k, batch=256):
-    """Exact cosine top-k (rows already normalised): (ids (q, k), sims (q, k))."""
-    k = min(k, len(gallery))
-    ids = np.empty((len(queries), k), np.int64)
-    sims = np.empty((len(queries), k), np.float32)
-    for s in range(0, len(queries), batch):
-        sc = queries[s:s + batch] @ gallery.T
-        part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
-        ps = np.take_along_axis(sc, part, 1)
-        order = np.argsort(-ps, axis=1, kind="stable")
-        ids[s:s + batch] = np.take_along_axis(part, order, 1)
-        sims[s:s + batch] = np.take_along_axis(ps, order, 1)
-    return ids, sims
+def exact_search(queries, gallery, k, chunk=65536, batch=1024):
+    """Exact cosine top-k (rows already normalised): (ids (q, k), sims (q, k)).
+
+    One pass over ``gallery`` (an array or a memory map) in chunks of ``chunk`` rows, keeping
+    each query's best k so far: memory is O(queries x k + batch x chunk), not O(gallery)."""
+    n = len(gallery)
+    k = min(k, n)
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), k), np.int64)
+    for g in range(0, n, chunk):
+        block = np.asarray(gallery[g:g + chunk], np.float32)
+        kk = min(k, len(block))
+        for s in range(0, len(queries), batch):
+            sc = queries[s:s + batch] @ block.T
+            part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
+            cand_s = np.concatenate([best_s[s:s + batch], np.take_along_axis(sc, part, 1)], 1)
+            cand_i = np.concatenate([best_i[s:s + batch], part + g], 1)
+            top = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+            best_s[s:s + batch] = np.take_along_axis(cand_s, top, 1)
+            best_i[s:s + batch] = np.take_along_axis(cand_i, top, 1)
+    return best_i, best_s
+
+
+def _gallery(emb, keep, path, chunk=65536):
+    """The rows of ``emb`` where ``keep`` holds, streamed into a .npy at ``path``; returned memory-mapped."""
+    from amazon_visual.retrieval.shards import write_npy
+
+    blocks = (np.asarray(emb[s:s + chunk], np.float32)[keep[s:s + chunk]] for s in range(0, len(emb), chunk))
+    write_npy(path, blocks, int(keep.sum()), emb.shape[1])
+    return np.load(path, mmap_mode="r")
 
 
 def _ranking_metrics(result_ids, q_labels, g_labels, class_count, k):
@@ -87,6 +104,16 @@ def _embed_split(manifest, index_dir, data_dir, split, run_dir=None, progress=Tr
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return emb, items
+
+
+def _exact_latency(gallery, queries, k, chunk=65536):
+    """Seconds of single exact queries (chunked over the gallery, as :func:`exact_search`)."""
+    out = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        exact_search(q[None, :], gallery, k, chunk=chunk)
+        out[i] = time.perf_counter() - t0
+    return out
 
 
 def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=None, trees=None,
@@ -119,8 +146,11 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
                             f"pass the DATA_DIR it was built from ({manifest.get('data_dir')})")
     split_mask = (items["split"] == queries).to_numpy()
     if split_mask.any():
-        q_emb = np.asarray(emb[split_mask], np.float32)
-        q_items = items[split_mask].reset_index(drop=True)
+        q_idx = np.flatnonzero(split_mask)
+        if max_queries and len(q_idx) > int(max_queries):  # sampled before anything is read
+            q_idx = np.sort(np.random.default_rng(0).choice(q_idx, int(max_queries), replace=False))
+        q_emb = np.asarray(emb[q_idx], np.float32)
+        q_items = items.iloc[q_idx].reset_index(drop=True)
         g_idx = np.flatnonzero(~split_mask)
         source = "index"
     else:
@@ -140,7 +170,6 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
         sel = np.random.default_rng(0).choice(len(q_emb), int(max_queries), replace=False)
         sel.sort()
         q_emb, q_items = q_emb[sel], q_items.iloc[sel].reset_index(drop=True)
-    g_emb = np.ascontiguousarray(np.asarray(emb[g_idx], np.float32))
     g_items = items.iloc[g_idx].reset_index(drop=True)
     kk = min(k, len(g_idx))
 
@@ -151,6 +180,9 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
     sk = params["search_k"] if search_k is None else int(search_k)
     tmpdir = tempfile.mkdtemp(prefix="av-eval-index-")
     try:
+        keep = np.zeros(len(items), bool)
+        keep[g_idx] = True
+        g_emb = _gallery(emb, keep, os.path.join(tmpdir, "gallery.npy"))  # on disk: bounded memory at any size
         ann_path = os.path.join(tmpdir, backend.index_file)
         st = backend.build(backends.iter_blocks(g_emb), len(g_emb), g_emb.shape[1], ann_path, params)
         ann = backend.open(ann_path, g_emb.shape[1], len(g_emb), {"index_size_bytes": st["size_bytes"], "search_k": sk})
@@ -165,18 +197,17 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
             lat[i] = time.perf_counter() - t0
             annoy_ids[i, :len(ids)] = ids
         sub.close()
+        exact_ids, exact_sims = exact_search(q_emb, g_emb, kk)
+        elat = _exact_latency(g_emb, q_emb[:min(nq, int(latency_queries))], kk)
+        # recall@k, tie-aware: an index result counts when its cosine reaches the exact k-th best (within 1e-6)
+        hits = []
+        for i, (a, e_s) in enumerate(zip(annoy_ids, exact_sims)):
+            a = np.sort(a[a >= 0])
+            hits.append(int((np.asarray(g_emb[a]) @ q_emb[i] >= e_s[-1] - 1e-6).sum()) / kk if len(a) else 0.0)
+        del g_emb
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-    exact_ids, exact_sims = exact_search(q_emb, g_emb, kk)
-    m = min(nq, int(latency_queries))
-    elat = np.empty(m)
-    for i in range(m):
-        t0 = time.perf_counter()
-        sc = g_emb @ q_emb[i]
-        top = np.argpartition(-sc, kk - 1)[:kk]
-        top[np.argsort(-sc[top])]
-        elat[i] = time.perf_counter() - t0
+    m = len(elat)
 
     q_labels = q_items["label"].to_numpy()
     g_labels = g_items["label"].to_numpy()
@@ -184,11 +215,6 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
     class_count = dict(zip(labs, cnt))
     p_ann, ap_ann = _ranking_metrics(annoy_ids, q_labels, g_labels, class_count, k)
     p_ex, ap_ex = _ranking_metrics(exact_ids, q_labels, g_labels, class_count, k)
-    # recall@k, tie-aware: an index result counts when its cosine reaches the exact k-th best (within 1e-6)
-    hits = []
-    for i, (a, e_s) in enumerate(zip(annoy_ids, exact_sims)):
-        a = a[a >= 0]
-        hits.append(int((g_emb[a] @ q_emb[i] >= e_s[-1] - 1e-6).sum()) / kk if len(a) else 0.0)
     recall = float(np.mean(hits))
     prior = float(np.mean([class_count.get(lab, 0) / len(g_labels) for lab in q_labels]))
     per_cat = {}

@@ -78,6 +78,42 @@ def iter_npy_blocks(path, rows=65536):
             yield np.frombuffer(buf, dtype=dtype).reshape(m, dim).astype(np.float32, copy=False)
 
 
+class NpyWriter:
+    """Writes a float32 (n, dim) .npy file block by block (header first, then the rows appended)."""
+
+    def __init__(self, path, n, dim):
+        self.f = open(path, "wb")
+        self.n, self.written = int(n), 0
+        np.lib.format.write_array_header_1_0(self.f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                      "fortran_order": False, "shape": (int(n), int(dim))})
+
+    def write(self, block):
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if self.written + len(block) <= self.n:
+            self.f.write(block.tobytes())
+        self.written += len(block)
+
+    def close(self):
+        self.f.close()
+
+
+def write_npy(path, blocks, n, dim):
+    """Stream row blocks into a float32 (n, dim) .npy at ``path`` (atomically); UserError if the count differs."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    w = NpyWriter(tmp, n, dim)
+    try:
+        for b in blocks:
+            w.write(b)
+        w.close()
+        if w.written != n:
+            raise UserError(f"{path}: {w.written} rows written, expected {n}")
+        os.replace(tmp, path)
+    finally:
+        w.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def assemble(bases, out_dir, dim, expected):
     """Stream the shards ``bases`` (in item order) into ``out_dir/embeddings.npy`` and ``items.csv``.
 
@@ -86,12 +122,10 @@ def assemble(bases, out_dir, dim, expected):
     """
     emb_path, items_path = os.path.join(out_dir, EMBEDDINGS), os.path.join(out_dir, ITEMS)
     emb_tmp, items_tmp = f"{emb_path}.tmp-{os.getpid()}", f"{items_path}.tmp-{os.getpid()}"
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-              "shape": (int(expected), int(dim))}
     n = 0
+    fe = NpyWriter(emb_tmp, expected, dim)
     try:
-        with open(emb_tmp, "wb") as fe, open(items_tmp, "w", encoding="utf-8", newline="") as fi:
-            np.lib.format.write_array_header_1_0(fe, header)
+        with open(items_tmp, "w", encoding="utf-8", newline="") as fi:
             writer = csv.DictWriter(fi, fieldnames=ITEM_COLUMNS, lineterminator="\n", extrasaction="ignore")
             writer.writeheader()
             for base in bases:
@@ -100,16 +134,17 @@ def assemble(bases, out_dir, dim, expected):
                 if e.ndim != 2 or e.shape[1] != dim or len(e) != len(rows):
                     raise UserError(f"embedding shard {base} is inconsistent ({e.shape}, {len(rows)} rows): "
                                     f"remove {os.path.dirname(base)} and run the command again")
-                if n + len(e) <= expected:
-                    fe.write(np.ascontiguousarray(e, dtype=np.float32).tobytes())
+                fe.write(e)
                 writer.writerows(rows)
                 n += len(e)
+        fe.close()
         if n != expected:
             raise UserError(f"the embedding shards hold {n} items, expected {expected}: "
                             f"remove {os.path.dirname(bases[0]) if bases else out_dir}/ and run the command again")
         os.replace(emb_tmp, emb_path)
         os.replace(items_tmp, items_path)
     finally:
+        fe.close()
         for p in (emb_tmp, items_tmp):
             if os.path.exists(p):
                 os.remove(p)
