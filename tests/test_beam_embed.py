@@ -98,3 +98,36 @@ def test_handler_loads_a_keras_file_and_embeds_serialized_examples(world, tmp_pa
     assert h.get_num_bytes([serialized]) == sum(map(len, serialized))
     with pytest.raises(UserError):
         records.plan(world["data"], ["nope"], 64)
+
+
+def test_beam_resumes_the_shards_a_killed_run_left(world, tmp_path, monkeypatch):
+    """A local run interrupted after two shards, then --beam on the same folder: Beam embeds only the
+    ranges without a shard, and the index equals an uninterrupted one."""
+    from amazon_visual.retrieval import records
+    from amazon_visual.retrieval.embeddings import Embedder
+    from amazon_visual.retrieval.index import build_index, read_items
+
+    ref = str(tmp_path / "ref")
+    build_index(world["data"], ref, run_dir=world["run"], trees=5, batch_size=4, chunk_items=8, progress=False)
+    calls = {"n": 0}
+    real_predict, real_embed = Embedder.predict, records.embed_records
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:  # chunks hold 2 batches: two shards are written, then the "kill"
+            raise KeyboardInterrupt
+        return real_predict(self, batch)
+
+    out = str(tmp_path / "out")
+    monkeypatch.setattr(Embedder, "predict", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(world["data"], out, run_dir=world["run"], trees=5, batch_size=4, chunk_items=8, progress=False)
+    monkeypatch.setattr(Embedder, "predict", real_predict)
+    embedded = []
+    monkeypatch.setattr(records, "embed_records", lambda *a, **k: embedded.append(len(a[1])) or real_embed(*a, **k))
+    m = build_index(world["data"], out, run_dir=world["run"], trees=5, batch_size=4, chunk_items=8, progress=False,
+                    beam=True)  # the in-process DirectRunner: the monkeypatched function is the one it calls
+    assert sum(embedded) == m["n_items"] - 16  # the two shards of the killed run were kept
+    assert read_items(out).equals(read_items(ref))
+    np.testing.assert_allclose(np.load(os.path.join(out, "embeddings.npy")),
+                               np.load(os.path.join(ref, "embeddings.npy")), atol=1e-5)

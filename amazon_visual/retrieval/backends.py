@@ -21,6 +21,7 @@ INDEX_DIR share its pages; reads are thread-safe. HNSW: ``index.hnsw`` is read i
 process's memory (hnswlib has no memory-mapped mode); queries go through a lock, because
 ``ef`` is a property of the whole index.
 """
+import contextlib
 import hashlib
 import os
 import threading
@@ -66,6 +67,29 @@ def _check_counts(n, dim):
         raise UserError("no items to index: the chosen splits are empty")
     if dim < 1:
         raise UserError(f"embedding dimension {dim} is not positive")
+
+
+@contextlib.contextmanager
+def _temporary(path):
+    """A temporary name next to ``path``, removed when the build fails (moved into place by :func:`_finish`)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _add_blocks(blocks, n, add):
+    """Feed row blocks to ``add(first_id, block)``; UserError unless exactly ``n`` rows came."""
+    i = 0
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float32)
+        add(i, block)
+        i += len(block)
+    if i != n:
+        raise UserError(f"index build got {i} vectors, expected {n}: remove the partial index and rebuild")
 
 
 def _finish(tmp, path, t0, n, dim, **extra):
@@ -195,30 +219,23 @@ class AnnoyBackend:
 
         n, dim = int(n), int(dim)
         _check_counts(n, dim)
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
         t0 = time.perf_counter()
         index = AnnoyIndex(dim, METRIC)
         index.set_seed(int(seed))
-        if on_disk:
-            index.on_disk_build(tmp)
-        try:
-            i = 0
-            for block in blocks:
-                for v in np.asarray(block, dtype=np.float32):
-                    index.add_item(i, v)
-                    i += 1
-            if i != n:
-                raise UserError(f"index build got {i} vectors, expected {n}: remove the partial index and rebuild")
+        with _temporary(os.fspath(path)) as tmp:
+            if on_disk:
+                index.on_disk_build(tmp)
+
+            def add(first, block):
+                for j, v in enumerate(block):
+                    index.add_item(first + j, v)
+
+            _add_blocks(blocks, n, add)
             index.build(int(params["trees"]), n_jobs=n_jobs)
             if not on_disk:
                 index.save(tmp)
             index.unload()
-            return _finish(tmp, path, t0, n, dim, trees=int(params["trees"]), on_disk=bool(on_disk))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+            return _finish(tmp, os.fspath(path), t0, n, dim, trees=int(params["trees"]), on_disk=bool(on_disk))
 
     @staticmethod
     def open(path, dim, n_items, manifest=None, verify="quick"):
@@ -278,28 +295,16 @@ class HnswBackend:
         hnswlib = _hnswlib()
         n, dim = int(n), int(dim)
         _check_counts(n, dim)
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
         t0 = time.perf_counter()
         index = hnswlib.Index(space="cosine", dim=dim)
         index.init_index(max_elements=n, M=int(params["hnsw_m"]), ef_construction=int(params["hnsw_ef_construction"]),
                          random_seed=int(seed))
-        try:
-            i = 0
-            for block in blocks:
-                block = np.asarray(block, dtype=np.float32)
-                index.add_items(block, np.arange(i, i + len(block)), num_threads=n_jobs)
-                i += len(block)
-            if i != n:
-                raise UserError(f"index build got {i} vectors, expected {n}: remove the partial index and rebuild")
+        with _temporary(os.fspath(path)) as tmp:
+            _add_blocks(blocks, n, lambda first, block: index.add_items(block, np.arange(first, first + len(block)),
+                                                                         num_threads=n_jobs))
             index.save_index(tmp)
-            del index
-            return _finish(tmp, path, t0, n, dim, hnsw_m=int(params["hnsw_m"]),
+            return _finish(tmp, os.fspath(path), t0, n, dim, hnsw_m=int(params["hnsw_m"]),
                            hnsw_ef_construction=int(params["hnsw_ef_construction"]), on_disk=False)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
 
     @staticmethod
     def open(path, dim, n_items, manifest=None, verify="quick"):
