@@ -40,7 +40,7 @@ DEFAULT_TREES = 50
 DEFAULT_SEARCH_K = 2000
 DEFAULT_HNSW_M = 16
 DEFAULT_HNSW_EF_CONSTRUCTION = 200
-DEFAULT_HNSW_EF = 128
+DEFAULT_HNSW_EF = 192
 _SAMPLE = 1 << 20  # bytes hashed at each end of an index file
 _FIX = "rebuild it with amazon-visual index --overwrite"
 

@@ -48,11 +48,12 @@ def average_precision_at_k(rel, n_relevant, k):
     return float((prec * rel).sum() / denom)
 
 
-def exact_search(queries, gallery, k, chunk=65536, batch=1024):
+def exact_search(queries, gallery, k, chunk=32768, batch=256):
     """Exact cosine top-k (rows already normalised): (ids (q, k), sims (q, k)).
 
     One pass over ``gallery`` (an array or a memory map) in chunks of ``chunk`` rows, keeping
-    each query's best k so far: memory is O(queries x k + batch x chunk), not O(gallery)."""
+    each query's best k so far: memory is O(queries x k + batch x chunk) (about 100 MB of
+    scores and candidate ids at the defaults), not O(gallery)."""
     n = len(gallery)
     k = min(k, n)
     best_s = np.full((len(queries), k), -np.inf, np.float32)
