@@ -131,7 +131,8 @@ def dataset(serialized, features, image_size, resize, thumbnails):
         out = {"pixels": resize_image(img, image_size, resize), "asin": ex["asin"], "title": ex["title"],
                "category": ex["category"], "image_url": ex["image_url"], "label": ex["label"]}
         if thumbnails:
-            small = tf.image.resize(img, (THUMB_SIZE, THUMB_SIZE), preserve_aspect_ratio=True, antialias=True)
+            side = tf.minimum(THUMB_SIZE, tf.reduce_max(tf.shape(img)[:2]))  # never enlarged
+            small = tf.image.resize(img, tf.stack([side, side]), preserve_aspect_ratio=True, antialias=True)
             out["thumb"] = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8), quality=85)
         return out
 
