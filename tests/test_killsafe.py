@@ -63,7 +63,7 @@ def run_to_end(cmd, log):
 INDEX_SCRIPT = textwrap.dedent("""
     import sys
     from amazon_visual.retrieval.index import build_index
-    build_index(sys.argv[1], sys.argv[2], run_dir=sys.argv[3], trees=500, on_disk=True, batch_size=16,
+    build_index(sys.argv[1], sys.argv[2], run_dir=sys.argv[3], trees=2000, on_disk=True, batch_size=16,
                 chunk_items=128, n_jobs=1)
 """)
 
@@ -97,7 +97,7 @@ def test_index_survives_kills_while_embedding_and_building_trees(big, tmp_path):
 
     rnd = random.Random(SEED)
     ref = str(tmp_path / "reference")
-    build_index(big["data"], ref, run_dir=big["run"], trees=500, on_disk=True, batch_size=16, chunk_items=128,
+    build_index(big["data"], ref, run_dir=big["run"], trees=2000, on_disk=True, batch_size=16, chunk_items=128,
                 n_jobs=1, progress=False)
     script = tmp_path / "index.py"
     script.write_text(INDEX_SCRIPT)
@@ -121,6 +121,7 @@ def test_index_survives_kills_while_embedding_and_building_trees(big, tmp_path):
     open(log, "w").close()
     assert kill_when(cmd, log, building, rnd.uniform(0.05, 0.4)), f"seed {SEED}: the build ended before the kill"
     _not_loadable(out)
+    assert glob.glob(os.path.join(out, "index.ann.tmp-*")), "the kill did not land in the tree build"
     assert all(os.path.getmtime(p) == t for p, t in shards.items()), "a finished shard was embedded again"
 
     # 3. the same command again: it finishes, equal to the uninterrupted run, nothing partial left

@@ -95,7 +95,7 @@ def _add_blocks(blocks, n, add):
 def _finish(tmp, path, t0, n, dim, **extra):
     os.replace(tmp, path)
     size = os.path.getsize(path)
-    return {"build_seconds": round(time.perf_counter() - t0, 3), "size_bytes": size, "n_items": n, "dim": dim,
+    return {"build_seconds": round(time.perf_counter() - t0, 6), "size_bytes": size, "n_items": n, "dim": dim,
             "sample_sha256": file_sample_hash(path, size), **extra}
 
 

@@ -27,9 +27,9 @@ import threading
 import numpy as np
 
 from amazon_visual.errors import UserError
+from amazon_visual.retrieval.layout import THUMB_SIZE, safe_name  # noqa: F401  (re-exported)
 
 DEFAULT_RESIZE = "pad"
-THUMB_SIZE = 160
 CHUNK_ITEMS = 2048
 URL_TIMEOUT = 15
 MAX_URL_BYTES = 32 << 20
@@ -142,11 +142,6 @@ def thumbnail_jpeg(image, size=THUMB_SIZE, quality=85):
     buf = io.BytesIO()
     pil.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-def safe_name(text, max_len=60):
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
-    return s[:max_len] or "item"
 
 
 # --------------------------------------------------------------------------

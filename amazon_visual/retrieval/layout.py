@@ -12,6 +12,8 @@ An INDEX_DIR holds::
 :mod:`.embeddings` writes the embeddings, items and thumbnails; :mod:`.index` builds and
 reads the index; both take the names and :func:`normalize` from here.
 """
+import re
+
 import numpy as np
 
 METRIC = "angular"
@@ -20,6 +22,7 @@ INDEX_FILE = "index.ann"
 EMBEDDINGS = "embeddings.npy"
 ITEMS = "items.csv"
 THUMBS = "thumbs"
+THUMB_SIZE = 160  # longer side of a thumbnail (never enlarged)
 PARTIAL = ".partial"
 ITEM_COLUMNS = ["asin", "title", "category", "label", "label_id", "image_url", "split", "thumb"]
 EMBEDDER_FILE = "embedder.keras"
@@ -37,3 +40,9 @@ def cosine_from_angular(distance):
     """Cosine similarity from Annoy's angular distance ``d = sqrt(2 - 2 cos)``: ``1 - d*d/2``."""
     d = np.asarray(distance, dtype=np.float64)
     return 1.0 - d * d / 2.0
+
+
+def safe_name(text, max_len=60):
+    """A file-name-safe form of ``text`` (letters, digits, ``._-``), at most ``max_len`` characters."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    return s[:max_len] or "item"

@@ -21,8 +21,7 @@ import struct
 from dataclasses import dataclass
 
 from amazon_visual.errors import UserError
-from amazon_visual.retrieval.embeddings import THUMB_SIZE, safe_name
-from amazon_visual.retrieval.layout import THUMBS
+from amazon_visual.retrieval.layout import THUMB_SIZE, THUMBS, safe_name
 
 
 @dataclass(frozen=True)
