@@ -338,14 +338,17 @@ def add_eval_retrieval(sub):
     p = sub.add_parser(
         "eval-retrieval", help="measure retrieval quality and speed of an index",
         description="Search every item of the query split against an index of the other items: category "
-                    "precision@k and mAP@k, Annoy recall@k against exact search, latency, QPS, build time, size.")
+                    "precision@k and mAP@k, the index's recall@k against exact search, latency, QPS, build time, size.")
     p.add_argument("index_dir", metavar="INDEX_DIR")
     p.add_argument("--data", metavar="DATA_DIR", default=None, help="the dataset the index was built from "
                    "(default: the one its manifest records; needed when the index lacks the query split)")
     p.add_argument("--queries", default="test", help="query split (default test)")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--search-k", type=int, default=None, help="Annoy search_k (default: the manifest's)")
+    p.add_argument("--search-k", type=int, default=None, help="query effort: Annoy search_k or HNSW ef "
+                   "(default: the manifest's)")
     p.add_argument("--trees", type=int, default=None, help="trees of the evaluation index (default: the manifest's)")
+    p.add_argument("--max-queries", type=int, default=None, metavar="N",
+                   help="a random sample of N queries (the exact baseline costs queries x items)")
     p.add_argument("--run", metavar="RUN_DIR", default=None, help="the run the index was built from, if it moved")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_run_eval_retrieval)
@@ -356,7 +359,7 @@ def _run_eval_retrieval(args):
     from amazon_visual.retrieval.metrics import evaluate_retrieval, format_report
 
     r = evaluate_retrieval(args.index_dir, data_dir=args.data, queries=args.queries, k=args.k,
-                           search_k=args.search_k, trees=args.trees, run_dir=args.run)
+                           search_k=args.search_k, trees=args.trees, max_queries=args.max_queries, run_dir=args.run)
     if args.json:
         print_json(r)
     else:
