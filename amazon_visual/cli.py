@@ -294,9 +294,10 @@ def _run_compare(args):
 # --------------------------------------------------------------------------
 def add_index(sub):
     p = sub.add_parser(
-        "index", help="embed a dataset and build an Annoy index",
+        "index", help="embed a dataset and build an ANN index (Annoy, or HNSW)",
         description="Embed DATA_DIR's images with a trained run's embedding layer (RUN_DIR) or a pretrained "
-                    "backbone (--backbone), then build an Annoy index (angular metric) in --out INDEX_DIR.")
+                    "backbone (--backbone), locally or on Apache Beam (--beam), then build an ANN index (Annoy by "
+                    "default, HNSW with --backend hnsw; cosine similarity) in --out INDEX_DIR.")
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a trained run (from amazon-visual train)")
     p.add_argument("--backbone", metavar="NAME", help="embed with a pretrained keras.applications backbone instead "
                    "of a trained run (e.g. resnet50)")
@@ -304,11 +305,20 @@ def add_index(sub):
     p.add_argument("--data", required=True, metavar="DATA_DIR", help="dataset from amazon-visual build-data")
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="folder to write the index into")
     p.add_argument("--splits", default=None, help="comma-separated splits to index (default: all the dataset holds)")
-    p.add_argument("--trees", type=int, default=50, help="Annoy trees: more = better recall, bigger index (default 50)")
-    p.add_argument("--search-k", type=int, default=-1, help="default Annoy search_k stored in the manifest "
-                   "(-1: Annoy's n*trees)")
+    p.add_argument("--backend", choices=["annoy", "hnsw"], default="annoy",
+                   help="ANN index: annoy (default; memory-mapped) or hnsw (hnswlib, pip install 'amazon-visual[hnsw]')")
+    p.add_argument("--trees", type=int, default=None, help="Annoy trees: more = better recall, bigger index "
+                   "(default: the measured default, see BENCHMARKS.md)")
+    p.add_argument("--search-k", type=int, default=None, help="default query effort stored in the manifest: "
+                   "Annoy's search_k (-1: n*trees) or HNSW's ef (default: the measured default)")
+    p.add_argument("--hnsw-m", type=int, default=None, help="HNSW links per node (default 16)")
+    p.add_argument("--ef-construction", type=int, default=None, help="HNSW build effort (default 200)")
     p.add_argument("--on-disk", action="store_true", help="build the Annoy forest in the file, not in RAM "
-                   "(catalogs larger than memory)")
+                   "(catalogs larger than memory; always on with --beam)")
+    p.add_argument("--beam", action="store_true", help="embed with Apache Beam's RunInference (DirectRunner by default)")
+    p.add_argument("--beam-options", action="append", metavar="OPTS",
+                   help="Beam pipeline options as one string, e.g. "
+                        "--beam-options='--direct_num_workers=2 --direct_running_mode=multi_processing'")
     p.add_argument("--image-size", type=int, default=None, help="input size for --backbone (default 224; a run "
                    "uses its own)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -332,17 +342,20 @@ def _run_index(args):
     m = build_index(args.data, args.out, run_dir=args.run_dir, backbone=args.backbone, weights=args.weights,
                     splits=splits, trees=args.trees, search_k=args.search_k, on_disk=args.on_disk,
                     image_size=args.image_size, batch_size=args.batch_size, thumbnails=not args.no_thumbnails,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, backend=args.backend, hnsw_m=args.hnsw_m,
+                    ef_construction=args.ef_construction, beam=args.beam, beam_options=args.beam_options)
     if args.json:
         print_json(m)
     else:
+        shape = f"{m['trees']} trees" if m["backend"] == "annoy" else f"M {m['hnsw_m']}"
         print(f"index written to {args.out}")
         print(f"  model       {m['model']} ({m['source']}, layer {m['embedding_layer']}, dim {m['embedding_dim']}, "
               f"image size {m['image_size']})")
         print(f"  items       {m['n_items']}  " + ", ".join(f"{s}: {n}" for s, n in m["split_counts"].items()))
-        print(f"  annoy       metric {m['metric']}, {m['trees']} trees, search_k {m['search_k']}, "
+        print(f"  {m['backend']:<11} metric {m['metric']}, {shape}, search_k {m['search_k']}, "
               f"{m['index_size_bytes'] / 2**20:.1f} MiB" + (" (built on disk)" if m["on_disk_build"] else ""))
-        print(f"  time        embedding {m['embed_seconds']:.1f} s, index build {m['build_seconds']:.1f} s")
+        print(f"  time        embedding {m['embed_seconds']:.1f} s ({m['embedding_engine']}), "
+              f"index build {m['build_seconds']:.1f} s")
     return 0
 
 
@@ -400,14 +413,17 @@ def add_eval_retrieval(sub):
     p = sub.add_parser(
         "eval-retrieval", help="measure retrieval quality and speed of an index",
         description="Search every item of the query split against an index of the other items: category "
-                    "precision@k and mAP@k, Annoy recall@k against exact search, latency, QPS, build time, size.")
+                    "precision@k and mAP@k, the index's recall@k against exact search, latency, QPS, build time, size.")
     p.add_argument("index_dir", metavar="INDEX_DIR")
     p.add_argument("--data", metavar="DATA_DIR", default=None, help="the dataset the index was built from "
                    "(default: the one its manifest records; needed when the index lacks the query split)")
     p.add_argument("--queries", default="test", help="query split (default test)")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--search-k", type=int, default=None, help="Annoy search_k (default: the manifest's)")
+    p.add_argument("--search-k", type=int, default=None, help="query effort: Annoy search_k or HNSW ef "
+                   "(default: the manifest's)")
     p.add_argument("--trees", type=int, default=None, help="trees of the evaluation index (default: the manifest's)")
+    p.add_argument("--max-queries", type=int, default=None, metavar="N",
+                   help="a random sample of N queries (the exact baseline costs queries x items)")
     p.add_argument("--run", metavar="RUN_DIR", default=None, help="the run the index was built from, if it moved")
     p.add_argument("--weights", metavar="PATH", default=None,
                    help="a backbone index built from a weights file: that file, if it moved (checked by checksum)")
@@ -423,7 +439,7 @@ def _run_eval_retrieval(args):
     from amazon_visual.retrieval.metrics import evaluate_retrieval, format_report
 
     r = evaluate_retrieval(args.index_dir, data_dir=args.data, queries=args.queries, k=args.k,
-                           search_k=args.search_k, trees=args.trees, run_dir=args.run,
+                           search_k=args.search_k, trees=args.trees, max_queries=args.max_queries, run_dir=args.run,
                            backbone_weights=args.weights, exclude_train_classes=args.exclude_train_classes)
     if args.json:
         print_json(r)

@@ -11,7 +11,9 @@ training. The model itself does the model-specific preprocessing (first layers).
   image_size)``; ``embed_images`` (query images), ``describe()`` (what the manifest records).
 - :func:`load_image` -- path, http(s) URL, bytes, PIL image or array -> uint8 HxWx3 (UserError if unreadable).
 - :func:`embed_dataset` -- a DATA_DIR's splits in batches with a progress bar into
-  ``embeddings.npy`` (float32, L2-normalised) + ``items.csv`` + ``thumbs/``; chunked, resumable.
+  ``embeddings.npy`` (float32, L2-normalised) + ``items.csv`` + ``thumbs/``; in shards, resumable
+  (:mod:`.records` cuts the work, :mod:`.shards` writes and assembles it; :mod:`.beam_embed`
+  does the same work on Apache Beam).
 """
 import hashlib
 import io
@@ -25,9 +27,9 @@ import threading
 import numpy as np
 
 from amazon_visual.errors import UserError
+from amazon_visual.retrieval.layout import THUMB_SIZE, safe_name  # noqa: F401  (re-exported)
 
 DEFAULT_RESIZE = "pad"
-THUMB_SIZE = 160
 CHUNK_ITEMS = 2048
 URL_TIMEOUT = 15
 MAX_URL_BYTES = 32 << 20
@@ -140,11 +142,6 @@ def thumbnail_jpeg(image, size=THUMB_SIZE, quality=85):
     buf = io.BytesIO()
     pil.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-def safe_name(text, max_len=60):
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
-    return s[:max_len] or "item"
 
 
 # --------------------------------------------------------------------------
@@ -288,7 +285,10 @@ class Embedder:
                     raise UserError(f"this index was built from the backbone weights file {path or '(not recorded)'} "
                                     f"({weights}), which is not there: pass --weights PATH to that file "
                                     "(Python: Recommender.load(INDEX_DIR, backbone_weights=PATH))")
-                weights = path  # its checksum is checked against the manifest's fingerprint
+                if "sha256:" + _sha256_file(path).hexdigest()[:16] != weights:
+                    raise UserError(f"the weights file {path} is not the one this index was built from "
+                                    f"({weights}): pass --weights PATH to that file")
+                weights = path
             return cls.from_backbone(manifest["model"], weights, manifest["image_size"])
         run_dir = run_dir or manifest.get("run_dir")
         if not run_dir or not os.path.isdir(run_dir):
@@ -321,6 +321,71 @@ class Embedder:
         return emb, probs, arrays
 
 
+def _is_random(weights):
+    return weights is None or str(weights).lower() in ("none", "random", "")
+
+
+def kept_model(partial, fingerprint):
+    """``(path, present)`` of the embedder model kept in ``partial`` for ``fingerprint``."""
+    path = os.path.join(partial, "embedder.keras")
+    try:
+        with open(path + ".json", encoding="utf-8") as f:
+            present = json.load(f).get("fingerprint") == fingerprint and os.path.isfile(path)
+    except (OSError, ValueError):
+        present = False
+    return path, present
+
+
+def keep_model(embedder, partial, fingerprint):
+    """Save ``embedder``'s model as ``partial/embedder.keras`` (unless it is there for ``fingerprint``); its path."""
+    from amazon_visual.atomic import write_text
+
+    path, present = kept_model(partial, fingerprint)
+    if not present:
+        os.makedirs(partial, exist_ok=True)
+        tmp = os.path.join(partial, f"embedder.tmp-{os.getpid()}.keras")
+        embedder.model.save(tmp)
+        os.replace(tmp, path)
+        write_text(path + ".json", json.dumps({"fingerprint": fingerprint}))
+    return path
+
+
+def model_for_workers(embedder, partial):
+    """Path of a ``.keras`` file holding ``embedder``'s model, for workers of another process (Beam)."""
+    d = embedder.describe()
+    if d["source"] == "backbone" and _is_random(d.get("weights")):
+        return kept_model(partial, None)[0]  # kept there by embedder_for_index
+    return keep_model(embedder, partial, d["fingerprint"])
+
+
+def embedder_for_index(run_dir, backbone, weights, image_size, partial):
+    """The Embedder ``amazon-visual index`` uses. A backbone with random weights (``none``) is kept in
+    ``partial/embedder.keras`` at once and reloaded from there by a resumed run, so that every
+    embedding of one index comes from the same weights; its fingerprint includes the file's hash."""
+    if run_dir is not None:
+        emb = Embedder.from_run(run_dir)
+        if image_size and int(image_size) != emb.image_size:
+            raise UserError(f"--image-size {image_size} differs from the run's image size {emb.image_size}: "
+                            "leave it out for a trained run")
+        return emb
+    size = int(image_size or 224)
+    if not _is_random(weights):
+        return Embedder.from_backbone(backbone, weights=weights, image_size=size)
+    base = backbone_fingerprint(backbone, weights, size)
+    path, present = kept_model(partial, base)
+    if present:
+        info = {"source": "backbone", "model": str(backbone).lower().replace("-", "_"), "run_dir": None,
+                "fingerprint": base, "embedding_layer": "embedding", "image_size": size, "weights": "none",
+                "resize": DEFAULT_RESIZE, "preprocessing": None, "embedder_file": os.path.basename(path)}
+        emb = Embedder.from_manifest(info, index_dir=partial)
+        emb.info["embedding_dim"] = int(emb.model.outputs[0].shape[-1])
+    else:
+        emb = Embedder.from_backbone(backbone, weights=weights, image_size=size)
+        keep_model(emb, partial, base)
+    emb.info["fingerprint"] = f"{base}:{_sha256_file(path).hexdigest()[:16]}"
+    return emb
+
+
 def _load_run(run_dir):
     from amazon_visual.training.runs import load_run
 
@@ -330,50 +395,18 @@ def _load_run(run_dir):
 # --------------------------------------------------------------------------
 # a whole dataset
 # --------------------------------------------------------------------------
-def _text(v):
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return str(v)
+def partial_state(embedder_fingerprint, data_dir, splits, counts, chunk_items, thumbnails):
+    """What a resumed embedding must share with the run that wrote ``.partial`` (local or Beam alike)."""
+    return {"format": 2, "splits": list(splits), "chunk_items": int(chunk_items), "thumbnails": bool(thumbnails),
+            "model": embedder_fingerprint, "dataset": dataset_fingerprint(data_dir), "counts": counts}
 
 
-def embed_dataset(embedder, data_dir, out_dir, splits=("train", "validation", "test"), batch_size=64,
-                  thumbnails=True, progress=True, chunk_items=CHUNK_ITEMS):
-    """Embed DATA_DIR's ``splits`` into ``out_dir``: ``embeddings.npy`` (float32, L2-normalised),
-    ``items.csv`` and ``thumbs/``.
-
-    Work is kept in ``out_dir/.partial`` as chunks of ``chunk_items`` items; rerunning the
-    same call after an interruption resumes after the last complete chunk. Returns
-    ``{"n_items", "split_counts", "class_names", "dataset_fingerprint"}``.
-    """
-    import pandas as pd
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    from amazon_visual import data
+def open_partial(out_dir, state):
+    """``out_dir/.partial``, kept when it was written with the same ``state`` and emptied otherwise."""
     from amazon_visual.atomic import write_bytes as atomic_write_bytes
-    from amazon_visual.retrieval.layout import EMBEDDINGS, ITEMS, THUMBS, normalize
+    from amazon_visual.retrieval.layout import PARTIAL
 
-    out_dir = os.fspath(out_dir)
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, not {batch_size}")
-    chunk_items = max(batch_size, (int(chunk_items) // batch_size) * batch_size)
-    names = data.class_names(data_dir)
-    available = data.splits(data_dir)
-    splits = list(splits)
-    for s in splits:
-        if s not in available:
-            raise UserError(f"{data_dir} has no split {s!r}: use --splits with some of {', '.join(available)}")
-    counts = {s: data.num_examples(data_dir, s) for s in splits}
-    total = sum(counts.values())
-    if total == 0:
-        raise UserError(f"the splits {', '.join(splits)} of {data_dir} hold no example: choose other --splits")
-
-    partial = os.path.join(out_dir, ".partial")
-    thumbs_dir = os.path.join(out_dir, THUMBS)
-    state = {"splits": splits, "batch_size": batch_size, "chunk_items": chunk_items, "thumbnails": bool(thumbnails),
-             "model": embedder.describe().get("fingerprint"), "dataset": dataset_fingerprint(data_dir),
-             "counts": counts}
+    partial = os.path.join(os.fspath(out_dir), PARTIAL)
     state_path = os.path.join(partial, "state.json")
     if os.path.isdir(partial):
         try:
@@ -382,116 +415,83 @@ def embed_dataset(embedder, data_dir, out_dir, splits=("train", "validation", "t
         except (OSError, ValueError):
             old = None
         if old != json.loads(json.dumps(state)):
-            shutil.rmtree(partial)
+            for name in os.listdir(partial):  # the embedder a resumed run reuses stays (see build_index)
+                if not name.startswith("embedder"):
+                    p = os.path.join(partial, name)
+                    shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
     os.makedirs(partial, exist_ok=True)
-    if thumbnails:
-        os.makedirs(thumbs_dir, exist_ok=True)
     if not os.path.isfile(state_path):
         atomic_write_bytes(state_path, json.dumps(state).encode())
+    return partial
 
-    size, resize = embedder.image_size, embedder.resize
 
-    def convert(ex):
-        img = ex["image"]
-        out = {"pixels": data.resize_image(img, size, resize), "asin": ex["asin"], "title": ex["title"],
-               "category": ex["category"], "image_url": ex["image_url"], "label": ex["label"]}
-        if thumbnails:
-            small = tf.image.resize(img, (THUMB_SIZE, THUMB_SIZE), preserve_aspect_ratio=True, antialias=True)
-            out["thumb"] = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8), quality=85)
-        return out
+def start_dataset(embedder, data_dir, out_dir, splits, batch_size, chunk_items, thumbnails):
+    """Plan the embedding of DATA_DIR's ``splits`` into ``out_dir`` and open its ``.partial``.
 
-    bar = tqdm(total=total, desc="embedding", unit="img", file=sys.stderr, disable=not progress)
-    offset = 0
-    chunk_files = []
-    for split in splits:
-        n = counts[split]
-        n_chunks = (n + chunk_items - 1) // chunk_items
-        done = 0
-        while done < n_chunks and _chunk_complete(partial, split, done, out_dir if thumbnails else None):
-            done += 1
-        bar.update(min(n, done * chunk_items))
-        if done < n_chunks:
-            ds = data.load(data_dir, split=split, prefetch=False).skip(done * chunk_items)
-            ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
-            c = done
-            buf_emb, buf_rows = [], []
-            for batch in ds.as_numpy_iterator():
-                emb, _ = embedder.predict(batch["pixels"])
-                emb = normalize(emb)
-                m = len(emb)
-                for j in range(m):
-                    item_id = offset + c * chunk_items + sum(len(e) for e in buf_emb) + j
-                    asin = _text(batch["asin"][j])
-                    label_id = int(batch["label"][j])
-                    thumb = ""
-                    if thumbnails:
-                        thumb = f"{THUMBS}/{item_id:07d}-{safe_name(asin)}.jpg"
-                        atomic_write_bytes(os.path.join(out_dir, thumb), bytes(batch["thumb"][j]))
-                    buf_rows.append({"asin": asin, "title": _text(batch["title"][j]),
-                                     "category": _text(batch["category"][j]),
-                                     "label": names[label_id] if 0 <= label_id < len(names) else str(label_id),
-                                     "label_id": label_id, "image_url": _text(batch["image_url"][j]),
-                                     "split": split, "thumb": thumb})
-                buf_emb.append(emb)
-                bar.update(m)
-                if sum(len(e) for e in buf_emb) >= chunk_items:
-                    _write_chunk(partial, split, c, buf_emb, buf_rows)
-                    c += 1
-                    buf_emb, buf_rows = [], []
-            if buf_emb:
-                _write_chunk(partial, split, c, buf_emb, buf_rows)
-        for i in range(n_chunks):
-            chunk_files.append(os.path.join(partial, f"{split}-{i:05d}"))
-        offset += n
-    bar.close()
+    Returns ``{"ranges", "todo" (the ranges without a complete shard), "counts", "total",
+    "names", "partial", "thumbs_root"}`` -- shared by the local loop and the Beam pipeline.
+    """
+    from amazon_visual import data
+    from amazon_visual.retrieval import records, shards
+    from amazon_visual.retrieval.layout import THUMBS
 
-    # assemble: embeddings.npy (written in place through a memmap, then moved) and items.csv
-    dim = embedder.dim
-    tmp = os.path.join(out_dir, f"{EMBEDDINGS}.tmp-{os.getpid()}.npy")
-    rows = []
-    pos = 0
-    for base in chunk_files:
-        with open(base + ".json", encoding="utf-8") as f:
-            rows.extend(json.load(f))
-    if len(rows) != total:
-        raise UserError(f"embedding {data_dir} produced {len(rows)} items, expected {total}: "
-                        f"remove {partial} and run the command again")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))
-    for base in chunk_files:
-        e = np.load(base + ".npy")
-        out[pos:pos + len(e)] = e
-        pos += len(e)
-    out.flush()
-    del out
-    os.replace(tmp, os.path.join(out_dir, EMBEDDINGS))
-    items = pd.DataFrame(rows, columns=["asin", "title", "category", "label", "label_id", "image_url", "split", "thumb"])
-    atomic_write_bytes(os.path.join(out_dir, ITEMS), items.to_csv(index=False).encode("utf-8"))
-    shutil.rmtree(partial, ignore_errors=True)
-    return {"n_items": total, "split_counts": counts, "class_names": names,
+    out_dir = os.fspath(out_dir)
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {batch_size}")
+    chunk_items = records.round_chunk(chunk_items, batch_size)
+    names = data.class_names(data_dir)
+    ranges, counts = records.plan(data_dir, list(splits), chunk_items)
+    total = sum(counts.values())
+    if total == 0:
+        raise UserError(f"the splits {', '.join(splits)} of {data_dir} hold no example: choose other --splits")
+    state = partial_state(embedder.describe().get("fingerprint"), data_dir, splits, counts, chunk_items, thumbnails)
+    partial = open_partial(out_dir, state)
+    if thumbnails:
+        os.makedirs(os.path.join(out_dir, THUMBS), exist_ok=True)
+    thumbs_root = out_dir if thumbnails else None
+    todo = [r for r in ranges if not shards.shard_complete(os.path.join(partial, r.name), thumbs_root)]
+    return {"ranges": ranges, "todo": todo, "counts": counts, "total": total, "names": names, "partial": partial,
+            "thumbs_root": thumbs_root}
+
+
+def finish_dataset(job, embedder, data_dir, out_dir, cleanup):
+    """Assemble ``embeddings.npy`` and ``items.csv`` from the job's shards; the summary embed_dataset returns."""
+    from amazon_visual.retrieval import shards
+
+    partial = job["partial"]
+    shards.assemble([os.path.join(partial, r.name) for r in job["ranges"]], os.fspath(out_dir), embedder.dim,
+                    job["total"])
+    if cleanup:
+        shutil.rmtree(partial, ignore_errors=True)
+    return {"n_items": job["total"], "split_counts": job["counts"], "class_names": job["names"],
             "dataset_fingerprint": dataset_fingerprint(data_dir)}
 
 
-def _chunk_complete(partial, split, c, out_dir):
-    """A chunk counts as done when its .json (written last) exists and, with thumbnails, its thumbnails too."""
-    path = os.path.join(partial, f"{split}-{c:05d}.json")
-    if not os.path.isfile(path) or not os.path.isfile(path[:-5] + ".npy"):
-        return False
-    if out_dir is None:
-        return True
-    try:
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return all(os.path.isfile(os.path.join(out_dir, r["thumb"])) for r in rows if r.get("thumb"))
+def embed_dataset(embedder, data_dir, out_dir, splits=("train", "validation", "test"), batch_size=64,
+                  thumbnails=True, progress=True, chunk_items=CHUNK_ITEMS, cleanup=True):
+    """Embed DATA_DIR's ``splits`` into ``out_dir``: ``embeddings.npy`` (float32, L2-normalised),
+    ``items.csv`` and ``thumbs/``.
 
+    Work is kept in ``out_dir/.partial`` as one shard per range of at most ``chunk_items``
+    items (:mod:`.records`, :mod:`.shards`); rerunning the same call after an interruption
+    resumes after the last complete shard. ``cleanup=False`` keeps ``.partial`` (the caller
+    removes it once the whole INDEX_DIR is written). Returns ``{"n_items", "split_counts",
+    "class_names", "dataset_fingerprint"}``.
+    """
+    from tqdm import tqdm
 
-def _write_chunk(partial, split, c, embs, rows):
-    from amazon_visual.atomic import write_bytes as atomic_write_bytes
+    from amazon_visual import data
+    from amazon_visual.retrieval import records
 
-    base = os.path.join(partial, f"{split}-{c:05d}")
-    buf = io.BytesIO()
-    np.save(buf, np.concatenate(embs).astype(np.float32))
-    atomic_write_bytes(base + ".npy", buf.getvalue())
-    # the .json marks the chunk complete: written last
-    atomic_write_bytes(base + ".json", json.dumps(rows).encode("utf-8"))
+    job = start_dataset(embedder, data_dir, out_dir, splits, batch_size, chunk_items, thumbnails)
+    bar = tqdm(total=job["total"], desc="embedding", unit="img", file=sys.stderr, disable=not progress)
+    bar.update(job["total"] - sum(len(r) for r in job["todo"]))
+    features = data.info(data_dir).features
+    for r in job["todo"]:
+        emb, fields = records.embed_records(lambda b: embedder.predict(b)[0], records.read_range(r), features,
+                                            embedder.image_size, embedder.resize, thumbnails, batch_size,
+                                            on_batch=bar.update)
+        records.write_range(job["partial"], r, emb, fields, job["names"], job["thumbs_root"])
+    bar.close()
+    return finish_dataset(job, embedder, data_dir, out_dir, cleanup)

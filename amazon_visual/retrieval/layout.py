@@ -5,12 +5,15 @@ An INDEX_DIR holds::
     manifest.json    model/backbone, embedding layer, dim, metric, n_items, trees, search_k, ...
     items.csv        row i = index item i: asin, title, category, label, label_id, image_url, split, thumb
     embeddings.npy   float32 n x dim, L2-normalised (so cosine similarity is a dot product)
-    index.ann        the ANN index (Annoy forest, metric "angular")
+    index.ann        the ANN index: Annoy forest (default), or index.hnsw (HNSW graph, --backend hnsw)
     thumbs/          small JPEG thumbnails (galleries work offline)
+    .partial/        only while building: embedding shards and their state (removed once the manifest is written)
 
 :mod:`.embeddings` writes the embeddings, items and thumbnails; :mod:`.index` builds and
 reads the index; both take the names and :func:`normalize` from here.
 """
+import re
+
 import numpy as np
 
 METRIC = "angular"
@@ -19,6 +22,9 @@ INDEX_FILE = "index.ann"
 EMBEDDINGS = "embeddings.npy"
 ITEMS = "items.csv"
 THUMBS = "thumbs"
+THUMB_SIZE = 160  # longer side of a thumbnail (never enlarged)
+PARTIAL = ".partial"
+ITEM_COLUMNS = ["asin", "title", "category", "label", "label_id", "image_url", "split", "thumb"]
 EMBEDDER_FILE = "embedder.keras"
 FORMAT_VERSION = 1
 
@@ -34,3 +40,9 @@ def cosine_from_angular(distance):
     """Cosine similarity from Annoy's angular distance ``d = sqrt(2 - 2 cos)``: ``1 - d*d/2``."""
     d = np.asarray(distance, dtype=np.float64)
     return 1.0 - d * d / 2.0
+
+
+def safe_name(text, max_len=60):
+    """A file-name-safe form of ``text`` (letters, digits, ``._-``), at most ``max_len`` characters."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    return s[:max_len] or "item"

@@ -1,9 +1,10 @@
 """Retrieval quality and speed of an INDEX_DIR (``amazon-visual eval-retrieval``).
 
 Every item of the query split is searched against an index of the *other* items (a
-temporary Annoy index over the non-query rows of ``embeddings.npy``, built with the
-manifest's trees and metric). When the index does not hold the query split, the split is
-embedded from DATA_DIR with the index's model and searched against the whole index.
+temporary index over the non-query rows of ``embeddings.npy``, built with the manifest's
+backend -- Annoy or HNSW, :mod:`amazon_visual.retrieval.backends` -- and parameters).
+When the index does not hold the query split, the split is embedded from DATA_DIR with
+the index's model and searched against the whole index.
 
 Reported (``k`` results per query, the query item itself never among them):
 
@@ -13,12 +14,12 @@ Reported (``k`` results per query, the query item itself never among them):
 - ``map_at_k``: mean average precision at k, ``AP@k = sum_i P@i * rel_i / min(k, R)``
   with R the number of indexed items of the query's class;
 - both also for exact search (``exact_precision_at_k``, ``exact_map_at_k``);
-- ``recall_at_k``: the share of Annoy's k results that belong to the exact top k (numpy
+- ``recall_at_k``: the share of the index's k results that belong to the exact top k (numpy
   cosine search, batched matmul of the normalised vectors); tie-aware: a result whose
   cosine equals the exact k-th best (within 1e-6) counts, so near-duplicate embeddings
   do not make an exact answer look wrong;
 - ``latency_ms_p50/p99`` and ``qps`` (1 / mean latency) of single sequential queries
-  (Annoy + exact rescoring, as :meth:`amazon_visual.retrieval.index.Index.search`), ``exact_*`` the
+  (the index + exact rescoring, as :meth:`amazon_visual.retrieval.index.Index.search`), ``exact_*`` the
   same for numpy brute force one query at a time;
 - ``build_seconds`` and ``index_size_bytes`` of the evaluation index, plus the size of
   the INDEX_DIR on disk.
@@ -37,7 +38,8 @@ import time
 import numpy as np
 
 from amazon_visual.errors import UserError
-from amazon_visual.retrieval.index import (EMBEDDINGS, Index, build_annoy, dir_size, open_annoy, read_items, read_manifest)
+from amazon_visual.retrieval import backends
+from amazon_visual.retrieval.index import EMBEDDINGS, Index, dir_size, read_items, read_manifest
 
 
 def average_precision_at_k(rel, n_relevant, k):
@@ -51,19 +53,37 @@ def average_precision_at_k(rel, n_relevant, k):
     return float((prec * rel).sum() / denom)
 
 
-def exact_search(queries, gallery, k, batch=256):
-    """Exact cosine top-k (rows already normalised): (ids (q, k), sims (q, k))."""
-    k = min(k, len(gallery))
-    ids = np.empty((len(queries), k), np.int64)
-    sims = np.empty((len(queries), k), np.float32)
-    for s in range(0, len(queries), batch):
-        sc = queries[s:s + batch] @ gallery.T
-        part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
-        ps = np.take_along_axis(sc, part, 1)
-        order = np.argsort(-ps, axis=1, kind="stable")
-        ids[s:s + batch] = np.take_along_axis(part, order, 1)
-        sims[s:s + batch] = np.take_along_axis(ps, order, 1)
-    return ids, sims
+def exact_search(queries, gallery, k, chunk=32768, batch=256):
+    """Exact cosine top-k (rows already normalised): (ids (q, k), sims (q, k)).
+
+    One pass over ``gallery`` (an array or a memory map) in chunks of ``chunk`` rows, keeping
+    each query's best k so far: memory is O(queries x k + batch x chunk) (about 100 MB of
+    scores and candidate ids at the defaults), not O(gallery)."""
+    n = len(gallery)
+    k = min(k, n)
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), k), np.int64)
+    for g in range(0, n, chunk):
+        block = np.asarray(gallery[g:g + chunk], np.float32)
+        kk = min(k, len(block))
+        for s in range(0, len(queries), batch):
+            sc = queries[s:s + batch] @ block.T
+            part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
+            cand_s = np.concatenate([best_s[s:s + batch], np.take_along_axis(sc, part, 1)], 1)
+            cand_i = np.concatenate([best_i[s:s + batch], part + g], 1)
+            top = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+            best_s[s:s + batch] = np.take_along_axis(cand_s, top, 1)
+            best_i[s:s + batch] = np.take_along_axis(cand_i, top, 1)
+    return best_i, best_s
+
+
+def _gallery(emb, keep, path, chunk=65536):
+    """The rows of ``emb`` where ``keep`` holds, streamed into a .npy at ``path``; returned memory-mapped."""
+    from amazon_visual.retrieval.shards import write_npy
+
+    blocks = (np.asarray(emb[s:s + chunk], np.float32)[keep[s:s + chunk]] for s in range(0, len(emb), chunk))
+    write_npy(path, blocks, int(keep.sum()), emb.shape[1])
+    return np.load(path, mmap_mode="r")
 
 
 def _ranking_metrics(result_ids, q_labels, g_labels, class_count, k):
@@ -105,6 +125,16 @@ def _unseen_class_queries(manifest, index_dir, q_emb, q_items):
     return q_emb[keep], q_items[keep].reset_index(drop=True)
 
 
+def _exact_latency(gallery, queries, k, chunk=65536):
+    """Seconds of single exact queries (chunked over the gallery, as :func:`exact_search`)."""
+    out = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        exact_search(q[None, :], gallery, k, chunk=chunk)
+        out[i] = time.perf_counter() - t0
+    return out
+
+
 def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=None, trees=None,
                        max_queries=None, latency_queries=1000, run_dir=None, progress=True,
                        exclude_train_classes=False, backbone_weights=None):
@@ -142,8 +172,11 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
                             f"pass the DATA_DIR it was built from ({manifest.get('data_dir')})")
     split_mask = (items["split"] == queries).to_numpy()
     if split_mask.any():
-        q_emb = np.asarray(emb[split_mask], np.float32)
-        q_items = items[split_mask].reset_index(drop=True)
+        q_idx = np.flatnonzero(split_mask)
+        if max_queries and len(q_idx) > int(max_queries):  # sampled before anything is read
+            q_idx = np.sort(np.random.default_rng(0).choice(q_idx, int(max_queries), replace=False))
+        q_emb = np.asarray(emb[q_idx], np.float32)
+        q_items = items.iloc[q_idx].reset_index(drop=True)
         g_idx = np.flatnonzero(~split_mask)
         source = "index"
     else:
@@ -165,17 +198,22 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
         sel = np.random.default_rng(0).choice(len(q_emb), int(max_queries), replace=False)
         sel.sort()
         q_emb, q_items = q_emb[sel], q_items.iloc[sel].reset_index(drop=True)
-    g_emb = np.ascontiguousarray(np.asarray(emb[g_idx], np.float32))
     g_items = items.iloc[g_idx].reset_index(drop=True)
     kk = min(k, len(g_idx))
 
-    trees = int(trees or manifest.get("trees") or 50)
+    backend = backends.for_manifest(manifest)
+    params = backends.build_params(manifest)
+    if trees and "trees" in params:
+        params["trees"] = int(trees)
+    sk = params["search_k"] if search_k is None else int(search_k)
     tmpdir = tempfile.mkdtemp(prefix="av-eval-index-")
     try:
-        ann_path = os.path.join(tmpdir, "index.ann")
-        st = build_annoy(g_emb, ann_path, trees=trees)
-        ann = open_annoy(ann_path, g_emb.shape[1], len(g_emb), st["size_bytes"])
-        sk = manifest.get("search_k", -1) if search_k is None else int(search_k)
+        keep = np.zeros(len(items), bool)
+        keep[g_idx] = True
+        g_emb = _gallery(emb, keep, os.path.join(tmpdir, "gallery.npy"))  # on disk: bounded memory at any size
+        ann_path = os.path.join(tmpdir, backend.index_file)
+        st = backend.build(backends.iter_blocks(g_emb), len(g_emb), g_emb.shape[1], ann_path, params)
+        ann = backend.open(ann_path, g_emb.shape[1], len(g_emb), {"index_size_bytes": st["size_bytes"], "search_k": sk})
         sub = Index(tmpdir, {"n_items": len(g_emb), "embedding_dim": g_emb.shape[1], "search_k": sk},
                     g_items, g_emb, ann, sk)
         nq = len(q_emb)
@@ -187,18 +225,17 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
             lat[i] = time.perf_counter() - t0
             annoy_ids[i, :len(ids)] = ids
         sub.close()
+        exact_ids, exact_sims = exact_search(q_emb, g_emb, kk)
+        elat = _exact_latency(g_emb, q_emb[:min(nq, int(latency_queries))], kk)
+        # recall@k, tie-aware: an index result counts when its cosine reaches the exact k-th best (within 1e-6)
+        hits = []
+        for i, (a, e_s) in enumerate(zip(annoy_ids, exact_sims)):
+            a = np.sort(a[a >= 0])
+            hits.append(int((np.asarray(g_emb[a]) @ q_emb[i] >= e_s[-1] - 1e-6).sum()) / kk if len(a) else 0.0)
+        del g_emb
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-    exact_ids, exact_sims = exact_search(q_emb, g_emb, kk)
-    m = min(nq, int(latency_queries))
-    elat = np.empty(m)
-    for i in range(m):
-        t0 = time.perf_counter()
-        sc = g_emb @ q_emb[i]
-        top = np.argpartition(-sc, kk - 1)[:kk]
-        top[np.argsort(-sc[top])]
-        elat[i] = time.perf_counter() - t0
+    m = len(elat)
 
     q_labels = q_items["label"].to_numpy()
     g_labels = g_items["label"].to_numpy()
@@ -206,11 +243,6 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
     class_count = dict(zip(labs, cnt))
     p_ann, ap_ann = _ranking_metrics(annoy_ids, q_labels, g_labels, class_count, k)
     p_ex, ap_ex = _ranking_metrics(exact_ids, q_labels, g_labels, class_count, k)
-    # recall@k, tie-aware: an Annoy result counts when its cosine reaches the exact k-th best (within 1e-6)
-    hits = []
-    for i, (a, e_s) in enumerate(zip(annoy_ids, exact_sims)):
-        a = a[a >= 0]
-        hits.append(int((g_emb[a] @ q_emb[i] >= e_s[-1] - 1e-6).sum()) / kk if len(a) else 0.0)
     recall = float(np.mean(hits))
     prior = float(np.mean([class_count.get(lab, 0) / len(g_labels) for lab in q_labels]))
     per_cat = {}
@@ -220,7 +252,8 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
                              "map_at_k": float(ap_ann[sel].mean())}
     return {
         "index_dir": index_dir, "queries": queries, "query_source": source, "n_queries": int(nq),
-        "n_indexed": int(len(g_idx)), "k": k, "trees": trees, "search_k": int(sk),
+        "n_indexed": int(len(g_idx)), "k": k, "backend": backend.name, "trees": params.get("trees"),
+        "hnsw_m": params.get("hnsw_m"), "search_k": int(sk),
         "precision_at_k": float(p_ann.mean()), "map_at_k": float(ap_ann.mean()),
         "exact_precision_at_k": float(p_ex.mean()), "exact_map_at_k": float(ap_ex.mean()),
         "class_prior": prior, "recall_at_k": float(recall),
@@ -242,11 +275,11 @@ def format_report(r):
     held_out = " (classes the run never saw)" if r.get("exclude_train_classes") else ""
     lines = [
         f"index {r['index_dir']}  model {r.get('model')}  dim {r.get('embedding_dim')}",
-        f"queries: {r['n_queries']} items of split {r['queries']!r}"
-        f"{held_out} against {r['n_indexed']} indexed items "
-        f"(trees {r['trees']}, search_k {r['search_k']})",
+        f"queries: {r['n_queries']} items of split {r['queries']!r}{held_out} against {r['n_indexed']} indexed "
+        f"items ({r.get('backend', 'annoy')}: " + (f"trees {r['trees']}" if r.get("trees") else f"M {r.get('hnsw_m')}")
+        + f", search_k {r['search_k']})",
         "",
-        f"{'metric':<28}{'annoy':>10}{'exact':>10}",
+        f"{'metric':<28}{r.get('backend', 'annoy'):>10}{'exact':>10}",
         f"{f'category precision@{k}':<28}{r['precision_at_k']:>10.4f}{r['exact_precision_at_k']:>10.4f}",
         f"{f'category mAP@{k}':<28}{r['map_at_k']:>10.4f}{r['exact_map_at_k']:>10.4f}",
         f"{'class prior (random)':<28}{r['class_prior']:>10.4f}",

@@ -5,6 +5,7 @@ import time
 
 import keras
 
+from amazon_visual.atomic import write_json
 from amazon_visual.training.runs import RETRIEVAL_FIELDS, read_history, save_model, write_history
 
 
@@ -52,6 +53,20 @@ class BestModelSaver(keras.callbacks.Callback):
         if value > self.best or not os.path.exists(os.path.join(self.run_dir, "model.keras")):
             self.best = max(value, self.best)
             save_model(self.export_model, os.path.join(self.run_dir, "model.keras"))
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose backup files are replaced atomically. Keras writes
+    ``latest.weights.h5`` in place: a kill during that write left a truncated file that made
+    every rerun fail. Here the weights go to a temporary file moved into place, then the
+    epoch counter (a kill in between redoes one epoch, never skips one)."""
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        tmp = os.path.join(self.backup_dir, f"latest.tmp-{os.getpid()}.weights.h5")
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, self._weights_path)
+        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
 
 
 class TimeBudget(keras.callbacks.Callback):

@@ -448,16 +448,17 @@ def _class_weight(plan, labels):
 def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts):
     import keras
 
-    from amazon_visual.training.callbacks import BestModelSaver, EpochLogger, TimeBudget, tensorboard_available
+    from amazon_visual.training.callbacks import (AtomicBackupAndRestore, BestModelSaver, EpochLogger, TimeBudget,
+                                                  tensorboard_available)
 
     cbs = []
     if plan.config["objective"] == "retrieval":  # first: it writes the monitored value into the logs
         cbs.append(metric_learning.validation_callback(plan, net))
-    if opts["callbacks"]:
+    cbs += [EpochLogger(plan.write_dir, phase),
+            BestModelSaver(plan.write_dir, net, inputs.monitor, best=best, enabled=plan.is_chief)]
+    if opts["callbacks"]:  # after the logger and the saver: an epoch counts as done once its row and model are written
         backup_dir = _backup_dir(plan.run_dir, phase, plan.is_chief, plan.task_id)
-        cbs.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq=opts["backup_freq"], delete_checkpoint=False))
-    cbs.append(EpochLogger(plan.write_dir, phase))
-    cbs.append(BestModelSaver(plan.write_dir, net, inputs.monitor, best=best, enabled=plan.is_chief))
+        cbs.append(AtomicBackupAndRestore(backup_dir, save_freq=opts["backup_freq"], delete_checkpoint=False))
     early_stopping = plan.options["early_stopping"]
     if early_stopping:
         cbs.append(keras.callbacks.EarlyStopping(monitor=inputs.monitor, mode="max", patience=int(early_stopping),
