@@ -461,7 +461,7 @@ def add_demo(sub):
                     "minutes on a laptop CPU.")
     p.add_argument("--out", default="amazon-visual-demo", metavar="DIR",
                    help="output folder (default ./amazon-visual-demo); an existing demo folder is reused")
-    p.add_argument("--model", default=None, metavar="NAME", help="model to train (default: the demo's small CNN)")
+    p.add_argument("--model", default=None, metavar="NAME", help="model to train (default: mobilenet_v2 from ImageNet weights, alexnet from scratch)")
     p.add_argument("--weights", default="auto", metavar="auto|imagenet|none|PATH",
                    help="initial weights: auto (default) = imagenet when Keras can get them, else from scratch; "
                         "imagenet insists on Keras's pretrained weights (downloaded once, or from its cache); "
@@ -489,6 +489,7 @@ def add_demo(sub):
             if summary.get("precision_at_k") is not None:
                 print(f"precision@{summary['k']} of the demo's look-alikes: {summary['precision_at_k']:.2f}")
             print(f"report: {summary['report']}")
+            print(f"serve it: amazon-visual serve {summary['index_dir']}   (then open http://127.0.0.1:8000/)")
         return 0
 
     p.set_defaults(func=run)

@@ -49,13 +49,13 @@ def table(rows):
         return "-" if v is None else f"{v:.3f}"
 
     lines = ["| Model | Weights | Image size | Training acc. | Validation acc. | Test acc. | Train-test gap | "
-             "Epochs | Minutes |", "|---|---|---|---|---|---|---|---|---|"]
+             "Epochs | Minutes | Load before / after |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gap = None if r["training_accuracy"] is None or r["test_accuracy"] is None else \
             r["training_accuracy"] - r["test_accuracy"]
         lines.append(f"| {r['model']} | {r['weights']} | {r['image_size']} | {f(r['training_accuracy'])} | "
                      f"{f(r['validation_accuracy'])} | {f(r['test_accuracy'])} | {f(gap)} | {r['epochs_run']} | "
-                     f"{r['minutes']} |")
+                     f"{r['minutes']} | {' / '.join(str(x) for x in r.get('load_1min') or [])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -87,14 +87,16 @@ def main(argv=None):
     for name in models:
         pretrained = name not in SCRATCH
         size = args.pretrained_size if pretrained else args.image_size
+        load_before = os.getloadavg()[0]
         run_dir, info = train_one(name, data[size], args.work, size, "imagenet" if pretrained else "none",
                                   args.minutes, args.epochs)
+        info["load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # before / after training
         result = evaluation.compare([run_dir], data[size], out=os.path.join(args.work, "compare", name),
                                     train_limit=args.train_limit)
         row = dict(result["rows"][0], **info)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("model", "training_accuracy", "validation_accuracy",
-                                              "test_accuracy")}), flush=True)
+                                              "test_accuracy", "load_1min")}), flush=True)
     md = table(rows)
     print(md)
     out = os.path.join(args.work, "compare_five.json")

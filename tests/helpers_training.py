@@ -52,8 +52,9 @@ def tiny_dataset(root, classes=("red", "green", "blue"), per_class=12, size=40, 
     return out
 
 
-def clothing_small(root, image_size=64, source=CLOTHING_SMALL, name=None):
-    """DATA_DIR of clothing-small at ``image_size`` (longer side) under ``root``; reused when present."""
+def clothing_small(root, image_size=64, source=CLOTHING_SMALL, name=None, per_class=None):
+    """DATA_DIR of clothing-small at ``image_size`` (longer side) under ``root``; reused when present.
+    ``per_class``: only the first N photos of each class (in labels.csv order)."""
     from tfrecords_builder.build import build_data
 
     root = os.fspath(root)
@@ -64,6 +65,8 @@ def clothing_small(root, image_size=64, source=CLOTHING_SMALL, name=None):
     items, labels = [], []
     with open(os.path.join(source, "labels.csv"), newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
+            if per_class is not None and sum(lab == row["label"] for _, lab, _ in items) >= per_class:
+                continue
             stem = os.path.splitext(row["image"])[0]
             items.append((stem, row["label"], row["image"]))
             if row["label"] not in labels:

@@ -259,9 +259,8 @@ def test_beam_builds_the_same_dataset(tmp_path, images_catalog):
 
 @pytest.mark.slow
 def test_integration_clothing_small(tmp_path):
-    root = "/work/shared/datasets/clothing-small"
-    if not os.path.isdir(root):
-        root = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "clothing-small")
+    from helpers_training import CLOTHING_SMALL as root
+
     if not os.path.isdir(root):
         pytest.skip("clothing-small is not available")
     with open(os.path.join(root, "labels.csv"), newline="") as f:

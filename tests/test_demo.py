@@ -169,6 +169,12 @@ def test_demo_end_to_end_writes_every_artifact(tmp_path_factory):
     assert page.count("<img") >= 4 + 4 * 6  # 4 figures, 4 galleries of a query and 5 look-alikes
     assert page.count('class="av-gallery"') == 4
     assert 'src="http' not in page and "src='http" not in page and 'href="http' not in page
+    # precision@5 of the demo's queries, as the summary says, on the page (card, section, each gallery)
+    shown = f"{summary['precision_at_k']:.2f}"
+    assert f"precision@5 of these 4 queries: <strong>{shown}</strong>" in page
+    assert page.count("\u2014 precision@5 ") == 4
+    assert summary["precision_at_k"] == pytest.approx(
+        sum(sum(r["label"] == q["query"]["label"] for r in q["results"]) / 5 for q in recs["queries"]) / 4)
 
     # a report for the run alone, with galleries queried live from the index (no TensorFlow)
     from amazon_visual.web.report import write_report

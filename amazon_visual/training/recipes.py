@@ -29,7 +29,7 @@ RECIPES = {
     "svm": {"learning_rate": 1e-3, "warmup": 0.0, "min_lr_factor": 0.1, "batch_size": 64, "augment": "none",
             "label_smoothing": 0.0, "weight_decay": 0.0},
     "alexnet": dict(_SCRATCH_CNN, small_width=0.5),
-    "vgg": dict(_SCRATCH_CNN, learning_rate=1e-3, small_width=0.25),
+    "vgg": dict(_SCRATCH_CNN, learning_rate=1e-3, small_width=0.25, augment="medium"),
     # keras.applications from scratch (no batch norm in VGG16/19: a smaller rate)
     "applications": dict(_SCRATCH_CNN, learning_rate=1e-3, batch_size=32),
     "applications_no_bn": dict(_SCRATCH_CNN, learning_rate=2e-4, batch_size=32, weight_decay=1e-4),

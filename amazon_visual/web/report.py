@@ -473,8 +473,26 @@ def section_recommendations(found, queries=4, k=5):
         return None
     from amazon_visual.web.gallery import gallery_context
 
-    return {"source": source, "galleries": [gallery_context(q["query"], q["results"], title=gallery_title(i, q["query"]))
-                                            for i, q in enumerate(saved, 1)]}
+    per_query = [query_precision(q) for q in saved]
+    known = [p for p in per_query if p is not None]
+    galleries = []
+    for i, (q, p) in enumerate(zip(saved, per_query), 1):
+        title = gallery_title(i, q["query"])
+        if p is not None:
+            title += f" — precision@{len(q['results'])} {p:.2f}"
+        galleries.append(gallery_context(q["query"], q["results"], title=title))
+    return {"source": source, "galleries": galleries,
+            "precision": sum(known) / len(known) if known else None,
+            "k": max((len(q["results"]) for q in saved), default=k), "n_queries": len(known)}
+
+
+def query_precision(saved_query):
+    """Share of a query's look-alikes in the query's own class (None when the query has no class)."""
+    label = (saved_query.get("query") or {}).get("label")
+    results = saved_query.get("results") or []
+    if not label or not results:
+        return None
+    return sum(r.get("label") == label for r in results) / len(results)
 
 
 def _summary_cards(found):
@@ -494,6 +512,12 @@ def _summary_cards(found):
     if best:
         cfg = _read_json(os.path.join(best[0], "config.json"), {}) or {}
         cards.append(("test accuracy", _fmt(best[1]), f"{cfg.get('model', '')}, {cfg.get('image_size', '')} px"))
+    recs = load_recommendations(found["recommendations"]) if found["recommendations"] else []
+    known = [p for p in (query_precision(q) for q in recs) if p is not None]
+    if known:
+        k = max(len(q.get("results") or []) for q in recs)
+        cards.append((f"precision@{k}", _fmt(sum(known) / len(known)),
+                      f"look-alikes in the query's class, {len(known)} queries"))
     if found["index_dir"]:
         man = _read_json(os.path.join(found["index_dir"], "manifest.json"), {}) or {}
         cards.append(("indexed items", _fmt(man.get("n_items", "?")), f"{man.get('embedding_dim', man.get('dim', '?'))}-d embeddings"))
