@@ -81,7 +81,10 @@ def add_build_data(sub):
     cls.add_argument("--category", action="append", metavar="NAME",
                      help="a class name, matched against the category paths (repeatable; may contain commas)")
     cls.add_argument("--categories-file", metavar="FILE", help="text file with one class name per line")
-    cls.add_argument("--top-categories", type=int, metavar="N", help="the N most frequent top-level categories")
+    cls.add_argument("--top-categories", type=int, metavar="N", help="the N most frequent categories at the first level of the category paths where N categories "
+                          "each hold a real share of the products (at least 1/(10 N)): a file of many departments "
+                          "gets its departments, a one-department file its level-2 categories; the level is printed "
+                          "and recorded as category_level in build_report.json (N >= 2)")
     cls.add_argument("--preset", choices=["seed20"], help="a named class list (seed20: the course project's 20)")
     p.add_argument("--min-per-class", type=int, default=0, metavar="N", help="drop classes with fewer products")
     p.add_argument("--max-per-class", type=int, metavar="N", help="cap each class at N products (deterministic)")

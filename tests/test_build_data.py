@@ -343,9 +343,16 @@ def test_top_categories_of_a_one_department_file(tmp_path, capsys):
     assert {n: sum(c[n] for c in counts.values()) for n in names} == {"Women": 18, "Men": 9, "Girls": 9}
 
 
+def test_top_categories_below_two_is_a_user_error(tmp_path):
+    meta, img = _one_department(tmp_path)
+    for n in (1, 0, -3):
+        with pytest.raises(UserError, match=f"--top-categories {n}: a dataset needs at least 2 classes, give N >= 2"):
+            build_data(meta, str(tmp_path / "d"), images_dir=img, top_categories=n, image_size=16, workers=1,
+                       progress=False)
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("how,needle", [
-    (dict(top_categories=1), "--top-categories 1 (level 1 of the category paths): fewer than 2 classes have "
-                             "products (Clothing, Shoes & Jewelry (36))"),
     (dict(top_categories=4), "--top-categories 4: no level of the category paths has 4 categories (level 1: "
                              "Clothing, Shoes & Jewelry (36); level 2: Women (18), Girls (9), Men (9)): pass a "
                              "smaller N"),

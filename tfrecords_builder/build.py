@@ -70,8 +70,8 @@ def _choose_classes(metadata, categories, categories_file, top, preset, progress
             raise UserError(f"--preset {preset!r} is unknown: use one of {', '.join(PRESETS)}")
         return list(PRESETS[preset]), f"preset {preset}", None, f"--preset {preset}"
     top = int(top)
-    if top < 1:
-        raise UserError(f"--top-categories {top}: give a positive number")
+    if top < 2:
+        raise UserError(f"--top-categories {top}: a dataset needs at least 2 classes, give N >= 2")
     bar = _tqdm(progress, desc="counting categories", unit=" products")
 
     def counted():
