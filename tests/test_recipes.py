@@ -93,3 +93,23 @@ def test_unknown_width_user_error(tmp_path):
     with pytest.raises(UserError, match="width"):
         models.build("svm", 3, 32, width=0.5)
     assert os.path.isdir(tmp_path)
+
+
+def test_short_runs_get_smaller_batches_and_alexnet_less_dropout():
+    from amazon_visual.training import recipes
+
+    alex = recipes.recipe("alexnet", "alexnet", False)
+    # --epochs 6 on 1,280 training photos: 6 x 20 = 120 steps at batch 64 -> batch 16 (480 steps)
+    rec, kw = recipes.fit_to_run(alex, 1280, 6, batch_given=False, model_kwargs_given={"width": 0.5})
+    assert rec["batch_size"] == 16 and kw == {"width": 0.5, "dropout": 0.2}
+    assert rec["short_run"] == {"planned_steps": 480, "batch_size": 16, "dropout": 0.2}
+    # what the caller set stays
+    rec, kw = recipes.fit_to_run(alex, 1280, 6, batch_given=True, model_kwargs_given={"dropout": 0.5})
+    assert rec["batch_size"] == 64 and kw == {"dropout": 0.5} and rec["short_run"] == {"planned_steps": 120}
+    # long runs (and the time-budgeted ones, epochs 200) are untouched; so are the svm and pretrained recipes
+    for r, n, e in ((alex, 3002, 200), (alex, 30000, 6), (recipes.recipe("svm", "svm", False), 100, 1),
+                    (recipes.recipe("mobilenet_v2", "applications", True), 100, 1)):
+        out, kw = recipes.fit_to_run(r, n, e, batch_given=False, model_kwargs_given=None)
+        assert out == r and kw == {}
+    vgg, kw = recipes.fit_to_run(recipes.recipe("vgg16_bn", "vgg", False), 1000, 2, False, None)
+    assert vgg["batch_size"] == 16 and kw == {}  # 2 x 63 = 126 steps: as small as it goes

@@ -17,18 +17,20 @@ gain within a short budget), ``fine_tune_lr_factor`` (pretrained runs: fine-tune
 peak = learning_rate x this), ``head_budget`` (pretrained runs with a time budget: the
 largest share of it the head phase may use).
 """
+import math
+
 from amazon_visual.errors import UserError
 
 AUGMENT_LEVELS = ("none", "light", "medium", "strong")
 
 # Measured on clothing-small, 64 px, 2 CPU cores (README "Recipes" has the table).
 _SCRATCH_CNN = {"learning_rate": 2e-3, "warmup": 0.05, "min_lr_factor": 0.01, "batch_size": 64,
-                "augment": "light", "label_smoothing": 0.1, "weight_decay": 5e-4}
+                "augment": "light", "label_smoothing": 0.1, "weight_decay": 5e-4, "min_steps": 500}
 RECIPES = {
     # the course's linear classifier on raw pixels: multiclass hinge, no augmentation
     "svm": {"learning_rate": 1e-3, "warmup": 0.0, "min_lr_factor": 0.1, "batch_size": 64, "augment": "none",
             "label_smoothing": 0.0, "weight_decay": 0.0},
-    "alexnet": dict(_SCRATCH_CNN, small_width=0.5),
+    "alexnet": dict(_SCRATCH_CNN, small_width=0.5, short_run_dropout=0.2),
     "vgg": dict(_SCRATCH_CNN, learning_rate=1e-3, small_width=0.25, augment="medium"),
     # keras.applications from scratch (no batch norm in VGG16/19: a smaller rate)
     "applications": dict(_SCRATCH_CNN, learning_rate=1e-3, batch_size=32),
@@ -85,3 +87,34 @@ def resolve(recipe_values, **given):
     if not 0.0 < float(out["head_budget"]) < 1.0:
         raise UserError(f"--head-budget {out['head_budget']} must be between 0 and 1 (a share of --max-minutes)")
     return out
+
+
+MIN_BATCH = 16
+
+
+def fit_to_run(recipe_values, n_train, epochs, batch_given, model_kwargs_given):
+    """Short runs (``epochs`` x steps per epoch under the recipe's ``min_steps``, e.g.
+    ``--epochs 6`` on a small catalog): a CNN from scratch needs optimizer steps more than
+    large batches, so the batch is halved (down to 16) until the run has ``min_steps`` steps,
+    and AlexNet's fully connected layers drop 0.2 instead of 0.5. Values the caller set are
+    kept. Returns (recipe, model kwargs); ``recipe["short_run"]`` says what changed."""
+    out, kwargs = dict(recipe_values), dict(model_kwargs_given or {})
+    min_steps = out.get("min_steps")
+    if not min_steps:
+        return out, kwargs
+    steps = int(epochs) * math.ceil(int(n_train) / int(out["batch_size"]))
+    if steps >= min_steps:
+        return out, kwargs
+    changed = {"planned_steps": steps}
+    if not batch_given:
+        batch = int(out["batch_size"])
+        while batch > MIN_BATCH and int(epochs) * math.ceil(int(n_train) / batch) < min_steps:
+            batch //= 2
+        out["batch_size"] = max(batch, MIN_BATCH)
+        changed["batch_size"] = out["batch_size"]
+        changed["planned_steps"] = int(epochs) * math.ceil(int(n_train) / out["batch_size"])
+    if out.get("short_run_dropout") is not None and "dropout" not in kwargs:
+        kwargs["dropout"] = out["short_run_dropout"]
+        changed["dropout"] = kwargs["dropout"]
+    out["short_run"] = changed
+    return out, kwargs

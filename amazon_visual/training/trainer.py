@@ -180,6 +180,7 @@ def plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, stra
     rec = recipes.resolve(recipes.recipe(name, info["family"], weights_n is not None), batch_size=batch_size,
                           **{k: o[k] for k in ("learning_rate", "augment", "label_smoothing", "weight_decay",
                                                "fine_tune_lr_factor", "head_budget")})
+    batch_size_given = batch_size is not None
     image_size, epochs, batch_size = int(image_size), int(epochs), int(rec["batch_size"])
     _check_arguments(name, info, weights_n, image_size, epochs, batch_size)
     o.update({k: rec[k] for k in ("augment", "label_smoothing", "weight_decay", "fine_tune_lr_factor", "head_budget")})
@@ -195,6 +196,8 @@ def plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, stra
     n_val = fingerprint["splits"].get("validation", 0)
     if n_train == 0:
         raise UserError(f"{data_dir} has no training examples: rebuild it with a train split")
+    rec, o["model_kwargs"] = recipes.fit_to_run(rec, n_train, epochs, batch_size_given, o["model_kwargs"])
+    batch_size = int(rec["batch_size"])
     objective = metric_learning.plan_options(data_dir, name, info, labels, options)  # classify | retrieval
     if len(labels) < 2:
         raise UserError(f"{data_dir} has {len(labels)} class: a classifier needs at least 2")
