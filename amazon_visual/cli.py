@@ -460,11 +460,11 @@ def add_demo(sub):
         description="Build a dataset from the embedded sample catalog (1,000 clothing photos, 10 classes), train a "
                     "model, evaluate it, index the products, recommend look-alikes for a few of them and write "
                     "one HTML report. By default MobileNetV2 starts from ImageNet weights when Keras can get them "
-                    "(its cache or a download); offline it says so and trains AlexNet from scratch. About two "
+                    "(its cache or a download); offline it says so and trains VGG16-BN from scratch. About three "
                     "minutes on a laptop CPU.")
     p.add_argument("--out", default="amazon-visual-demo", metavar="DIR",
                    help="output folder (default ./amazon-visual-demo); an existing demo folder is reused")
-    p.add_argument("--model", default=None, metavar="NAME", help="model to train (default: mobilenet_v2 from ImageNet weights, alexnet from scratch)")
+    p.add_argument("--model", default=None, metavar="NAME", help="model to train (default: mobilenet_v2 from ImageNet weights, vgg16_bn from scratch)")
     p.add_argument("--weights", default="auto", metavar="auto|imagenet|none|PATH",
                    help="initial weights: auto (default) = imagenet when Keras can get them, else from scratch; "
                         "imagenet insists on Keras's pretrained weights (downloaded once, or from its cache); "
@@ -473,7 +473,7 @@ def add_demo(sub):
     p.add_argument("--minutes", type=float, default=None, metavar="M",
                    help="time budget of the train stage (default 1.5)")
     p.add_argument("--image-size", type=int, default=None, metavar="N",
-                   help="image size in pixels (default 160 pretrained, 64 from scratch)")
+                   help="image size in pixels (default 224 pretrained, 64 from scratch)")
     p.add_argument("--queries", type=int, default=4, metavar="N", help="query products to recommend for (default 4)")
     p.add_argument("-k", type=int, default=5, help="recommendations per query (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document (paths and metrics)")

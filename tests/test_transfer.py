@@ -85,7 +85,7 @@ def test_verbose_shows_tensorflow_start_up_lines(tmp_path):
 
 
 def test_demo_falls_back_to_scratch_offline_in_one_line(tmp_path):
-    """No Keras cache and no network (a proxy that refuses): one line says so, then AlexNet from scratch."""
+    """No Keras cache and no network (a proxy that refuses): one line says so, then VGG16-BN from scratch."""
     from amazon_visual import demo
 
     env = {"KERAS_HOME": str(tmp_path / "empty"), "HTTPS_PROXY": "http://127.0.0.1:9",
