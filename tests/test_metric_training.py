@@ -12,6 +12,7 @@ keras = pytest.importorskip("keras")
 import helpers_training  # noqa: E402
 
 from amazon_visual import cli, training  # noqa: E402
+from amazon_visual.errors import UserError  # noqa: E402
 
 CLASSES = ("red", "green", "blue", "stripes")
 
@@ -127,11 +128,11 @@ def test_bad_input_is_one_line_before_training(world, tmp_path, capsys, extra, m
 
 
 def test_one_class_dataset_and_classify_only_flags(tmp_path, capsys):
-    one = helpers_training.tiny_dataset(tmp_path, classes=("red",), per_class=6, size=32)
-    rc, _, err = _cli(["train", "--data", one, "--model", "alexnet", "--objective", "retrieval",
-                       "--out", str(tmp_path / "r")], capsys)
-    assert rc == 2 and "holds photos of 1 class (red): retrieval training needs at least 2 classes" in err
-    rc, _, err = _cli(["train", "--data", one, "--model", "alexnet", "--per-class", "2", "--out", str(tmp_path / "r")],
+    # build-data never writes a one-class dataset (a clear error instead), so none can reach training
+    with pytest.raises(UserError, match="fewer than 2 classes have products"):
+        helpers_training.tiny_dataset(tmp_path, classes=("red",), per_class=6, size=32, name="one")
+    two = helpers_training.tiny_dataset(tmp_path, classes=("red", "blue"), per_class=6, size=32, name="two")
+    rc, _, err = _cli(["train", "--data", two, "--model", "alexnet", "--per-class", "2", "--out", str(tmp_path / "r")],
                       capsys)
     assert rc == 2 and "--per-class only apply to --objective retrieval" in err
 
