@@ -14,7 +14,7 @@ Traffic goes only to 127.0.0.1. Phases, each against a fresh ``amazon-visual ser
 It prints each phase's QPS, p50/p99 latency and errors, then the ratios and the targets of
 issue 10 (0 errors; ASIN >= 500 QPS with p99 < 20 ms; photo QPS >= 0.8x in process and
 >= 3x unbatched). The index: ``--index INDEX_DIR``, or one built (once, under ``--work``)
-from the packaged sample catalog (400 photos) with ``--model`` (ImageNet MobileNetV2 at
+from the packaged sample catalog (1,000 photos) with ``--model`` (ImageNet MobileNetV2 at
 ``--image-size`` px from ``../shared/weights`` when present, random weights otherwise).
 
     python benchmarks/serve_load.py                      # about 3 minutes on 2 cores
