@@ -30,7 +30,7 @@ from amazon_visual.errors import UserError
 from amazon_visual.web.report import DEMO_LAYOUT, DEMO_MARKER, RECOMMENDATIONS_FILE, choose_queries, write_report
 
 DEFAULT_OUT = "amazon-visual-demo"
-#: from scratch (offline, or --weights none): AlexNet with batch norm and its recipe (README "Recipes")
+#: from scratch (offline, or --weights none): VGG16 with batch norm at 64 px, batch 32, and its recipe (README "Recipes")
 SCRATCH = {"model": "vgg16_bn", "image_size": 64, "epochs": 200, "batch_size": 32, "model_kwargs": {}}
 #: with ImageNet weights: MobileNetV2, the head on cached features, then fine-tuning (README "Transfer learning")
 PRETRAINED = {"model": "mobilenet_v2", "image_size": 224, "epochs": 40, "head_epochs": 25, "model_kwargs": {}}

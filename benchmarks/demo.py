@@ -6,7 +6,7 @@ Runs ``amazon-visual demo --json`` twice in fresh folders, each in its own proce
 would: (1) with a KERAS_HOME seeded from ../shared/weights, so that ``--weights auto`` (the
 default) finds Keras's ImageNet MobileNetV2 weights in its cache; (2) offline: an empty
 KERAS_HOME and a proxy that refuses every connection, so the demo says it cannot get the
-weights and trains AlexNet from scratch. Prints, for each: the whole demo's wall time, the
+weights and trains VGG16-BN from scratch at 64 px. Prints, for each: the whole demo's wall time, the
 test accuracy, the precision@5 of the demo's queries and the machine's load, against the
 targets (pretrained >= 0.75 in < 3 minutes; from scratch >= 0.40).
 """
