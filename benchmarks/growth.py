@@ -10,6 +10,7 @@ process as a user would run it:
     train, one epoch (alexnet width 0.25, 32 px)
     index (local)                             index --beam (DirectRunner, 2 processes)
     eval-retrieval (test split against the rest)
+    serve: a short load on ``amazon-visual serve INDEX`` (1,000 requests, 8 clients, 1 photo in 4)
 
 Per stage and size: wall time, items per second, peak RSS of the stage's whole process tree
 (sampled every 0.2 s, Beam's worker processes included) and of its largest single process,
@@ -37,6 +38,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import synthetic_catalog as sc  # noqa: E402
+
+SERVE_REQUESTS, SERVE_CLIENTS = 1000, 8
 
 BEAM = "--direct_num_workers=2 --direct_running_mode=multi_processing"
 TRAIN = ("import sys; from amazon_visual import training; "
@@ -119,6 +122,35 @@ def stages(n, d, args):
     return out
 
 
+def serve_stage(n, d):
+    """A short load on ``amazon-visual serve`` over the local index (serve_load.py's server and clients):
+    QPS, p50/p99 per kind, errors, and the server's RSS once loaded and after the load."""
+    import psutil
+    import serve_load as sl
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2")
+    import pandas as pd
+
+    asins = pd.read_csv(os.path.join(d["index"], "items.csv"), usecols=["asin"], nrows=5000)["asin"].tolist()
+    names = sorted(os.listdir(d["images_dir"]))[:64]
+    photos = [open(os.path.join(d["images_dir"], f), "rb").read() for f in names]
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with sl.Server(d["index"], env, max_batch=32, max_wait_ms=5) as server:
+        ready_s = time.perf_counter() - t0
+        proc = psutil.Process(server.proc.pid)
+        rss_loaded = proc.memory_info().rss
+        res = sl.run_load(server, sl.jobs_of("mixed", SERVE_REQUESTS, asins, photos), SERVE_CLIENTS, 10)
+        rss_after = proc.memory_info().rss
+    return {"stage": "serve (short load)", "n": n, "items": res["requests"], "wall_s": res["seconds"],
+            "items_per_s": res["qps"], "errors": res["errors"], "ready_s": round(ready_s, 1),
+            "asin_p50_ms": res.get("asin", {}).get("p50_ms"), "asin_p99_ms": res.get("asin", {}).get("p99_ms"),
+            "photo_p50_ms": res.get("photo", {}).get("p50_ms"), "photo_p99_ms": res.get("photo", {}).get("p99_ms"),
+            "peak_rss_tree_mb": round(max(rss_loaded, rss_after) / 2**20, 1),
+            "peak_rss_one_mb": round(max(rss_loaded, rss_after) / 2**20, 1),
+            "rss_loaded_mb": round(rss_loaded / 2**20, 1), "load_1min": round((load0 + os.getloadavg()[0]) / 2, 2)}
+
+
 def run_size(n, args):
     from amazon_visual import data as avdata
 
@@ -134,8 +166,11 @@ def run_size(n, args):
     t0 = time.perf_counter()
     d.update(sc.write_catalog(d["catalog"], n, args.classes, args.px, base_url=url))
     rows = [{"stage": "catalog (generator)", "n": n, "wall_s": round(time.perf_counter() - t0, 2), "items": n}]
+    wanted = [x.strip() for x in args.stages.split(",")] if args.stages else None
     try:
         for name, cmd, items, folder in stages(n, d, args):
+            if wanted is not None and name not in wanted:
+                continue
             if items is None and name.startswith("train"):
                 items = avdata.num_examples(d["data"], "train")
             if items is None:
@@ -143,12 +178,20 @@ def run_size(n, args):
             m = measure(cmd, log)
             row = {"stage": name, "n": n, "items": items, **m, "items_per_s": round(items / m["wall_s"], 1),
                    "disk_mb": round(du(folder) / 2**20, 1) if folder else None}
+            if name.startswith("build-data"):  # what TFDS's writer holds in memory to shuffle (up to 1 GB)
+                row["train_split_mb"] = round(sum(
+                    os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if "-train.tfrecord" in f)
+                    / 2**20, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
+        if (wanted is None or "serve (short load)" in wanted) and os.path.isdir(d["index"]):
+            rows.append(serve_stage(n, d))
+            print(json.dumps(rows[-1]), flush=True)
     finally:
         server.shutdown()
-    rows.append({"stage": "check", "n": n, "beam_index_equals_local": same_index(d["index"], d["index_beam"])})
-    print(json.dumps(rows[-1]), flush=True)
+    if os.path.isdir(d["index"]) and os.path.isdir(d["index_beam"]):
+        rows.append({"stage": "check", "n": n, "beam_index_equals_local": same_index(d["index"], d["index_beam"])})
+        print(json.dumps(rows[-1]), flush=True)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return rows
@@ -187,6 +230,8 @@ def summary(rows, sizes):
         a, b = by.get((s, lo)), by.get((s, hi))
         if not (a and b and "items_per_s" in a and "peak_rss_tree_mb" in a) or s.startswith("catalog"):
             continue
+        if a["items"] == b["items"]:  # a fixed load (serve): no growth to fit; its rows are in the table above
+            continue
         fixed, rate = fit([(by[(s, n)]["items"], by[(s, n)]["wall_s"]) for n in sizes if (s, n) in by])
         ratio = b["items_per_s"] / a["items_per_s"]
         grow = (b["peak_rss_tree_mb"] - a["peak_rss_tree_mb"]) / max(1, b["items"] - a["items"]) * 1000
@@ -206,6 +251,8 @@ def main(argv=None):
     ap.add_argument("--download-stage", action="store_true", help="also build-data --download from the loopback server")
     ap.add_argument("--keep", action="store_true", help="keep each size's folders")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--stages", default=None,
+                    help="only these stages, comma-separated names as printed (e.g. 'build-data,build-data --beam')")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     os.makedirs(args.work, exist_ok=True)

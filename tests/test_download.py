@@ -147,3 +147,22 @@ def test_killed_download_resumes_without_corrupt_files(server, tmp_path):
     assert hits_after - hits_before == 40 - len(before)  # only the missing ones were fetched
     assert all(".tmp-" not in f for f in files_under(cache))  # partial files of the killed run removed
     assert all((cache / f).read_bytes() == good for f in files_under(cache) if f != "urls.jsonl")
+
+
+def test_download_iter_streams_and_a_slow_host_holds_nothing_back(server, tmp_path):
+    """Results come as they finish, with a bounded number in flight: a product whose host answers
+    late does not stall the ones behind it (a 1.5 s image first, then 60 fast ones, 2 threads)."""
+    from tfrecords_builder.download import download_iter
+
+    items = [("SLOW", [server.url("slow/1.5/jpeg/s1")])] + [(f"F{i}", [server.url(f"img/jpeg/f{i}")])
+                                                            for i in range(60)]
+    seen = []
+    t0 = time.monotonic()
+    for asin, path, url, reason in download_iter(iter(items), str(tmp_path), workers=2, timeout=5):
+        assert path and reason is None
+        seen.append((asin, time.monotonic() - t0))
+    assert len(seen) == 61 and seen[-1][0] == "SLOW"  # the slow one came last, not first
+    assert seen[-2][1] < 1.4  # the 60 fast ones were all done while it waited
+    # cached now: a second pass fetches nothing and says so
+    again = list(download_iter(iter(items), str(tmp_path), workers=2))
+    assert {r[3] for r in again} == {"cached"} and len(again) == 61

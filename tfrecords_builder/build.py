@@ -4,6 +4,8 @@ Steps: read the metadata (streamed) -> choose the classes -> label, de-duplicate
 filter the products -> split by hash -> find or download the images -> write the
 TFDS dataset (image work in ``workers`` processes, or Apache Beam) into a temporary
 sibling folder -> write the report -> move the finished dataset into ``out``.
+Between the steps the products live in the build plan on disk (:mod:`tfrecords_builder.plan`),
+not in memory: a build's memory does not grow with the catalog.
 """
 import contextlib
 import logging
@@ -12,22 +14,23 @@ import shlex
 import shutil
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 from amazon_visual.errors import UserError
 from tfrecords_builder import download as dl
-from tfrecords_builder.images import index_images_dir, warm_up
+from tfrecords_builder.images import iter_image_files, warm_up
 from tfrecords_builder.labels import (PRESETS, CategoryCounts, Labeler, read_categories_file, top_categories,
                                      unique_names)
 from tfrecords_builder.metadata import ReadStats, read_products
 from tfrecords_builder.parallel import OrderedPool
 from amazon_visual.atomic import write_json
-from tfrecords_builder.report import plot_label_distribution
+from tfrecords_builder.plan import PlanStore
+from tfrecords_builder.report import FailureLog, plot_label_distribution
 from tfrecords_builder.splits import SPLIT_NAMES, parse_fractions, split_of, unit_hash
 
 BUILDER_NAME = "amazon_products"
 DATASET_MARKERS = ("dataset_info.json", "build_report.json", "features.json")
-MAX_FAILURES_LISTED = 100_000
+PLAN_DIR = "plan"  # inside the build's temporary folder: the plan (SQLite) and Beam's JSON-lines inputs
 
 
 def _tqdm(enabled, **kw):
@@ -101,24 +104,22 @@ def _check_classes(names, n_per_label, counts, how, when="", dropped=None):
                                                                              if dropped else ""))
 
 
-def _select(metadata, labeler, images_index, need_url, stats, drops, progress, counts):
-    """Stream the products; keep the labelled, unique ones with an image source (``counts``: categories)."""
-    seen = set()
-    kept = []
+def _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops, progress, counts):
+    """Stream the products into ``store``: the labelled, unique ones with an image source, with their
+    split (``counts``: categories seen). Nothing per product stays in memory."""
     bar = _tqdm(progress, desc="reading metadata", unit=" products")
     for p in read_products(metadata, stats):
         bar.update(1)
-        if p.asin in seen:
+        if not store.first_sight(p.asin):
             drops["duplicate_asin"] += 1
             continue
-        seen.add(p.asin)
         counts.add(p)
         label, category = labeler.match(p.paths)
         if label is None:
             drops["no_class"] += 1
             continue
-        if images_index is not None:
-            source = images_index.get(p.asin)
+        if images_dir:
+            source = store.image_file(p.asin)
             if source is None:
                 drops["no_image_file"] += 1
                 continue
@@ -128,10 +129,39 @@ def _select(metadata, labeler, images_index, need_url, stats, drops, progress, c
                 drops["no_image_url"] += 1
                 continue
             source, url = None, p.image_urls[0]
-        kept.append({"asin": p.asin, "title": p.title, "category": category, "label": label,
-                     "source": source, "image_url": url, "urls": p.image_urls})
+        store.add(p.asin, p.title, category, label, source, url, p.image_urls, split_of(p.asin, seed, fractions),
+                  unit_hash(seed, p.asin, "cap"))
+    store.commit()
     bar.close()
-    return kept
+
+
+def _final_per_label(store):
+    """Products per final label (after dropped classes are renumbered)."""
+    return Counter({store.remap[k]: v for k, v in store.per_label().items() if k in store.remap})
+
+
+def _download(store, cache_dir, failures, workers, timeout, retries, backoff, max_bytes, progress):
+    """Download every planned product's image into the cache (streamed, resumable); the plan keeps the
+    downloaded ones with their file and URL. Returns the download stats."""
+    os.makedirs(cache_dir, exist_ok=True)
+    dl.clean_partials(cache_dir)
+    store.load_known_urls(dl.UrlLog.records(cache_dir))
+    log = dl.UrlLog(cache_dir, load=False)  # the records already there live in the plan
+    stats = {"cached": 0, "downloaded": 0, "failed": 0}
+    bar = _tqdm(progress, desc="downloading images", total=store.count(), unit=" img")
+    for asin, path, url, reason in dl.download_iter(store.download_tasks(), cache_dir, workers, timeout, retries,
+                                                    backoff, max_bytes, known_url=store.known_url, log=log):
+        if path:
+            stats["cached" if reason == "cached" else "downloaded"] += 1
+        else:
+            stats["failed"] += 1
+        store.fetched(asin, path, url, None if path else reason)
+        bar.update(1)
+    bar.close()
+    for asin, url, reason in store.download_failures():  # in metadata order, whatever order they finished in
+        failures.append({"asin": asin, "url": url, "reason": reason, "stage": "download"})
+    store.apply_downloads()
+    return stats
 
 
 def _parse_beam_options(beam_options):
@@ -362,92 +392,64 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
     class_names, class_source, level, how = _choose_classes(metadata, categories, categories_file, top_categories,
                                                             preset, progress)
     labeler = Labeler(class_names)
-    images_index = index_images_dir(images_dir) if images_dir else None
-    stats = ReadStats()
-    categories_seen = CategoryCounts()
-    items = _select(metadata, labeler, images_index, bool(download), stats, drops, progress, categories_seen)
-    drops["malformed_line"] = stats.malformed
-    t_meta = time.time()
-
-    per_class = Counter(it["label"] for it in items)
-    dropped_classes = {}
-    keep_labels = []
-    for i, name in enumerate(class_names):
-        n = per_class.get(i, 0)
-        if min_per_class and n < int(min_per_class):
-            dropped_classes[name] = n
-            drops["class_too_small"] += n
-        else:
-            keep_labels.append(i)
-    warnings = []
-    if dropped_classes:
-        warnings.append(f"classes with fewer than {min_per_class} products dropped: "
-                        + ", ".join(f"{k} ({v})" for k, v in dropped_classes.items()))
-    remap = {old: new for new, old in enumerate(keep_labels)}
-    final_names = [class_names[i] for i in keep_labels]
-    items = [dict(it, label=remap[it["label"]]) for it in items if it["label"] in remap]
-    if not items:
-        why = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in drops.items() if v) or "none read"
-        raise UserError(f"no product is left to build from {stats.products} products ({why}): check the class "
-                        "names against the metadata categories and the image source")
-    if max_per_class:
-        by_label = defaultdict(list)
-        for it in items:
-            by_label[it["label"]].append(it)
-        capped = []
-        for lab, lst in by_label.items():
-            if len(lst) > int(max_per_class):
-                lst = sorted(lst, key=lambda it: unit_hash(seed, it["asin"], "cap"))
-                drops["over_max_per_class"] += len(lst) - int(max_per_class)
-                lst = lst[: int(max_per_class)]
-            capped.extend(lst)
-        keep = {id(it) for it in capped}
-        items = [it for it in items if id(it) in keep]  # metadata order
-    n_per_label = Counter(it["label"] for it in items)
-    _check_classes(final_names, n_per_label, categories_seen, how, dropped=dropped_classes)
-    empty_classes = [name for i, name in enumerate(final_names) if not n_per_label.get(i)]
-    if empty_classes:
-        warnings.append("classes with no product: " + ", ".join(empty_classes))
-
-    # ---- images -----------------------------------------------------------------------
-    failures = []
-    dl_stats = {}
-    if download:
-        bar = _tqdm(progress, desc="downloading images", total=len(items), unit=" img")
-        used = {}
-        paths, dl_failures, dl_stats = dl.download_all(
-            [(it["asin"], it["urls"]) for it in items], cache_dir, workers=download_workers, timeout=timeout,
-            retries=retries, backoff=backoff, max_bytes=max_bytes, progress=bar, used_urls=used)
-        bar.close()
-        for f in dl_failures:
-            f["stage"] = "download"
-        failures.extend(dl_failures)
-        drops["download_failed"] += len(dl_failures)
-        kept = []
-        for it in items:
-            if it["asin"] in paths:
-                it["source"] = paths[it["asin"]]
-                it["image_url"] = used.get(it["asin"], it["image_url"])  # cached earlier: the first URL
-                kept.append(it)
-        items = kept
-        _check_classes(final_names, Counter(it["label"] for it in items), categories_seen, how, " once downloaded")
-    t_dl = time.time()
-
-    for it in items:
-        it.pop("urls", None)
-    by_split = {s: [] for s in SPLIT_NAMES}
-    for it in items:
-        by_split[split_of(it["asin"], seed, fractions)].append(it)
-
-    # ---- the TFDS build ---------------------------------------------------------------
-    from tfrecords_builder.builder import BuildPlan
-
     tmp = f"{out}.tmp-build"  # (one left by a killed run was removed by _recover)
-    os.makedirs(tmp)
-    failures_dir = os.path.join(tmp, "failures")
-    os.makedirs(failures_dir)
+    os.makedirs(os.path.join(tmp, PLAN_DIR))
+    store = PlanStore(os.path.join(tmp, PLAN_DIR, "plan.sqlite"))
     absl_level = None
     try:
+        if images_dir:
+            store.add_image_files(iter_image_files(images_dir))
+        stats = ReadStats()
+        categories_seen = CategoryCounts()
+        _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops, progress, categories_seen)
+        drops["malformed_line"] = stats.malformed
+        t_meta = time.time()
+
+        per_class = store.per_label()
+        dropped_classes = {}
+        keep_labels = []
+        for i, name in enumerate(class_names):
+            n = per_class.get(i, 0)
+            if min_per_class and n < int(min_per_class):
+                dropped_classes[name] = n
+                drops["class_too_small"] += n
+            else:
+                keep_labels.append(i)
+        warnings = []
+        if dropped_classes:
+            warnings.append(f"classes with fewer than {min_per_class} products dropped: "
+                            + ", ".join(f"{k} ({v})" for k, v in dropped_classes.items()))
+            store.drop_labels(i for i, name in enumerate(class_names) if name in dropped_classes)
+        store.remap = {old: new for new, old in enumerate(keep_labels)}
+        final_names = [class_names[i] for i in keep_labels]
+        if not store.count():
+            why = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in drops.items() if v) or "none read"
+            raise UserError(f"no product is left to build from {stats.products} products ({why}): check the class "
+                            "names against the metadata categories and the image source")
+        if max_per_class:
+            for label in keep_labels:
+                drops["over_max_per_class"] += store.cap_label(label, int(max_per_class))
+        n_per_label = _final_per_label(store)
+        _check_classes(final_names, n_per_label, categories_seen, how, dropped=dropped_classes)
+        empty_classes = [name for i, name in enumerate(final_names) if not n_per_label.get(i)]
+        if empty_classes:
+            warnings.append("classes with no product: " + ", ".join(empty_classes))
+
+        # ---- images -------------------------------------------------------------------
+        failures = FailureLog()
+        dl_stats = {}
+        if download:
+            dl_stats = _download(store, cache_dir, failures, download_workers, timeout, retries, backoff,
+                                 max_bytes, progress)
+            drops["download_failed"] += dl_stats["failed"]
+            _check_classes(final_names, _final_per_label(store), categories_seen, how, " once downloaded")
+        t_dl = time.time()
+
+        # ---- the TFDS build -----------------------------------------------------------
+        from tfrecords_builder.builder import BuildPlan
+
+        failures_dir = os.path.join(tmp, "failures")
+        os.makedirs(failures_dir)
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
@@ -458,26 +460,27 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
             absl_logging.set_verbosity(absl_logging.WARNING)
         except ImportError:
             pass
-        bar = _tqdm(progress and not beam, desc="writing examples", total=len(items), unit=" img")
-        plan = BuildPlan(class_names=final_names, splits=by_split, image_size=image_size, pool=pool,
-                         beam=bool(beam), failures_dir=failures_dir, progress=bar)
+        n_items = store.count()
+        bar = _tqdm(progress and not beam, desc="writing examples", total=n_items, unit=" img")
+        plan = BuildPlan(class_names=final_names, store=store, image_size=image_size, pool=pool, beam=bool(beam),
+                         failures_dir=failures_dir, failures=failures, progress=bar)
         try:
             builder = _retry_build(tmp, plan, beam, beam_args, shard_mb)
         finally:
             bar.close()
         t_build = time.time()
         version_dir = os.fspath(builder.data_dir)
+        before = failures.count
         if beam:
             import json as _json
 
             for name in sorted(os.listdir(failures_dir)):
                 with open(os.path.join(failures_dir, name), encoding="utf-8") as f:
-                    plan.failures.extend(_json.loads(line) for line in f if line.strip())
+                    for line in f:
+                        if line.strip():
+                            failures.append(dict(_json.loads(line), stage="image"))
             plan.counts = _read_back_counts(version_dir, final_names)
-        for f in plan.failures:
-            f["stage"] = "image"
-        failures.extend(plan.failures)
-        drops["image_failed"] += len(plan.failures)
+        drops["image_failed"] += failures.count - before if beam else plan.image_failures
 
         written = Counter()
         for per_label in plan.counts.values():
@@ -490,7 +493,6 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
         for s in SPLIT_NAMES:
             if totals[s] == 0 and fractions[SPLIT_NAMES.index(s)] > 0:
                 warnings.append(f"split {s} has no example and is not written")
-        reasons = Counter(f["reason"] for f in failures)
         t_end = time.time()
         report = {
             "builder": BUILDER_NAME,
@@ -512,9 +514,9 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
             "totals": totals,
             "drops": dict(drops),
             "dropped_classes": dropped_classes,
-            "failure_reasons": dict(reasons),
-            "failures": failures[:MAX_FAILURES_LISTED],
-            "failures_listed": min(len(failures), MAX_FAILURES_LISTED),
+            "failure_reasons": dict(failures.reasons),
+            "failures": failures.listed,
+            "failures_listed": len(failures.listed),
             "warnings": warnings,
             "workers": workers,
             "beam": bool(beam),
@@ -531,6 +533,7 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
         plot_label_distribution(report, os.path.join(version_dir, "label_distribution.png"))
         _move_into_place(version_dir, out)
     finally:
+        store.close()
         if absl_level is not None:
             from absl import logging as absl_logging
 
@@ -546,16 +549,10 @@ def _retry_build(tmp, plan, beam, beam_args, shard_mb):
     except AssertionError as e:
         if beam or "No examples were yielded" not in str(e):
             raise
-    failed = {f["asin"] for f in plan.failures}
     logging.getLogger(__name__).warning("a split has no usable image; rebuilding without the failed images")
-    for name in list(plan.splits):
-        plan.splits[name] = [it for it in plan.splits[name] if it["asin"] not in failed]
-    failures = plan.failures
+    plan.store.drop_failed()
     plan.reset()
     for name in os.listdir(tmp):
-        if name != "failures":
+        if name not in ("failures", PLAN_DIR):
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
-    try:
-        return _run_tfds(tmp, plan, beam, beam_args, shard_mb)
-    finally:
-        plan.failures = failures + plan.failures
+    return _run_tfds(tmp, plan, beam, beam_args, shard_mb)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import tensorflow_datasets as tfds
 
 from tfrecords_builder.images import process_item
+from tfrecords_builder.splits import SPLIT_NAMES
 
 DATASET_VERSION = "1.0.0"
 _HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
@@ -24,18 +25,23 @@ _HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or
 
 @dataclass
 class BuildPlan:
-    """Everything the builder needs: classes, the examples per split, the image work."""
+    """Everything the builder needs: classes, the plan of examples on disk, the image work."""
 
     class_names: list
-    splits: dict  # split name -> list of item dicts (asin, source, label, title, category, image_url)
+    store: object  # tfrecords_builder.plan.PlanStore: the products of each split, streamed in metadata order
     image_size: int = 256
     pool: object = None  # tfrecords_builder.parallel.OrderedPool for the image work (None: in-process)
     beam: bool = False
     failures_dir: str = ""  # beam: workers append their failures here as JSON lines
-    failures: list = field(default_factory=list)  # non-beam: {"asin", "url", "reason"}
+    failures: object = None  # non-beam: a tfrecords_builder.report.FailureLog ({"asin", "url", "reason", "stage"})
     counts: dict = field(default_factory=dict)  # split -> [count per label]
     progress: object = None  # tqdm bar updated per processed image
+    image_failures: int = 0  # non-beam: images that failed, over every attempt
     _stream: object = None
+
+    def split_names(self):
+        """The splits with at least one product (tfds cannot write an empty split)."""
+        return [name for name in SPLIT_NAMES if self.store.count(name)]
 
     def results(self):
         """One ordered stream of image results over all non-empty splits, in split order.
@@ -45,13 +51,12 @@ class BuildPlan:
         """
         if self._stream is None:
             tasks = ((it["asin"], it["source"], self.image_size)
-                     for items in self.splits.values() if items for it in items)
+                     for name in self.split_names() for it in self.store.items(name))
             self._stream = self.pool.imap(process_item, tasks) if self.pool is not None else map(process_item, tasks)
         return self._stream
 
     def reset(self):
         self._stream = None
-        self.failures = []
         self.counts = {}
 
 
@@ -123,32 +128,37 @@ class AmazonProducts(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         # tfds cannot write a split with no example: such a split is left out (and reported)
-        return {name: self._generate_examples(split=name)
-                for name, items in self._plan.splits.items() if items}
+        return {name: self._generate_examples(split=name) for name in self._plan.split_names()}
 
     def _generate_examples(self, split):
         plan = self._plan
-        items = plan.splits[split]
         if plan.beam:
             import apache_beam as beam
 
-            return (beam.Create(items)
+            # the split's items as JSON lines, read by the runner's workers (nothing pickled into the pipeline)
+            path = os.path.join(os.path.dirname(plan.store.path), f"{split}.jsonl")
+            plan.store.export_split(split, path)
+            return (beam.io.ReadFromText(path)
+                    | f"Items_{split}" >> beam.Map(json.loads)
                     | f"Images_{split}" >> beam.FlatMap(_beam_process, image_size=plan.image_size,
                                                         failures_dir=plan.failures_dir))
-        return self._generate_local(split, items)
+        return self._generate_local(split)
 
-    def _generate_local(self, split, items):
+    def _generate_local(self, split):
         plan = self._plan
         counts = plan.counts.setdefault(split, [0] * len(plan.class_names))
         results = plan.results()
-        for item in items:
+        for item in plan.store.items(split):
             key, jpeg, reason = next(results)
             if key != item["asin"]:  # tfds consumes the splits in the order _split_generators gives
                 raise RuntimeError(f"image results out of order: expected {item['asin']!r}, got {key!r}")
             if plan.progress is not None:
                 plan.progress.update(1)
             if jpeg is None:
-                plan.failures.append({"asin": item["asin"], "url": item["image_url"], "reason": reason})
+                plan.failures.append({"asin": item["asin"], "url": item["image_url"], "reason": reason,
+                                      "stage": "image"})
+                plan.image_failures += 1
+                plan.store.image_failed(item["asin"])
                 continue
             counts[item["label"]] += 1
             yield key, _example(item, jpeg)

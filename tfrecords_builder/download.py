@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 
 MAX_BYTES = 20 * 1024 * 1024
 USER_AGENT = "amazon-visual-build-data/0.1 (+https://pypi.org/project/amazon-visual/)"
@@ -57,18 +57,23 @@ class UrlLog:
 
     NAME = "urls.jsonl"
 
-    def __init__(self, cache_dir):
+    def __init__(self, cache_dir, load=True):
+        """``load=False``: only append (the caller keeps the records it read with :meth:`records`)."""
         self.path = os.path.join(os.fspath(cache_dir), self.NAME)
-        self.urls = {}
+        self.urls = dict(self.records(cache_dir)) if load else {}
+
+    @classmethod
+    def records(cls, cache_dir):
+        """``(asin, url)`` records of the log in ``cache_dir``, streamed (a later record of an ASIN wins)."""
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as f:
+            with open(os.path.join(os.fspath(cache_dir), cls.NAME), encoding="utf-8", errors="replace") as f:
                 for line in f:
                     try:
                         asin, url = json.loads(line)
                     except (ValueError, TypeError):
                         continue
                     if isinstance(asin, str) and isinstance(url, str):
-                        self.urls[asin] = url
+                        yield asin, url
         except FileNotFoundError:
             pass
 
@@ -179,9 +184,50 @@ def clean_partials(cache_dir):
     return n
 
 
+def download_iter(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=0.5,
+                  max_bytes=MAX_BYTES, known_url=None, log=None):
+    """Download ``items`` (iterable of ``(asin, urls)``) concurrently, streamed.
+
+    Yields ``(asin, path, url, reason)`` per item as each one finishes (not in item order: a
+    slow host never holds the others back): ``path`` the cache file (None when every URL
+    failed, ``reason`` says why; ``"cached"`` for an image already in the cache), ``url`` the
+    URL the image came from (for a cached image: ``known_url(asin)``, the cache's
+    :class:`UrlLog` record, or None). At most ``8 x workers`` items are in flight, so memory
+    does not grow with the number of items. ``log``: the cache's :class:`UrlLog`.
+    """
+    cache_dir = os.fspath(cache_dir)
+    log = log if log is not None else UrlLog(cache_dir)
+    known_url = known_url if known_url is not None else log.urls.get
+
+    def one(item):
+        asin, urls = item
+        reason, url = "no image URL", ""
+        for url in urls[:3]:
+            path, reason = fetch(asin, url, cache_dir, timeout, retries, backoff, max_bytes, log)
+            if path:
+                return asin, path, url, None
+        return asin, None, url, reason
+
+    workers = max(1, int(workers))
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        running = set()
+        for asin, urls in items:
+            dest = cache_path(cache_dir, asin)
+            if os.path.isfile(dest) and os.path.getsize(dest) > 0:
+                yield asin, dest, known_url(asin), "cached"
+                continue
+            running.add(ex.submit(one, (asin, urls)))
+            if len(running) >= 8 * workers:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+        for f in as_completed(running):
+            yield f.result()
+
+
 def download_all(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=0.5,
                  max_bytes=MAX_BYTES, progress=None, used_urls=None):
-    """Download ``items`` (iterable of ``(asin, urls)``) concurrently.
+    """Download ``items`` (iterable of ``(asin, urls)``) concurrently (in memory: see :func:`download_iter`).
 
     Returns ``(paths, failures, stats)``: ``paths`` maps ASIN -> cache file for the
     images now in the cache; ``failures`` is a list of ``{"asin", "url", "reason"}``;
@@ -193,43 +239,20 @@ def download_all(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=
     cache_dir = os.fspath(cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
     clean_partials(cache_dir)
-    log = UrlLog(cache_dir)
-    items = list(items)
     stats = {"cached": 0, "downloaded": 0, "failed": 0}
     paths, failures = {}, []
-    todo = []
-    for asin, urls in items:
-        dest = cache_path(cache_dir, asin)
-        if os.path.isfile(dest) and os.path.getsize(dest) > 0:
-            paths[asin] = dest
-            stats["cached"] += 1
-            if used_urls is not None and asin in log.urls:
-                used_urls[asin] = log.urls[asin]
+    items = list(items)
+    order = {asin: i for i, (asin, _) in enumerate(items)}
+    for asin, path, url, reason in download_iter(items, cache_dir, workers, timeout, retries, backoff, max_bytes):
+        if path:
+            paths[asin] = path
+            stats["cached" if reason == "cached" else "downloaded"] += 1
+            if used_urls is not None and url is not None:
+                used_urls[asin] = url
         else:
-            todo.append((asin, urls))
-    if progress is not None and stats["cached"]:
-        progress.update(stats["cached"])
-
-    def one(item):
-        asin, urls = item
-        reason, url = "no image URL", ""
-        for url in urls[:3]:
-            path, reason = fetch(asin, url, cache_dir, timeout, retries, backoff, max_bytes, log)
-            if path:
-                return asin, url, path, None
-        return asin, url, None, reason
-
-    if todo:
-        with ThreadPoolExecutor(max_workers=max(1, int(workers))) as ex:
-            for asin, url, path, reason in ex.map(one, todo):
-                if path:
-                    paths[asin] = path
-                    stats["downloaded"] += 1
-                    if used_urls is not None:
-                        used_urls[asin] = url
-                else:
-                    failures.append({"asin": asin, "url": url, "reason": reason})
-                    stats["failed"] += 1
-                if progress is not None:
-                    progress.update(1)
+            failures.append({"asin": asin, "url": url, "reason": reason})
+            stats["failed"] += 1
+        if progress is not None:
+            progress.update(1)
+    failures.sort(key=lambda f: order[f["asin"]])
     return paths, failures, stats

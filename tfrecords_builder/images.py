@@ -159,24 +159,30 @@ def process_item(task):
         return key, None, f"image error ({type(e).__name__})"
 
 
-def index_images_dir(images_dir):
-    """Map ASIN (file stem) -> path for the image files in ``images_dir`` (not recursive).
+def iter_image_files(images_dir):
+    """``(asin, path, rank)`` for the image files in ``images_dir`` (not recursive), streamed.
 
-    Files are named by ASIN with any common extension (``B000123.jpg``); when several
-    files share a stem the first extension in :data:`IMAGE_EXTENSIONS` order wins.
+    Files are named by ASIN with any common extension (``B000123.jpg``); ``rank`` is the
+    extension's place in :data:`IMAGE_EXTENSIONS` (lower wins when several files share a stem).
     """
-    images_dir = os.fspath(images_dir)
-    found = {}
     rank = {e: i for i, e in enumerate(IMAGE_EXTENSIONS)}
-    with os.scandir(images_dir) as it:
+    with os.scandir(os.fspath(images_dir)) as it:
         for entry in it:
             stem, ext = os.path.splitext(entry.name)
             ext = ext.lower()
-            if ext not in rank or not stem:
-                continue
             # no stat per file (slow on network disks); a folder or a dead link named like an
             # image fails later as an unreadable image and is reported
-            old = found.get(stem)
-            if old is None or rank[ext] < rank[os.path.splitext(old)[1].lower()]:
-                found[stem] = entry.path
+            if ext in rank and stem:
+                yield stem, entry.path, rank[ext]
+
+
+def index_images_dir(images_dir):
+    """Map ASIN (file stem) -> path for the image files in ``images_dir`` (see :func:`iter_image_files`).
+
+    In memory: build-data keeps the listing in its plan on disk instead (``tfrecords_builder.plan``).
+    """
+    found, best = {}, {}
+    for stem, path, r in iter_image_files(images_dir):
+        if stem not in best or r < best[stem]:
+            found[stem], best[stem] = path, r
     return found

@@ -1,5 +1,6 @@
 """The build report: ``build_report.json``, ``label_distribution.png`` and the summary table."""
 import os
+from collections import Counter
 
 from tfrecords_builder.splits import SPLIT_NAMES
 
@@ -70,3 +71,29 @@ def summary_table(report):
                  f"build {t['build_s']:.1f} s, {t['images_per_s']:.1f} images/s)")
     lines.append(f"report: {os.path.join(report['data_dir'], 'build_report.json')}")
     return "\n".join(lines)
+
+
+MAX_FAILURES_LISTED = 100_000
+
+
+class FailureLog:
+    """Every failure counted (by reason); the first ``MAX_FAILURES_LISTED`` kept for the report."""
+
+    def __init__(self):
+        self.listed, self.reasons, self.count = [], Counter(), 0
+
+    def append(self, record):
+        self.count += 1
+        self.reasons[record["reason"]] += 1
+        if len(self.listed) < MAX_FAILURES_LISTED:
+            self.listed.append(record)
+
+    def extend(self, records):
+        for r in records:
+            self.append(r)
+
+    def __iter__(self):
+        return iter(self.listed)
+
+    def __len__(self):
+        return self.count
