@@ -125,12 +125,11 @@ def stages(n, d, args):
 def serve_stage(n, d):
     """A short load on ``amazon-visual serve`` over the local index (serve_load.py's server and clients):
     QPS, p50/p99 per kind, errors, and the server's RSS once loaded and after the load."""
+    import pandas as pd
     import psutil
     import serve_load as sl
 
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2")
-    import pandas as pd
-
     asins = pd.read_csv(os.path.join(d["index"], "items.csv"), usecols=["asin"], nrows=5000)["asin"].tolist()
     names = sorted(os.listdir(d["images_dir"]))[:64]
     photos = [open(os.path.join(d["images_dir"], f), "rb").read() for f in names]
@@ -142,12 +141,12 @@ def serve_stage(n, d):
         rss_loaded = proc.memory_info().rss
         res = sl.run_load(server, sl.jobs_of("mixed", SERVE_REQUESTS, asins, photos), SERVE_CLIENTS, 10)
         rss_after = proc.memory_info().rss
+    peak_mb = round(max(rss_loaded, rss_after) / 2**20, 1)  # one process: the tree is the process
     return {"stage": "serve (short load)", "n": n, "items": res["requests"], "wall_s": res["seconds"],
             "items_per_s": res["qps"], "errors": res["errors"], "ready_s": round(ready_s, 1),
             "asin_p50_ms": res.get("asin", {}).get("p50_ms"), "asin_p99_ms": res.get("asin", {}).get("p99_ms"),
             "photo_p50_ms": res.get("photo", {}).get("p50_ms"), "photo_p99_ms": res.get("photo", {}).get("p99_ms"),
-            "peak_rss_tree_mb": round(max(rss_loaded, rss_after) / 2**20, 1),
-            "peak_rss_one_mb": round(max(rss_loaded, rss_after) / 2**20, 1),
+            "peak_rss_tree_mb": peak_mb, "peak_rss_one_mb": peak_mb,
             "rss_loaded_mb": round(rss_loaded / 2**20, 1), "load_1min": round((load0 + os.getloadavg()[0]) / 2, 2)}
 
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from builder_fixtures import bomb_png, forged_gif, forged_jpeg, image_bytes, large_jpeg, png_bomb
 from tfrecords_builder import images
-from tfrecords_builder.images import ImageError, index_images_dir, normalize, process_item
+from tfrecords_builder.images import ImageError, iter_image_files, normalize, process_item
 
 GOOD = ["jpeg", "png", "cmyk", "palette", "rgba", "la", "16bit", "gray", "gif", "webp", "big"]
 
@@ -133,9 +133,18 @@ def test_missing_file_is_an_image_error(tmp_path):
         normalize(str(tmp_path / "nope.jpg"), 64)
 
 
-def test_index_images_dir(tmp_path):
+def test_image_files_of_a_folder(tmp_path):
+    """The folder's listing as build-data keeps it (in its plan): one file per ASIN, the preferred extension."""
+    from tfrecords_builder.plan import PlanStore
+
+    folder = tmp_path / "images"
+    folder.mkdir()
     for name in ["B1.jpg", "B2.PNG", "B3.webp", "B3.gif", "notes.txt", ".jpg"]:
-        (tmp_path / name).write_bytes(b"x")
-    idx = index_images_dir(str(tmp_path))
-    assert sorted(idx) == ["B1", "B2", "B3"]
+        (folder / name).write_bytes(b"x")
+    assert sorted(stem for stem, _, _ in iter_image_files(str(folder))) == ["B1", "B2", "B3", "B3"]
+    store = PlanStore(str(tmp_path / "plan.sqlite"))
+    store.add_image_files(iter_image_files(str(folder)))
+    idx = {a: store.image_file(a) for a in ("B1", "B2", "B3", "notes", "")}
+    store.close()
+    assert sorted(a for a, path in idx.items() if path) == ["B1", "B2", "B3"]
     assert idx["B3"].endswith("B3.gif")  # extension order: .jpg .jpeg .png .gif .webp ...

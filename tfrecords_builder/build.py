@@ -461,6 +461,7 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
         except ImportError:
             pass
         n_items = store.count()
+        before = failures.count  # the image failures are what the build adds (every attempt, both modes)
         bar = _tqdm(progress and not beam, desc="writing examples", total=n_items, unit=" img")
         plan = BuildPlan(class_names=final_names, store=store, image_size=image_size, pool=pool, beam=bool(beam),
                          failures_dir=failures_dir, failures=failures, progress=bar)
@@ -470,7 +471,6 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
             bar.close()
         t_build = time.time()
         version_dir = os.fspath(builder.data_dir)
-        before = failures.count
         if beam:
             import json as _json
 
@@ -480,7 +480,7 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
                         if line.strip():
                             failures.append(dict(_json.loads(line), stage="image"))
             plan.counts = _read_back_counts(version_dir, final_names)
-        drops["image_failed"] += failures.count - before if beam else plan.image_failures
+        drops["image_failed"] += failures.count - before
 
         written = Counter()
         for per_label in plan.counts.values():

@@ -36,7 +36,6 @@ class BuildPlan:
     failures: object = None  # non-beam: a tfrecords_builder.report.FailureLog ({"asin", "url", "reason", "stage"})
     counts: dict = field(default_factory=dict)  # split -> [count per label]
     progress: object = None  # tqdm bar updated per processed image
-    image_failures: int = 0  # non-beam: images that failed, over every attempt
     _stream: object = None
 
     def split_names(self):
@@ -157,7 +156,6 @@ class AmazonProducts(tfds.core.GeneratorBasedBuilder):
             if jpeg is None:
                 plan.failures.append({"asin": item["asin"], "url": item["image_url"], "reason": reason,
                                       "stage": "image"})
-                plan.image_failures += 1
                 plan.store.image_failed(item["asin"])
                 continue
             counts[item["label"]] += 1

@@ -175,14 +175,3 @@ def iter_image_files(images_dir):
             if ext in rank and stem:
                 yield stem, entry.path, rank[ext]
 
-
-def index_images_dir(images_dir):
-    """Map ASIN (file stem) -> path for the image files in ``images_dir`` (see :func:`iter_image_files`).
-
-    In memory: build-data keeps the listing in its plan on disk instead (``tfrecords_builder.plan``).
-    """
-    found, best = {}, {}
-    for stem, path, r in iter_image_files(images_dir):
-        if stem not in best or r < best[stem]:
-            found[stem], best[stem] = path, r
-    return found

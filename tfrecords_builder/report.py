@@ -87,13 +87,3 @@ class FailureLog:
         self.reasons[record["reason"]] += 1
         if len(self.listed) < MAX_FAILURES_LISTED:
             self.listed.append(record)
-
-    def extend(self, records):
-        for r in records:
-            self.append(r)
-
-    def __iter__(self):
-        return iter(self.listed)
-
-    def __len__(self):
-        return self.count
