@@ -102,8 +102,10 @@ async def _lifespan(app):
     try:
         loop.add_signal_handler(signal.SIGHUP, lambda: threading.Thread(target=holder.reload, args=("SIGHUP",),
                                                                          daemon=True).start())
-    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests), or no SIGHUP
-        pass
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+        # not the main thread (an embedded server, tests), or an event loop without signal handlers (Windows)
+        log.info("reload on SIGHUP is not available here (%s); the index still reloads when its manifest "
+                 "changes (--reload-poll)", type(e).__name__)
     if app.state.settings.warm_up:
         threading.Thread(target=_warm_up, args=(holder,), name="model-warm-up", daemon=True).start()
     try:
