@@ -98,6 +98,9 @@ def add_build_data(sub):
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per-request timeout (default 10 s)")
     p.add_argument("--retries", type=int, default=3, metavar="N",
                    help="retries on timeouts, connection errors and 5xx (default 3)")
+    p.add_argument("--shuffle-buffer-mb", type=float, metavar="MB",
+                   help="memory the local writer may use to shuffle a split before it spills to disk "
+                        "(default 64; the dataset is the same whatever the value)")
     p.add_argument("--beam", action="store_true", help="run the builder through Apache Beam (DirectRunner by default)")
     p.add_argument("--beam-options", action="append", metavar="OPTS",
                    help="Beam pipeline options as one string, e.g. "
@@ -110,7 +113,7 @@ def add_build_data(sub):
 
 
 def _run_build_data(args):
-    from tfrecords_builder.build import build_data
+    from tfrecords_builder.build import SHUFFLE_BUFFER_MB, build_data
     from tfrecords_builder.report import summary_table
 
     report = build_data(
@@ -120,6 +123,7 @@ def _run_build_data(args):
         image_size=args.image_size, splits=args.splits, seed=args.seed, workers=args.workers,
         beam=args.beam, beam_options=args.beam_options, overwrite=args.overwrite,
         download_workers=args.download_workers, timeout=args.timeout, retries=args.retries,
+        shuffle_buffer_mb=SHUFFLE_BUFFER_MB if args.shuffle_buffer_mb is None else args.shuffle_buffer_mb,
         progress=not args.no_progress)
     if args.json:
         print_json(report)

@@ -7,6 +7,7 @@ process as a user would run it:
 
     build-data (local, --workers 2)           build-data --beam (DirectRunner, 2 processes)
     build-data --download (loopback HTTP)     [--download-stage]
+    build-data (1 GB buffer): TFDS's own shuffle memory, the baseline of --shuffle-buffer-mb  [only in --stages]
     train, one epoch (alexnet width 0.25, 32 px)
     index (local)                             index --beam (DirectRunner, 2 processes)
     eval-retrieval (test split against the rest)
@@ -23,6 +24,7 @@ embeddings. Usage::
     python benchmarks/growth.py --sizes 1000 --work /tmp/av_growth_quick          # a smoke run
 """
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -40,6 +42,7 @@ sys.path.insert(0, ROOT)
 import synthetic_catalog as sc  # noqa: E402
 
 SERVE_REQUESTS, SERVE_CLIENTS = 1000, 8
+OPT_IN = {"build-data (1 GB buffer)"}  # run only when named in --stages: the baseline of the shuffle buffer
 
 BEAM = "--direct_num_workers=2 --direct_running_mode=multi_processing"
 TRAIN = ("import sys; from amazon_visual import training; "
@@ -101,6 +104,26 @@ def same_index(a, b):
     return True
 
 
+def same_shards(a, b):
+    """Whether two DATA_DIRs hold the same examples in the same order in the same shard files (compared
+    as parsed ``tf.train.Example``s: the bytes of a proto map's entries may come in another order from
+    another process)."""
+    import tensorflow as tf
+
+    names = sorted(f for f in os.listdir(a) if ".tfrecord" in f)
+    if names != sorted(f for f in os.listdir(b) if ".tfrecord" in f):
+        return False
+    for f in names:
+        left = tf.data.TFRecordDataset(os.path.join(a, f)).as_numpy_iterator()
+        right = tf.data.TFRecordDataset(os.path.join(b, f)).as_numpy_iterator()
+        for x, y in itertools.zip_longest(left, right):
+            if x is None or y is None:
+                return False
+            if x != y and tf.train.Example.FromString(x) != tf.train.Example.FromString(y):
+                return False
+    return True
+
+
 def stages(n, d, args):
     """The stages of one size, in order: (name, command, items it processes, output folder)."""
     meta, classes, images = d["metadata"], d["classes"], d["images_dir"]
@@ -108,6 +131,8 @@ def stages(n, d, args):
     out = []
     out.append(("build-data", cli("build-data", *common, "--images-dir", images, "--workers", "2",
                                   "--out", d["data"]), n, d["data"]))
+    out.append(("build-data (1 GB buffer)", cli("build-data", *common, "--images-dir", images, "--workers", "2",
+                                                "--shuffle-buffer-mb", "1000", "--out", d["data_1gb"]), n, d["data_1gb"]))
     out.append(("build-data --beam", cli("build-data", *common, "--images-dir", images, "--beam",
                                          f"--beam-options={BEAM}", "--out", d["data_beam"]), n, d["data_beam"]))
     if args.download_stage:
@@ -157,7 +182,8 @@ def run_size(n, args):
     if os.path.isdir(root):
         shutil.rmtree(root)
     d = {k: os.path.join(root, v) for k, v in {"catalog": "catalog", "data": "data", "data_beam": "data-beam",
-                                                "data_dl": "data-download", "cache": "image-cache", "run": "run",
+                                                "data_dl": "data-download", "data_1gb": "data-1gb",
+                                                "cache": "image-cache", "run": "run",
                                                 "index": "index", "index_beam": "index-beam"}.items()}
     log = os.path.join(root, "stages.log")
     os.makedirs(root)
@@ -168,7 +194,7 @@ def run_size(n, args):
     wanted = [x.strip() for x in args.stages.split(",")] if args.stages else None
     try:
         for name, cmd, items, folder in stages(n, d, args):
-            if wanted is not None and name not in wanted:
+            if (name not in wanted) if wanted is not None else name in OPT_IN:
                 continue
             if items is None and name.startswith("train"):
                 items = avdata.num_examples(d["data"], "train")
@@ -190,6 +216,9 @@ def run_size(n, args):
         server.shutdown()
     if os.path.isdir(d["index"]) and os.path.isdir(d["index_beam"]):
         rows.append({"stage": "check", "n": n, "beam_index_equals_local": same_index(d["index"], d["index_beam"])})
+        print(json.dumps(rows[-1]), flush=True)
+    if os.path.isdir(d["data"]) and os.path.isdir(d["data_1gb"]):
+        rows.append({"stage": "check", "n": n, "same_dataset_whatever_the_buffer": same_shards(d["data"], d["data_1gb"])})
         print(json.dumps(rows[-1]), flush=True)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)

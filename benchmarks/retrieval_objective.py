@@ -17,9 +17,13 @@ loaded through KERAS_HOME and ``weights="imagenet"``), the same image size and t
 To fit two CPU cores, (b) and (c) are trained as the ``head`` phase of ``train`` with
 pretrained weights: the backbone is frozen, so its pooled features are computed once per
 photo and cached, and only the heads train on them (no augmentation: features are cached).
-Both heads get the same optimiser as ``train`` (AdamW, lr 1e-3, weight decay 1e-4), at most
+Both heads get the optimiser and learning-rate schedule of ``train``'s head phase (AdamW, weight
+decay 1e-4, the pretrained recipe's warm-up then cosine decay from 1e-3 over ``--epochs``), at most
 ``--epochs`` epochs over the train split and early stopping (patience 5) on their own
 validation measure (accuracy for (b), precision@10 for (c), as ``train``), at D = 128 and 512.
+Each head is trained once per ``--seeds`` seed (initial weights, dropout, batch order); the
+tables show the mean over the seeds and P@10 / mAP@10 per seed, and the targets are judged on
+the means.
 
 Queries: the test split; gallery: train + validation (as ``eval-retrieval --queries test``).
 Reported per variant: precision@10, mAP@10, recall@1 (the top result has the query's class),
@@ -91,14 +95,24 @@ def _early_stop(monitor):
     return keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=5, restore_best_weights=True)
 
 
-def train_classifier(train, val, num_classes, dim, epochs):
+def _schedule(epochs, steps):
+    """The learning rate of ``train``'s head phase: the pretrained recipe's warm-up then cosine decay."""
+    from amazon_visual.training.callbacks import WarmupCosine
+    from amazon_visual.training.recipes import RECIPES
+
+    rec = RECIPES["pretrained"]
+    return WarmupCosine(rec["learning_rate"], total_steps=epochs * steps, warmup=rec["warmup"],
+                        min_factor=rec["min_lr_factor"])
+
+
+def train_classifier(train, val, num_classes, dim, epochs, seed=SEED):
     """(b): the classifier head on cached features, compiled as ``train`` compiles it; -> feature -> embedding model."""
     import keras
 
     from amazon_visual.models.heads import classification_head
     from amazon_visual.training.phases import compile_model
 
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(seed)
     inp = keras.Input((train[0].shape[1],))
     model = keras.Model(inp, classification_head(inp, num_classes, embedding_dim=dim, pool=False))
     compile_model(model, MODEL, 1e-3)
@@ -107,11 +121,12 @@ def train_classifier(train, val, num_classes, dim, epochs):
     weights = {int(i): float(counts.sum() / (present.sum() * c)) for i, c in enumerate(counts) if c > 0}
     hot = np.eye(num_classes, dtype=np.float32)
     model.fit(train[0], hot[train[1]], batch_size=32, epochs=epochs, validation_data=(val[0], hot[val[1]]),
-              class_weight=weights, callbacks=[_early_stop("val_accuracy")], verbose=0)
+              class_weight=weights, verbose=0,
+              callbacks=[_schedule(epochs, math.ceil(len(train[1]) / 32)), _early_stop("val_accuracy")])
     return keras.Model(inp, model.get_layer("embedding").output)
 
 
-def train_retrieval(train, val, num_classes, dim, epochs, loss):
+def train_retrieval(train, val, num_classes, dim, epochs, loss, seed=SEED):
     """(c): the retrieval head on cached features with P x K batches; -> feature -> embedding model."""
     import keras
     import tensorflow as tf
@@ -122,17 +137,18 @@ def train_retrieval(train, val, num_classes, dim, epochs, loss):
     from amazon_visual.training.retrieval_validation import RetrievalValidation
     from amazon_visual.training.sampler import pk_stream
 
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(seed)
     inp = keras.Input((train[0].shape[1],))
     net = keras.Model(inp, projection_head(inp, dim))
     fit_model = training_model(net, loss, num_classes)
     fit_model.compile(optimizer=make_optimizer(MODEL, 1e-3, 1e-4), loss=make_loss(loss))
     counts = np.bincount(train[1], minlength=num_classes)
     p, k = min(16, int((counts > 0).sum())), 4
-    ds = pk_stream(tf.data.Dataset.from_tensor_slices(train), counts, p, k, seed=SEED).batch(p * k)
+    ds = pk_stream(tf.data.Dataset.from_tensor_slices(train), counts, p, k, seed=seed).batch(p * k)
     val_cb = RetrievalValidation(net, tf.data.Dataset.from_tensor_slices(val).batch(256))
-    fit_model.fit(ds, epochs=epochs, steps_per_epoch=math.ceil(len(train[1]) / (p * k)),
-                  callbacks=[val_cb, _early_stop("val_precision_at_10")], shuffle=False, verbose=0)
+    steps = math.ceil(len(train[1]) / (p * k))
+    fit_model.fit(ds, epochs=epochs, steps_per_epoch=steps, shuffle=False, verbose=0,
+                  callbacks=[_schedule(epochs, steps), val_cb, _early_stop("val_precision_at_10")])
     return net
 
 
@@ -168,7 +184,7 @@ def _embed(model, x):
     return np.asarray(model.predict(x, batch_size=512, verbose=0), np.float32)
 
 
-def seen_classes_table(feats, num_classes, dims, epochs, losses):
+def seen_classes_table(feats, num_classes, dims, epochs, losses, seed=SEED):
     """Rows of the main table: every variant, test queries against train + validation."""
     from sklearn.decomposition import PCA
 
@@ -182,20 +198,20 @@ def seen_classes_table(feats, num_classes, dims, epochs, losses):
                      **measure(pca.transform(test[0]), test[1], pca.transform(gallery_x), gallery_y)})
     for dim in dims:
         t0 = time.time()
-        m = train_classifier(train, val, num_classes, dim, epochs)
+        m = train_classifier(train, val, num_classes, dim, epochs, seed)
         rows.append({"variant": "(b) classifier", "train_seconds": round(time.time() - t0, 1),
                      **measure(_embed(m, test[0]), test[1], _embed(m, gallery_x), gallery_y)})
         _log(f"(b) dim {dim}: {rows[-1]}")
         for loss in losses:
             t0 = time.time()
-            m = train_retrieval(train, val, num_classes, dim, epochs, loss)
+            m = train_retrieval(train, val, num_classes, dim, epochs, loss, seed)
             rows.append({"variant": f"(c) retrieval, {loss}", "train_seconds": round(time.time() - t0, 1),
                          **measure(_embed(m, test[0]), test[1], _embed(m, gallery_x), gallery_y)})
             _log(f"(c) {loss} dim {dim}: {rows[-1]}")
     return rows
 
 
-def held_out_table(feats, names, holdout, dims, epochs, loss):
+def held_out_table(feats, names, holdout, dims, epochs, loss, seed=SEED):
     """(a), (b), (c) with the ``holdout`` classes kept out of training: their test photos against everything."""
     hold = [names.index(h) for h in holdout]
     train, val, test = feats["train"], feats["validation"], feats["test"]
@@ -213,9 +229,9 @@ def held_out_table(feats, names, holdout, dims, epochs, loss):
     rows = [{"variant": "(a) raw backbone", **measure(test[0][q], test[1][q], gallery_x, gallery_y)}]
     for dim in dims:
         for variant, fit in (("(b) classifier", lambda: train_classifier(seen(train), seen(val), n_seen, dim,
-                                                                           epochs)),
+                                                                           epochs, seed)),
                              (f"(c) retrieval, {loss}", lambda: train_retrieval(seen(train), seen(val), n_seen,
-                                                                               dim, epochs, loss))):
+                                                                               dim, epochs, loss, seed))):
             m = fit()
             rows.append({"variant": variant, **measure(_embed(m, test[0][q]), test[1][q], _embed(m, gallery_x),
                                                        gallery_y)})
@@ -247,14 +263,34 @@ def product_path(data_dir, image_size, work, epochs, minutes):
             "n_queries": r["n_queries"], "n_gallery": r["n_indexed"]}
 
 
+METRICS = ("precision_at_10", "map_at_10", "recall_at_1", "index_bytes", "latency_ms_p50", "latency_ms_p99")
+
+
+def mean_over_seeds(rows):
+    """One row per (variant, dim): the mean of each figure over the seeds, and P@10 / mAP@10 per seed."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["dim"]), []).append(r)
+    out = []
+    for (variant, dim), rs in groups.items():
+        row = {"variant": variant, "dim": dim, "seeds": [r["seed"] for r in rs]}
+        row.update({m: float(np.mean([r[m] for r in rs])) for m in METRICS})
+        row["precision_at_10_by_seed"] = [round(r["precision_at_10"], 3) for r in rs]
+        row["map_at_10_by_seed"] = [round(r["map_at_10"], 3) for r in rs]
+        out.append(row)
+    return out
+
+
 def markdown(rows, title):
-    head = (f"\n**{title}**\n\n| variant | dim | P@10 | mAP@10 | R@1 | index (KiB) | latency p50 / p99 (ms) |\n"
-            "|---|---:|---:|---:|---:|---:|---:|")
+    head = (f"\n**{title}**\n\n| variant | dim | P@10 | mAP@10 | R@1 | index (KiB) | latency p50 / p99 (ms) "
+            "| P@10 by seed | mAP@10 by seed |\n|---|---:|---:|---:|---:|---:|---:|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['dim']} | {r['precision_at_10']:.3f} | {r['map_at_10']:.3f} | "
                      f"{r['recall_at_1']:.3f} | {r['index_bytes'] / 1024:.0f} | "
-                     f"{r['latency_ms_p50']:.3f} / {r['latency_ms_p99']:.3f} |")
+                     f"{r['latency_ms_p50']:.3f} / {r['latency_ms_p99']:.3f} | "
+                     f"{' / '.join(f'{v:.3f}' for v in r.get('precision_at_10_by_seed', [r['precision_at_10']]))} | "
+                     f"{' / '.join(f'{v:.3f}' for v in r.get('map_at_10_by_seed', [r['map_at_10']]))} |")
     return "\n".join(lines)
 
 
@@ -262,8 +298,16 @@ def _find(rows, variant, dim):
     return next(r for r in rows if r["variant"] == variant and r["dim"] == dim)
 
 
+def _by_seed(a, b, m):
+    """`` (per seed: ...)`` of a - b on ``m`` when both rows carry per-seed figures."""
+    key = f"{m}_by_seed"
+    if key not in a or key not in b or len(a[key]) < 2:
+        return ""
+    return " (per seed: " + ", ".join(f"{x - y:+.3f}" for x, y in zip(a[key], b[key])) + ")"
+
+
 def verdicts(seen, held, dims, loss):
-    """The issue's targets, each with its margin."""
+    """The issue's targets on the means over the seeds, each with its margin (and per seed)."""
     c = f"(c) retrieval, {loss}"
     raw = next(r for r in seen if r["variant"] == "(a) raw backbone")
     out = []
@@ -274,15 +318,18 @@ def verdicts(seen, held, dims, loss):
             for m in ("precision_at_10", "map_at_10"):
                 d = _find(seen, c, dim)[m] - b[m]
                 verdict = "met" if d >= 0.03 else "MISSED"
-                out.append(f"dim {dim}: (c) - {base} on {m} = {d:+.3f} (target >= +0.03: {verdict})")
+                out.append(f"dim {dim}: (c) - {base} on {m} = {d:+.3f} (target >= +0.03: {verdict})"
+                           + _by_seed(_find(seen, c, dim), b, m))
     small, big = min(dims), max(dims)
     for m in ("precision_at_10", "map_at_10", "recall_at_1"):
         d = _find(seen, c, small)[m] - _find(seen, c, big)[m]
-        out.append(f"(c) {small}-d - {big}-d on {m} = {d:+.3f} (target >= -0.01: {'met' if d >= -0.01 else 'MISSED'})")
+        out.append(f"(c) {small}-d - {big}-d on {m} = {d:+.3f} (target >= -0.01: {'met' if d >= -0.01 else 'MISSED'})"
+                   + _by_seed(_find(seen, c, small), _find(seen, c, big), m))
     for dim in dims:
         for m in ("precision_at_10", "map_at_10", "recall_at_1"):
             d = _find(held, c, dim)[m] - _find(held, "(b) classifier", dim)[m]
-            out.append(f"held-out, dim {dim}: (c) - (b) on {m} = {d:+.3f} (target > 0: {'met' if d > 0 else 'MISSED'})")
+            out.append(f"held-out, dim {dim}: (c) - (b) on {m} = {d:+.3f} (target > 0: {'met' if d > 0 else 'MISSED'})"
+                       + _by_seed(_find(held, c, dim), _find(held, "(b) classifier", dim), m))
     return out
 
 
@@ -294,6 +341,7 @@ def main(argv=None):
     ap.add_argument("--dims", default="128,512")
     ap.add_argument("--loss", default="multi_similarity", help="the loss of the headline (c)")
     ap.add_argument("--other-losses", default="", help="also reported, not headline (e.g. supcon,proxy_anchor,arcface)")
+    ap.add_argument("--seeds", default="0,1,2", help="each head is trained once per seed; tables show the mean")
     ap.add_argument("--holdout", default="outwear,shorts", help="the 2 classes kept out of training")
     ap.add_argument("--e2e-epochs", type=int, default=3, help="epochs of the product-path run (0: skip it)")
     ap.add_argument("--e2e-minutes", type=float, default=5.0)
@@ -313,13 +361,20 @@ def main(argv=None):
     feats, feat_seconds = backbone_features(data_dir, args.image_size, args.work)
     dims = [int(d) for d in args.dims.split(",")]
     losses = [args.loss] + [x for x in args.other_losses.split(",") if x and x != args.loss]
-    seen = seen_classes_table(feats, len(names), dims, args.epochs, losses)
-    held = held_out_table(feats, names, args.holdout.split(","), dims, args.epochs, args.loss)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    seen_runs, held_runs = [], []
+    for seed in seeds:
+        seen_runs += [dict(r, seed=seed) for r in seen_classes_table(feats, len(names), dims, args.epochs, losses,
+                                                                     seed)]
+        held_runs += [dict(r, seed=seed) for r in held_out_table(feats, names, args.holdout.split(","), dims,
+                                                                 args.epochs, args.loss, seed)]
+    seen, held = mean_over_seeds(seen_runs), mean_over_seeds(held_runs)
     e2e = []
     if args.e2e_epochs:
         e2e.append(product_path(data_dir, args.image_size, args.work, args.e2e_epochs, args.e2e_minutes))
     result = {"image_size": args.image_size, "model": MODEL, "classes": names, "holdout": args.holdout.split(","),
-              "feature_seconds": round(feat_seconds, 1), "seen": seen, "held_out": held, "product_path": e2e,
+              "feature_seconds": round(feat_seconds, 1), "seeds": seeds, "seen": seen, "held_out": held,
+              "seen_by_seed": seen_runs, "held_out_by_seed": held_runs, "product_path": e2e,
               "verdicts": verdicts(seen, held, dims, args.loss), "total_seconds": round(time.time() - t_start, 1),
               "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
     with open(os.path.join(args.work, "results.json"), "w") as f:

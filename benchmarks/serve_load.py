@@ -7,9 +7,11 @@ Traffic goes only to 127.0.0.1. Phases, each against a fresh ``amazon-visual ser
 1. in process (no HTTP): decode, resize, model on batches of ``--concurrency`` photos (the
    largest batch that many concurrent clients can form), then the index search and result
    rows of each: images per second;
-2. server, batching on (``--max-batch``, ``--max-wait-ms``): ASIN queries only; photo uploads
-   only; a mixed run (one photo in four);
-3. server, batching off (``--max-batch 1``): photo uploads only.
+2. server, batching on (``--max-batch``, ``--max-wait-ms``): ASIN queries only; the same from
+   ``wrk`` when it is installed (a C load generator, ``--wrk-seconds`` long: the Python clients
+   take a large share of the 2 cores the server needs, wrk little); photo uploads only (and
+   from wrk); a mixed run (one photo in four);
+3. server, batching off (``--max-batch 1``): photo uploads only (and from wrk).
 
 It prints each phase's QPS, p50/p99 latency and errors, then the ratios and the targets of
 issue 10 (0 errors; ASIN >= 500 QPS with p99 < 20 ms; photo QPS >= 0.8x in process and
@@ -48,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--wrk-seconds", type=float, default=5.0,
+                   help="also run the ASIN phase from wrk (a C load generator) for this long, when wrk is "
+                        "installed (0: skip)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON document")
     return p.parse_args(argv)
 
@@ -221,6 +226,83 @@ def summarize(records, wall):
     return out
 
 
+WRK_SCRIPT = r"""
+-- POST /v1/search?k=K, cycling through the request bodies whose files are listed, one per line,
+-- in the file given after "--" (its second argument: the Content-Type of the bodies)
+local bodies, ctype, i = {}, nil, 0
+function init(args)
+  ctype = args[2]
+  for path in io.lines(args[1]) do
+    local f = assert(io.open(path, "rb"))
+    bodies[#bodies + 1] = f:read("*a")
+    f:close()
+  end
+end
+function request()
+  i = i + 1
+  return wrk.format("POST", "/v1/search?k=" .. K, {["Content-Type"] = ctype}, bodies[(i * 7) % #bodies + 1])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests": %d, "duration_us": %d, "socket_errors": %d, "non_2xx": %d, '
+    .. '"p50_us": %d, "p99_us": %d, "max_us": %d}\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+BOUNDARY = "avbenchboundary7d1f"
+
+
+def wrk_bodies(kind, asins, photos, work):
+    """Request bodies on disk for wrk: ({"asin": ...} JSON | multipart photo uploads) -> (list file, Content-Type)."""
+    folder = os.path.join(work, f"wrk-{kind}")
+    os.makedirs(folder, exist_ok=True)
+    if kind == "asin":
+        bodies, ctype = [json.dumps({"asin": a}).encode() for a in asins], "application/json"
+    else:
+        head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.jpg\"\r\n"
+                "Content-Type: image/jpeg\r\n\r\n").encode()
+        bodies = [head + p + f"\r\n--{BOUNDARY}--\r\n".encode() for p in photos]
+        ctype = f"multipart/form-data; boundary={BOUNDARY}"
+    paths = []
+    for n, body in enumerate(bodies):
+        paths.append(os.path.join(folder, f"{n:05d}.body"))
+        with open(paths[-1], "wb") as f:
+            f.write(body)
+    listing = os.path.join(folder, "bodies.txt")
+    with open(listing, "w") as f:
+        f.write("\n".join(paths) + "\n")
+    return listing, ctype
+
+
+def run_wrk(server, kind, asins, photos, concurrency, k, seconds, work):
+    """``kind`` ("asin" | "photo") queries from ``wrk``, a C load generator (1 thread, ``concurrency``
+    keep-alive connections, ``seconds`` long), so that the client takes little of the CPU the
+    server shares; None when wrk is not installed."""
+    import shutil
+
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    script = os.path.join(work, "search.lua")
+    with open(script, "w") as f:
+        f.write(f"K = {int(k)}\n" + WRK_SCRIPT)
+    listing, ctype = wrk_bodies(kind, asins, photos, work)
+    cpu0 = server.cpu_seconds()
+    out = subprocess.run([exe, "-t1", f"-c{concurrency}", f"-d{max(1, int(round(seconds)))}s", "--timeout", "10s",
+                          "-s", script, f"http://127.0.0.1:{server.port}", "--", listing, ctype],
+                         capture_output=True, text=True, check=True)
+    cpu1 = server.cpu_seconds()
+    r = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("WRK "))[4:])
+    wall = r["duration_us"] / 1e6
+    res = {"client": "wrk", "requests": r["requests"], "seconds": round(wall, 3), "qps": round(r["requests"] / wall, 1),
+           "errors": r["socket_errors"] + r["non_2xx"],
+           kind: {"requests": r["requests"], "qps": round(r["requests"] / wall, 1),
+                  "p50_ms": round(r["p50_us"] / 1000, 2), "p99_ms": round(r["p99_us"] / 1000, 2)}}
+    if cpu0 is not None and cpu1 is not None:
+        res["server_cpu_ms_per_request"] = round((cpu1 - cpu0) * 1000 / max(1, r["requests"]), 3)
+    return res
+
+
 def jobs_of(kind, n, asins, photos, photo_every=4):
     asin_bodies = [json.dumps({"asin": a}).encode() for a in asins]
     out = []
@@ -248,11 +330,16 @@ def main(argv=None):
     with Server(index_dir, env, args.max_batch, args.max_wait_ms) as srv:
         run_load(srv, jobs_of("mixed", 64, asins, photos), c, k)  # warm up
         res["asin"] = run_load(srv, jobs_of("asin", args.requests, asins, photos), c, k)
+        if args.wrk_seconds:
+            res["asin_wrk"] = run_wrk(srv, "asin", asins, photos, c, k, args.wrk_seconds, args.work)
+            res["photo_batched_wrk"] = run_wrk(srv, "photo", asins, photos, c, k, 2 * args.wrk_seconds, args.work)
         res["photo_batched"] = run_load(srv, jobs_of("photo", args.photo_requests, asins, photos), c, k)
         res["mixed"] = run_load(srv, jobs_of("mixed", args.requests, asins, photos), c, k)
     with Server(index_dir, env, 1, 0) as srv:
         run_load(srv, jobs_of("photo", 32, asins, photos), c, k)  # warm up
         res["photo_unbatched"] = run_load(srv, jobs_of("photo", args.photo_requests // 2, asins, photos), c, k)
+        if args.wrk_seconds:
+            res["photo_unbatched_wrk"] = run_wrk(srv, "photo", asins, photos, c, k, 2 * args.wrk_seconds, args.work)
     res["load_after"] = os.getloadavg()
     report(res, args)
 
@@ -261,11 +348,22 @@ def report(res, args):
     photo_qps = res["photo_batched"]["qps"]
     ratios = {"photo_vs_in_process": round(photo_qps / res["in_process_img_per_s"], 2),
               "photo_vs_unbatched": round(photo_qps / res["photo_unbatched"]["qps"], 2)}
-    errors = sum(res[p]["errors"] for p in ("asin", "photo_batched", "mixed", "photo_unbatched"))
+    phases = [p for p in ("asin", "asin_wrk", "photo_batched", "photo_batched_wrk", "mixed", "photo_unbatched",
+                          "photo_unbatched_wrk") if res.get(p)]
+    errors = sum(res[p]["errors"] for p in phases)
     targets = {"0 errors": errors == 0,
                "ASIN >= 500 QPS": res["asin"]["qps"] >= 500, "ASIN p99 < 20 ms": res["asin"]["asin"]["p99_ms"] < 20,
                "photo >= 0.8x in process": ratios["photo_vs_in_process"] >= 0.8,
                "photo >= 3x unbatched": ratios["photo_vs_unbatched"] >= 3}
+    if res.get("asin_wrk"):
+        targets["ASIN >= 500 QPS (wrk client)"] = res["asin_wrk"]["qps"] >= 500
+        targets["ASIN p99 < 20 ms (wrk client)"] = res["asin_wrk"]["asin"]["p99_ms"] < 20
+    if res.get("photo_batched_wrk") and res.get("photo_unbatched_wrk"):
+        wrk_qps = res["photo_batched_wrk"]["qps"]
+        ratios["photo_vs_in_process_wrk"] = round(wrk_qps / res["in_process_img_per_s"], 2)
+        ratios["photo_vs_unbatched_wrk"] = round(wrk_qps / res["photo_unbatched_wrk"]["qps"], 2)
+        targets["photo >= 0.8x in process (wrk client)"] = ratios["photo_vs_in_process_wrk"] >= 0.8
+        targets["photo >= 3x unbatched (wrk client)"] = ratios["photo_vs_unbatched_wrk"] >= 3
     res.update(ratios=ratios, errors=errors, targets=targets)
     if args.json:
         print(json.dumps(res, indent=2))
@@ -274,14 +372,13 @@ def report(res, args):
           f"load average before {res['load_before'][0]:.2f}, after {res['load_after'][0]:.2f}")
     print(f"in process, batches of {res['concurrency']}: {res['in_process_img_per_s']:.1f} photos/s")
     print(f"{'phase':<18}{'requests':>9}{'QPS':>8}{'errors':>7}{'srv CPU ms/req':>16}   per kind: QPS, p50 / p99 ms")
-    for phase in ("asin", "photo_batched", "mixed", "photo_unbatched"):
+    for phase in phases:
         r = res[phase]
         kinds = "; ".join(f"{kd} {r[kd]['qps']:.1f}, {r[kd]['p50_ms']:.1f} / {r[kd]['p99_ms']:.1f}"
                           for kd in ("asin", "photo") if kd in r)
         cpu = r.get("server_cpu_ms_per_request")
         print(f"{phase:<18}{r['requests']:>9}{r['qps']:>8.1f}{r['errors']:>7}{cpu if cpu is not None else '-':>16}   {kinds}")
-    print(f"photo QPS / in process: {ratios['photo_vs_in_process']:.2f}   "
-          f"photo QPS batched / unbatched: {ratios['photo_vs_unbatched']:.2f}")
+    print("ratios: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
     print("targets: " + ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets.items()))
 
 

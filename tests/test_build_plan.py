@@ -116,3 +116,62 @@ def test_selection_memory_does_not_grow_with_the_catalog(tmp_path):
     small, large = _select_peak(tmp_path, 10_000), _select_peak(tmp_path, 40_000)
     assert large < small + 2 * 1024 * 1024, (small, large)
     assert large < 5 * 1024 * 1024, large
+
+
+def _written_files(data_dir):
+    """{file name: bytes} of the dataset's TFRecord shards."""
+    out = {}
+    for name in sorted(os.listdir(data_dir)):
+        if ".tfrecord" in name:
+            with open(os.path.join(data_dir, name), "rb") as f:
+                out[name] = f.read()
+    return out
+
+
+def test_shuffle_buffer_spills_to_disk_and_writes_the_same_dataset(tmp_path, monkeypatch):
+    """With no shuffle memory TFDS's writer spills every example to its bucket files; the shards it
+    writes are byte for byte those of a build that shuffled in memory, and TFDS's constant is put back."""
+    from PIL import Image
+    from tensorflow_datasets.core import shuffle
+
+    img = tmp_path / "images"
+    img.mkdir()
+    lines = []
+    for i in range(40):
+        asin = f"B{i:04d}"
+        Image.new("RGB", (24, 18), (i * 6, 255 - i * 6, (i * 37) % 256)).save(img / f"{asin}.jpg")
+        lines.append(json.dumps({"parent_asin": asin, "title": f"t{i}", "main_category": ("Shoes", "Hats")[i % 2],
+                                 "categories": [("Shoes", "Hats")[i % 2]],
+                                 "images": [{"large": f"http://x/{asin}.jpg"}]}))
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text("\n".join(lines) + "\n")
+    spilled = Counter()
+    add = shuffle._Bucket.add
+
+    def counting_add(self, key, data):
+        spilled["examples"] += 1
+        return add(self, key, data)
+
+    monkeypatch.setattr(shuffle._Bucket, "add", counting_add)
+    default = shuffle.MAX_MEM_BUFFER_SIZE
+    kw = dict(images_dir=str(img), categories=["Shoes", "Hats"], image_size=16, workers=1, progress=False)
+    build.build_data(str(meta), str(tmp_path / "in_memory"), **kw)
+    assert spilled["examples"] == 0
+    build.build_data(str(meta), str(tmp_path / "spilled"), shuffle_buffer_mb=0, **kw)
+    assert spilled["examples"] == 40  # every example went through a bucket file
+    assert shuffle.MAX_MEM_BUFFER_SIZE == default
+    a, b = _written_files(tmp_path / "in_memory"), _written_files(tmp_path / "spilled")
+    assert a and a == b
+
+
+def test_negative_shuffle_buffer_is_a_user_error(tmp_path):
+    import pytest
+
+    from amazon_visual.errors import UserError
+
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text("")
+    (tmp_path / "img").mkdir()
+    with pytest.raises(UserError, match="--shuffle-buffer-mb"):
+        build.build_data(str(meta), str(tmp_path / "out"), images_dir=str(tmp_path / "img"), categories=["a", "b"],
+                         shuffle_buffer_mb=-1, progress=False)

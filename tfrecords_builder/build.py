@@ -30,6 +30,7 @@ from tfrecords_builder.splits import SPLIT_NAMES, parse_fractions, split_of, uni
 
 BUILDER_NAME = "amazon_products"
 DATASET_MARKERS = ("dataset_info.json", "build_report.json", "features.json")
+SHUFFLE_BUFFER_MB = 64  # the local writer's shuffle memory before it spills to disk (TFDS's own is 1 GB)
 PLAN_DIR = "plan"  # inside the build's temporary folder: the plan (SQLite) and Beam's JSON-lines inputs
 
 
@@ -175,6 +176,31 @@ def _parse_beam_options(beam_options):
     return out
 
 
+@contextlib.contextmanager
+def tfds_shuffle_buffer(mb):
+    """Let TFDS's local writer hold at most ``mb`` MiB of a split in memory while it shuffles.
+
+    TFDS's ``Shuffler`` keeps a split's serialized examples in a list until they pass the module
+    constant ``MAX_MEM_BUFFER_SIZE`` (1 GB), then moves them to 1,000 bucket files on disk and
+    sorts one bucket at a time. Both ways sort by the same hashed key, so the written dataset is
+    the same; only the memory differs. TFDS has no option for it, so the constant is set for the
+    duration of the build and put back after.
+    """
+    from tensorflow_datasets.core import shuffle
+
+    if not hasattr(shuffle, "MAX_MEM_BUFFER_SIZE"):  # a TFDS without it: its own default applies
+        logging.getLogger(__name__).warning("this tensorflow-datasets has no MAX_MEM_BUFFER_SIZE; "
+                                            "--shuffle-buffer-mb has no effect")
+        yield
+        return
+    saved = shuffle.MAX_MEM_BUFFER_SIZE
+    shuffle.MAX_MEM_BUFFER_SIZE = int(float(mb) * (1 << 20))
+    try:
+        yield
+    finally:
+        shuffle.MAX_MEM_BUFFER_SIZE = saved
+
+
 def _run_tfds(tmp, plan, beam, beam_args, shard_mb):
     import tensorflow_datasets as tfds
 
@@ -255,7 +281,7 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
                categories_file=None, top_categories=None, preset=None, min_per_class=0, max_per_class=None,
                image_size=256, splits=(0.8, 0.1, 0.1), seed=0, workers=None, beam=False, beam_options=None,
                overwrite=False, download_workers=16, timeout=10.0, retries=3, backoff=0.5,
-               max_bytes=dl.MAX_BYTES, shard_mb=256, progress=True):
+               max_bytes=dl.MAX_BYTES, shard_mb=256, shuffle_buffer_mb=SHUFFLE_BUFFER_MB, progress=True):
     """Build DATA_DIR ``out`` from Amazon metadata files and images; returns the report dict.
 
     Args:
@@ -271,6 +297,8 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
       seed: the split hash seed.
       workers: processes for the image work (default: CPU count).
       beam: run the builder through Apache Beam; ``beam_options``: pipeline options string/list.
+      shuffle_buffer_mb: memory the local writer may use to shuffle a split before it spills the
+        examples to bucket files on disk (the output is the same whatever the value).
     """
     t0 = time.time()
     if isinstance(metadata, (str, os.PathLike)):
@@ -296,6 +324,8 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
         raise UserError("--min-per-class: give a number >= 0")
     if max_per_class is not None and int(max_per_class) < 1:
         raise UserError("--max-per-class: give a number >= 1")
+    if shuffle_buffer_mb is None or float(shuffle_buffer_mb) < 0:
+        raise UserError(f"--shuffle-buffer-mb {shuffle_buffer_mb}: give a size in MiB >= 0")
     beam_args = _parse_beam_options(beam_options)
     if beam_args and not beam:
         raise UserError("--beam-options needs --beam")
@@ -308,10 +338,11 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
             pool = OrderedPool(workers)
             pool.warm(warm_up)  # the workers start while the metadata is read
         try:
-            return _build(metadata, out, images_dir, download, cache_dir, categories, categories_file,
-                          top_categories, preset, min_per_class, max_per_class, image_size, fractions, seed,
-                          workers, beam, beam_args, download_workers, timeout, retries, backoff, max_bytes,
-                          shard_mb, progress, pool, t0)
+            with tfds_shuffle_buffer(shuffle_buffer_mb):
+                    return _build(metadata, out, images_dir, download, cache_dir, categories, categories_file,
+                              top_categories, preset, min_per_class, max_per_class, image_size, fractions, seed,
+                              workers, beam, beam_args, download_workers, timeout, retries, backoff, max_bytes,
+                              shard_mb, progress, pool, t0)
         finally:
             if pool is not None:
                 pool.close()
