@@ -47,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--requests", type=int, default=2000, help="requests of the ASIN and the mixed phases")
     p.add_argument("--photo-requests", type=int, default=480, help="requests of each photo-only phase")
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (serve --workers)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("-k", type=int, default=10)
@@ -134,7 +135,7 @@ def in_process_rate(index_dir, photos, batch, k, env, seconds=20.0):
 class Server:
     """``amazon-visual serve`` in a subprocess on a free loopback port, ready and warmed up."""
 
-    def __init__(self, index_dir, env, max_batch, max_wait_ms):
+    def __init__(self, index_dir, env, max_batch, max_wait_ms, workers=1):
         import socket
 
         with socket.socket() as s:
@@ -142,7 +143,8 @@ class Server:
             self.port = s.getsockname()[1]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "amazon_visual.cli", "serve", index_dir, "--port", str(self.port),
-             "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--reload-poll", "0"],
+             "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--reload-poll", "0",
+             "--workers", str(workers)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def __enter__(self):
@@ -167,12 +169,18 @@ class Server:
         self.proc.wait(30)
 
     def cpu_seconds(self):
-        """CPU seconds (user + system) the server process has used so far (Linux /proc; None elsewhere)."""
+        """CPU seconds (user + system) the server's processes (its workers included) have used so far."""
+        import psutil
+
         try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+            total = 0.0
+            for p in procs:
+                t = p.cpu_times()
+                total += t.user + t.system
+            return total
+        except psutil.Error:
             return None
 
 
@@ -327,7 +335,10 @@ def main(argv=None):
     c, k = args.concurrency, args.k
     res = {"index": index_dir, "concurrency": c, "k": k, "load_before": os.getloadavg()}
     res["in_process_img_per_s"] = round(in_process_rate(index_dir, photos, c, k, env), 1)
-    with Server(index_dir, env, args.max_batch, args.max_wait_ms) as srv:
+    # the most batching can give: the same work one photo at a time, in one process
+    res["in_process_single_img_per_s"] = round(in_process_rate(index_dir, photos, 1, k, env, seconds=10.0), 1)
+    res["workers"] = args.workers
+    with Server(index_dir, env, args.max_batch, args.max_wait_ms, args.workers) as srv:
         run_load(srv, jobs_of("mixed", 64, asins, photos), c, k)  # warm up
         res["asin"] = run_load(srv, jobs_of("asin", args.requests, asins, photos), c, k)
         if args.wrk_seconds:
@@ -335,7 +346,7 @@ def main(argv=None):
             res["photo_batched_wrk"] = run_wrk(srv, "photo", asins, photos, c, k, 2 * args.wrk_seconds, args.work)
         res["photo_batched"] = run_load(srv, jobs_of("photo", args.photo_requests, asins, photos), c, k)
         res["mixed"] = run_load(srv, jobs_of("mixed", args.requests, asins, photos), c, k)
-    with Server(index_dir, env, 1, 0) as srv:
+    with Server(index_dir, env, 1, 0, args.workers) as srv:
         run_load(srv, jobs_of("photo", 32, asins, photos), c, k)  # warm up
         res["photo_unbatched"] = run_load(srv, jobs_of("photo", args.photo_requests // 2, asins, photos), c, k)
         if args.wrk_seconds:
@@ -346,7 +357,8 @@ def main(argv=None):
 
 def report(res, args):
     photo_qps = res["photo_batched"]["qps"]
-    ratios = {"photo_vs_in_process": round(photo_qps / res["in_process_img_per_s"], 2),
+    ratios = {"in_process_batched_vs_single": round(res["in_process_img_per_s"] / res["in_process_single_img_per_s"], 2),
+              "photo_vs_in_process": round(photo_qps / res["in_process_img_per_s"], 2),
               "photo_vs_unbatched": round(photo_qps / res["photo_unbatched"]["qps"], 2)}
     phases = [p for p in ("asin", "asin_wrk", "photo_batched", "photo_batched_wrk", "mixed", "photo_unbatched",
                           "photo_unbatched_wrk") if res.get(p)]
@@ -368,9 +380,10 @@ def report(res, args):
     if args.json:
         print(json.dumps(res, indent=2))
         return
-    print(f"index {res['index']}; concurrency {res['concurrency']}, k {res['k']}; "
+    print(f"index {res['index']}; server workers {res.get('workers', 1)}; concurrency {res['concurrency']}, k {res['k']}; "
           f"load average before {res['load_before'][0]:.2f}, after {res['load_after'][0]:.2f}")
-    print(f"in process, batches of {res['concurrency']}: {res['in_process_img_per_s']:.1f} photos/s")
+    print(f"in process, batches of {res['concurrency']}: {res['in_process_img_per_s']:.1f} photos/s; one at a time: "
+          f"{res['in_process_single_img_per_s']:.1f} photos/s")
     print(f"{'phase':<18}{'requests':>9}{'QPS':>8}{'errors':>7}{'srv CPU ms/req':>16}   per kind: QPS, p50 / p99 ms")
     for phase in phases:
         r = res[phase]
