@@ -291,6 +291,7 @@ def run_wrk(server, kind, asins, photos, concurrency, k, seconds, work):
     exe = shutil.which("wrk")
     if exe is None:
         return None
+    os.makedirs(work, exist_ok=True)
     script = os.path.join(work, "search.lua")
     with open(script, "w") as f:
         f.write(f"K = {int(k)}\n" + WRK_SCRIPT)

@@ -50,3 +50,29 @@ def test_short_mixed_load_has_no_error(world):
     assert out["asin"]["requests"] == 120 and out["photo"]["requests"] == 120
     count = next(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("amazon_visual_model_batch_size_count"))
     assert count < 120  # 120 photo queries in fewer model calls
+
+
+def test_wrk_client_sends_asin_and_photo_queries(world, tmp_path):
+    """The benchmark's wrk phases (a C load generator, a Lua script cycling request bodies): both
+    kinds of query are answered 200, and the figures are read back from wrk's summary."""
+    import shutil
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt install wrk; .ci/run installs it)")
+    import urllib3
+
+    from amazon_visual.retrieval.index import read_items
+
+    bench = _bench()
+    asins = list(read_items(world["index"])["asin"])
+    photos = [open(os.path.join(world["images"], f"{a}.jpg"), "rb").read() for a in asins[:6]]
+    with uvicorn_server(world["index"], max_wait_ms=10) as base:
+        port = int(base.rsplit(":", 1)[1])
+        srv = _InThread(urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=4, retries=False))
+        srv.port = port
+        asin = bench.run_wrk(srv, "asin", asins, photos, 4, 5, 1, str(tmp_path))
+        photo = bench.run_wrk(srv, "photo", asins, photos, 4, 5, 1, str(tmp_path))
+        bad = bench.run_wrk(srv, "asin", ["NOT-AN-ASIN"], photos, 2, 5, 1, str(tmp_path / "bad"))
+    assert asin["requests"] > 0 and asin["errors"] == 0 and asin["asin"]["p99_ms"] > 0, asin
+    assert photo["requests"] > 0 and photo["errors"] == 0, photo
+    assert bad["errors"] == bad["requests"] > 0  # 404s are counted as errors: the check can fail
