@@ -117,8 +117,8 @@ def test_clothing_small_trained_run_beats_the_class_prior(tmp_path_factory):
     with open(os.path.join(root, "result.json"), "w") as f:
         json.dump(r, f, indent=2)
     assert r["n_queries"] > 100
-    # measured on 2 cores, class prior 0.131: precision@10 0.32-0.35 when this test runs alone, 0.18-0.22
-    # inside the full suite (some state an earlier test leaves behind; not found yet): the bound is set
-    # under the lower range
+    # measured on 2 cores, class prior 0.131: precision@10 0.32-0.35 when this test runs alone; inside the
+    # full suite 0.18-0.22 in one session and 0.39 in a later one (cause of the spread not found): the
+    # bound sits under the lowest figure
     assert r["precision_at_k"] > r["class_prior"] + 0.03, r
     assert r["recall_at_k"] > 0.8
