@@ -172,6 +172,7 @@ def test_negative_shuffle_buffer_is_a_user_error(tmp_path):
     meta = tmp_path / "meta.jsonl"
     meta.write_text("")
     (tmp_path / "img").mkdir()
-    with pytest.raises(UserError, match="--shuffle-buffer-mb"):
-        build.build_data(str(meta), str(tmp_path / "out"), images_dir=str(tmp_path / "img"), categories=["a", "b"],
-                         shuffle_buffer_mb=-1, progress=False)
+    for bad in (-1, float("nan"), float("inf"), "lots", None):
+        with pytest.raises(UserError, match="--shuffle-buffer-mb"):
+            build.build_data(str(meta), str(tmp_path / "out"), images_dir=str(tmp_path / "img"),
+                             categories=["a", "b"], shuffle_buffer_mb=bad, progress=False)

@@ -324,8 +324,12 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
         raise UserError("--min-per-class: give a number >= 0")
     if max_per_class is not None and int(max_per_class) < 1:
         raise UserError("--max-per-class: give a number >= 1")
-    if shuffle_buffer_mb is None or float(shuffle_buffer_mb) < 0:
-        raise UserError(f"--shuffle-buffer-mb {shuffle_buffer_mb}: give a size in MiB >= 0")
+    try:
+        buffer_ok = 0 <= float(shuffle_buffer_mb) < float("inf")  # (NaN fails too)
+    except (TypeError, ValueError):
+        buffer_ok = False
+    if not buffer_ok:
+        raise UserError(f"--shuffle-buffer-mb {shuffle_buffer_mb}: give a size in MiB >= 0 (default 64)")
     beam_args = _parse_beam_options(beam_options)
     if beam_args and not beam:
         raise UserError("--beam-options needs --beam")
@@ -339,7 +343,7 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
             pool.warm(warm_up)  # the workers start while the metadata is read
         try:
             with tfds_shuffle_buffer(shuffle_buffer_mb):
-                    return _build(metadata, out, images_dir, download, cache_dir, categories, categories_file,
+                return _build(metadata, out, images_dir, download, cache_dir, categories, categories_file,
                               top_categories, preset, min_per_class, max_per_class, image_size, fractions, seed,
                               workers, beam, beam_args, download_workers, timeout, retries, backoff, max_bytes,
                               shard_mb, progress, pool, t0)
