@@ -59,6 +59,7 @@ def test_retrieval_run_two_phases_index_and_eval(world, tmp_path, capsys):
                              steps_per_epoch=2, fine_tune_at="block_15", objective="retrieval", loss="supcon",
                              embedding_dim=16, classes_per_batch=3, per_class=2, quiet=True)
     assert summary["phases"] == ["head", "fine_tune"]
+    assert json.load(open(os.path.join(run, "config.json")))["cached_head"] is not None  # head on cached features
     assert summary["best_val_recall_at_1"] is not None and summary["best_val_accuracy"] is None
     hist = training.read_history(run)
     assert summary["best_val_precision_at_10"] == max(r["val_precision_at_10"] for r in hist)
@@ -88,6 +89,48 @@ def test_retrieval_run_two_phases_index_and_eval(world, tmp_path, capsys):
     assert rc == 2 and "has no classifier to evaluate" in err
     rc, _, err = _cli(["eval-retrieval", index, "--exclude-train-classes"], capsys)
     assert rc == 2 and "every query of" in err and "its run was trained on" in err
+
+
+@pytest.mark.parametrize("n_val", [12, 0])
+def test_cached_head_phase_trains_the_runs_own_head_and_proxies(n_val):
+    """The retrieval head phase on cached features: the model it fits is ``net``'s own head with the
+    run's proxies layer on top (so the fine-tuning phase goes on with trained proxies), batches are
+    P x K, and validation runs on cached features (on the train photos as they are without a split)."""
+    import types
+
+    from amazon_visual.models.retrieval_head import build_retrieval_model, training_model
+    from amazon_visual.training import feature_cache, metric_learning
+
+    keras.utils.set_random_seed(0)
+    net = build_retrieval_model("mobilenet_v2", 32, embedding_dim=8)
+    fit_model = training_model(net, "proxy_anchor", 4)
+    head = feature_cache.head_model(net)
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 10)
+    x = (rng.normal(size=(40, head.input.shape[-1])) + y[:, None]).astype(np.float32)
+    plan = types.SimpleNamespace(
+        config={"loss": "proxy_anchor", "classes_per_batch": 3, "per_class": 2, "epochs": 2, "weight_decay": 1e-4},
+        options={"seed": 0}, labels=list(CLASSES), n_train=20, n_val=n_val, name="mobilenet_v2", lr=1e-2)
+    # 20 train photos x 2 views: view 0 (the photos as they are) first
+    cached = {"train": (x, y), "validation": (x[:n_val], y[:n_val])}
+    head_fit, inputs, validation = metric_learning.cached_head(plan, head, fit_model, cached)
+    assert head_fit.get_layer("proxies") is fit_model.get_layer("proxies")
+    assert head_fit.get_layer("embedding") is net.get_layer("embedding")
+    assert inputs["steps"] == 7 and inputs["monitor"] == ("val_precision_at_10" if n_val else "precision_at_10")
+    _, labels = next(iter(inputs["train_ds"]))
+    labels = labels.numpy()
+    assert len(labels) == 6 and all(labels[i] == labels[i + 1] for i in range(0, 6, 2))
+    assert len(set(labels)) == 3
+    before = [w.copy() for w in fit_model.get_layer("proxies").get_weights()]
+    head_fit.fit(inputs["train_ds"], epochs=1, steps_per_epoch=inputs["steps"], callbacks=[validation], verbose=0)
+    after = fit_model.get_layer("proxies").get_weights()
+    assert any(not np.allclose(b, a) for b, a in zip(before, after))  # the run's proxies trained
+    logs = {}
+    validation.on_epoch_end(0, logs)
+    key = "val_precision_at_10" if n_val else "precision_at_10"
+    assert set(logs) == {key, key.replace("precision_at_10", "recall_at_1")} and 0 <= logs[key] <= 1
+    n_items = sum(len(b[1]) for b in validation.dataset)
+    assert n_items == (n_val or plan.n_train)
 
 
 def test_held_out_classes(world, tmp_path, capsys):

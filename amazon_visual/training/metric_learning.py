@@ -13,7 +13,10 @@ objective is ``retrieval`` (``classify``, the default, never reaches them):
   which is logged too;
 - :func:`compile_model` (run_phase): the metric loss (:mod:`amazon_visual.models.metric_losses`);
 - :func:`validation_callback` (_phase_callbacks): recall@1 / precision@10 every epoch
-  (:mod:`amazon_visual.training.retrieval_validation`).
+  (:mod:`amazon_visual.training.retrieval_validation`);
+- :func:`cached_head` (run_cached_head_phase): the head phase of a pretrained run on cached
+  backbone features, as the classifier's: the same P x K batches, loss and validation, on
+  features computed once instead of photos.
 
 The phases stay the trainer's: from pretrained weights, ``head`` (backbone frozen) then
 ``fine_tune``.
@@ -98,6 +101,42 @@ def make_inputs(plan, data_dir, augment, seed, steps_per_epoch):
                                      n_batches=steps * c["epochs"])
     return dict(train_ds=train_ds, steps=steps, val_ds=None, val_steps=None, monitor=monitor_name(plan),
                 class_weight=None)
+
+
+def cached_head(plan, head, fit_model, cached):
+    """The head phase on cached backbone features (:mod:`amazon_visual.training.feature_cache`):
+    ``head`` (features -> embedding, ``net``'s own layers) compiled with the metric loss (with the
+    run's proxies on top for a proxy loss, the very layer the fine-tuning phase goes on with), P x K
+    batches over the cached views, and the validation callback on cached validation features (a
+    sample of the train photos as they are when the dataset has no validation split).
+    Returns (the model to fit, the keyword arguments of the trainer's ``Inputs``, the callback)."""
+    import keras
+    import tensorflow as tf
+
+    from amazon_visual.models.metric_losses import uses_proxies
+    from amazon_visual.training import pipeline, sampler
+    from amazon_visual.training.retrieval_validation import DEFAULT_MAX_ITEMS, RetrievalValidation
+
+    c = plan.config
+    x, y = cached["train"]
+    head_fit = head
+    if uses_proxies(c["loss"]):
+        head_fit = keras.Model(head.input, fit_model.get_layer("proxies")(head.output), name=f"{head.name}_proxies")
+    compile_model(head_fit, plan, plan.lr)
+    p, k = c["classes_per_batch"], c["per_class"]
+    steps = pipeline.steps(len(x), p * k)
+    counts = np.bincount(y, minlength=len(plan.labels))
+    stream = sampler.pk_stream(tf.data.Dataset.from_tensor_slices((x, y)), counts, p, k,
+                               seed=int(plan.options["seed"]), n_batches=steps * c["epochs"])
+    train_ds = stream.batch(p * k, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    if plan.n_val:
+        (vx, vy), prefix = cached["validation"], "val_"
+    else:  # view 0 comes first: the train photos as they are, in file order (as validation_dataset takes them)
+        (vx, vy), prefix = (x[:plan.n_train], y[:plan.n_train]), ""
+    val = tf.data.Dataset.from_tensor_slices((vx[:DEFAULT_MAX_ITEMS], vy[:DEFAULT_MAX_ITEMS])).batch(256)
+    inputs = dict(train_ds=train_ds, steps=steps, val_ds=None, val_steps=None, monitor=monitor_name(plan),
+                  class_weight=None)
+    return head_fit, inputs, RetrievalValidation(head, val, prefix=prefix)
 
 
 def monitor_name(plan):

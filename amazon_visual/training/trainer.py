@@ -353,7 +353,7 @@ def run_phases(plan, state, strat, net, fit_model, inputs, deadlines, opts):
         if phase_end <= initial_epoch:
             continue
         if phase == "head" and _use_cached_head(plan, net):
-            timer, best = run_cached_head_phase(plan, strat, net, initial_epoch, phase_end, best,
+            timer, best = run_cached_head_phase(plan, strat, net, fit_model, initial_epoch, phase_end, best,
                                                 deadlines[phase], opts)
         else:
             timer, best = run_phase(plan, strat, net, fit_model, inputs, phase, initial_epoch, phase_end, best,
@@ -372,10 +372,9 @@ def _use_cached_head(plan, net):
     from amazon_visual.training import feature_cache
 
     wanted = plan.options["cache_features"]
-    able = (plan.num_workers == 1 and plan.config["objective"] == "classify"
-            and feature_cache.supports_cached_head(net))
+    able = plan.num_workers == 1 and feature_cache.supports_cached_head(net)
     if wanted and not able:
-        raise UserError(f"--cache-features needs a single worker, --objective classify and the standard head; "
+        raise UserError(f"--cache-features needs a single worker and the standard head; "
                         f"this {plan.name} run lacks one of them: drop --cache-features")
     use = able if wanted is None else bool(wanted)
     plan.config["cached_head"] = {"views": int(plan.options["cached_views"]),
@@ -404,8 +403,9 @@ def _phase_first_epoch(plan, phase):
     return first
 
 
-def run_cached_head_phase(plan, strat, net, initial_epoch, phase_end, best, deadline, opts):
-    """The head phase on cached backbone features (:mod:`.feature_cache`)."""
+def run_cached_head_phase(plan, strat, net, fit_model, initial_epoch, phase_end, best, deadline, opts):
+    """The head phase on cached backbone features (:mod:`.feature_cache`): one-hot batches for a
+    classifier, P x K batches and retrieval validation on cached features for ``--objective retrieval``."""
     from amazon_visual.training import feature_cache, pipeline
 
     o, config = plan.options, plan.config
@@ -413,27 +413,32 @@ def run_cached_head_phase(plan, strat, net, initial_epoch, phase_end, best, dead
     cached = feature_cache.cache_views(net, plan.write_dir, opts["data_dir"], config["image_size"],
                                        o["cached_views"], o["augment"], seed=int(o["seed"]), splits=splits,
                                        log=lambda m: _log(m, opts["quiet"]))
-    n_classes, batch = len(plan.labels), config["batch_size"]
     x, y = cached["train"]
-    train_ds = feature_cache.feature_dataset(x, y, n_classes, batch, seed=int(o["seed"]))
-    steps = pipeline.steps(len(x), batch)
-    val_ds = val_steps = None
-    if plan.n_val:
-        vx, vy = cached["validation"]
-        val_ds = feature_cache.feature_dataset(vx, vy, n_classes, batch, shuffle=False)
-        val_steps = pipeline.steps(len(vx), batch)
+    validation = None
     with strat.scope():
         head = feature_cache.head_model(net)
         phases_mod.set_phase_trainable(net, "head", 0)
-        phases_mod.compile_model(head, plan.name, plan.lr, o["weight_decay"], o["label_smoothing"])
-    inputs = Inputs(train_ds, steps, val_ds, val_steps, "val_accuracy" if plan.n_val else "accuracy", None)
-    cbs, timer = _phase_callbacks(plan, net, inputs, "head", best, deadline, opts)
-    cbs.append(_schedule(plan, plan.lr, steps, 0, initial_epoch, phase_end, deadline))
+        if config["objective"] == "retrieval":
+            head_fit, kwargs, validation = metric_learning.cached_head(plan, head, fit_model, cached)
+            inputs = Inputs(**kwargs)
+        else:
+            n_classes, batch = len(plan.labels), config["batch_size"]
+            val_ds = val_steps = None
+            if plan.n_val:
+                vx, vy = cached["validation"]
+                val_ds = feature_cache.feature_dataset(vx, vy, n_classes, batch, shuffle=False)
+                val_steps = pipeline.steps(len(vx), batch)
+            inputs = Inputs(feature_cache.feature_dataset(x, y, n_classes, batch, seed=int(o["seed"])),
+                            pipeline.steps(len(x), batch), val_ds, val_steps,
+                            "val_accuracy" if plan.n_val else "accuracy", _class_weight(plan, y))
+            head_fit = phases_mod.compile_model(head, plan.name, plan.lr, o["weight_decay"], o["label_smoothing"])
+    cbs, timer = _phase_callbacks(plan, net, inputs, "head", best, deadline, opts, validation=validation)
+    cbs.append(_schedule(plan, plan.lr, inputs.steps, 0, initial_epoch, phase_end, deadline))
     _log(f"{plan.name}: phase head on cached features ({len(x)} examples, {o['cached_views']} views), "
          f"epochs {initial_epoch + 1}..{phase_end}, peak lr {plan.lr:g}", opts["quiet"])
-    head.fit(train_ds, epochs=phase_end, initial_epoch=initial_epoch, steps_per_epoch=steps,
-             validation_data=val_ds, validation_steps=val_steps, class_weight=_class_weight(plan, y),
-             callbacks=cbs, verbose=opts["verbose"])
+    head_fit.fit(inputs.train_ds, epochs=phase_end, initial_epoch=initial_epoch, steps_per_epoch=inputs.steps,
+                 validation_data=inputs.val_ds, validation_steps=inputs.val_steps, class_weight=inputs.class_weight,
+                 callbacks=cbs, verbose=opts["verbose"])
     best = max((r.get(inputs.monitor) or -math.inf for r in runs.read_history(plan.write_dir)), default=best)
     return timer, best
 
@@ -448,7 +453,7 @@ def _class_weight(plan, labels):
     return {int(i): float(counts.sum() / (present.sum() * c)) for i, c in enumerate(counts) if c > 0}
 
 
-def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts):
+def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts, validation=None):
     import keras
 
     from amazon_visual.training.callbacks import (AtomicBackupAndRestore, BestModelSaver, EpochLogger, TimeBudget,
@@ -456,7 +461,7 @@ def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts):
 
     cbs = []
     if plan.config["objective"] == "retrieval":  # first: it writes the monitored value into the logs
-        cbs.append(metric_learning.validation_callback(plan, net))
+        cbs.append(validation or metric_learning.validation_callback(plan, net))
     cbs += [EpochLogger(plan.write_dir, phase),
             BestModelSaver(plan.write_dir, net, inputs.monitor, best=best, enabled=plan.is_chief)]
     if opts["callbacks"]:  # after the logger and the saver: an epoch counts as done once its row and model are written
