@@ -52,8 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--wrk-seconds", type=float, default=5.0,
-                   help="also run the ASIN phase from wrk (a C load generator) for this long, when wrk is "
-                        "installed (0: skip)")
+                   help="also send ASIN queries from wrk (a C load generator) for this long, and photo uploads "
+                        "(batched and unbatched) for twice as long, when wrk is installed (0: skip)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON document")
     return p.parse_args(argv)
 
@@ -248,7 +248,7 @@ function init(args)
 end
 function request()
   i = i + 1
-  return wrk.format("POST", "/v1/search?k=" .. K, {["Content-Type"] = ctype}, bodies[(i * 7) % #bodies + 1])
+  return wrk.format("POST", "/v1/search?k=" .. K, {["Content-Type"] = ctype}, bodies[i % #bodies + 1])
 end
 function done(summary, latency, requests)
   local e = summary.errors

@@ -176,3 +176,17 @@ def test_negative_shuffle_buffer_is_a_user_error(tmp_path):
         with pytest.raises(UserError, match="--shuffle-buffer-mb"):
             build.build_data(str(meta), str(tmp_path / "out"), images_dir=str(tmp_path / "img"),
                              categories=["a", "b"], shuffle_buffer_mb=bad, progress=False)
+
+
+def test_shuffle_buffer_of_overlapping_builds_comes_back_to_tfds_default():
+    from tensorflow_datasets.core import shuffle
+
+    default = shuffle.MAX_MEM_BUFFER_SIZE
+    first, second = build.tfds_shuffle_buffer(1), build.tfds_shuffle_buffer(2)
+    first.__enter__()
+    second.__enter__()
+    assert shuffle.MAX_MEM_BUFFER_SIZE == 2 << 20
+    first.__exit__(None, None, None)  # the first build ends while the second runs: its value stays
+    assert shuffle.MAX_MEM_BUFFER_SIZE == 2 << 20
+    second.__exit__(None, None, None)
+    assert shuffle.MAX_MEM_BUFFER_SIZE == default

@@ -187,6 +187,8 @@ def test_train_survives_a_kill_mid_epoch(tiny, tmp_path):
     assert [r["epoch"] for r in hist] == [0, 1, 2, 3, 4, 5]
     for r in before[:meta["epoch"]]:  # epochs finished before the kill were not trained again
         assert hist[r["epoch"]] == r
+    rates = [r["learning_rate"] for r in hist]  # the schedule went on from the restored epoch (no new warm-up)
+    assert all(a >= b for a, b in zip(rates, rates[1:])), rates
     assert json.load(open(out / "state.json"))["finished"] is True
     model, config, labels = training.load_run(str(out))
     assert config["epochs"] == 6 and len(labels) == 3

@@ -106,8 +106,9 @@ def test_cached_head_phase_trains_the_runs_own_head_and_proxies(n_val):
     fit_model = training_model(net, "proxy_anchor", 4)
     head = feature_cache.head_model(net)
     rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(4), 10)
-    x = (rng.normal(size=(40, head.input.shape[-1])) + y[:, None]).astype(np.float32)
+    y = np.tile(np.arange(4), 10)  # every class in the first rows too (validation takes them)
+    centres = rng.normal(size=(4, head.input.shape[-1])) * 3
+    x = (rng.normal(size=(40, head.input.shape[-1])) + centres[y]).astype(np.float32)
     plan = types.SimpleNamespace(
         config={"loss": "proxy_anchor", "classes_per_batch": 3, "per_class": 2, "epochs": 2, "weight_decay": 1e-4},
         options={"seed": 0}, labels=list(CLASSES), n_train=20, n_val=n_val, name="mobilenet_v2", lr=1e-2)
@@ -128,7 +129,9 @@ def test_cached_head_phase_trains_the_runs_own_head_and_proxies(n_val):
     logs = {}
     validation.on_epoch_end(0, logs)
     key = "val_precision_at_10" if n_val else "precision_at_10"
-    assert set(logs) == {key, key.replace("precision_at_10", "recall_at_1")} and 0 <= logs[key] <= 1
+    assert set(logs) == {key, key.replace("precision_at_10", "recall_at_1")}
+    recall = logs[key.replace("precision_at_10", "recall_at_1")]
+    assert recall > 0.9  # 4 well separated classes (chance about 0.25) stay apart through the head
     n_items = sum(len(b[1]) for b in validation.dataset)
     assert n_items == (n_val or plan.n_train)
 

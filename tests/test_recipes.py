@@ -69,6 +69,22 @@ def test_schedule_follows_the_time_budget():
     assert s.progress() == pytest.approx(0.5)  # resumed half way: steps count
 
 
+def test_schedule_goes_on_from_the_epoch_a_backup_restores():
+    import types
+
+    from amazon_visual.training.callbacks import WarmupCosine
+
+    # a phase of epochs 2..6 (10 steps each) that BackupAndRestore resumes at epoch 5
+    s = WarmupCosine(1.0, total_steps=40, warmup=0.1, min_factor=0.0, steps_per_epoch=10, first_epoch=2)
+    s.set_model(types.SimpleNamespace(_initial_epoch=5))
+    s.on_train_begin()
+    assert s.step == 30 and s.progress() == pytest.approx(0.75)
+    s = WarmupCosine(1.0, total_steps=40, warmup=0.1, min_factor=0.0, steps_per_epoch=10, first_epoch=2)
+    s.set_model(types.SimpleNamespace(_initial_epoch=None))  # nothing restored: from the start
+    s.on_train_begin()
+    assert s.step == 0
+
+
 def test_training_records_recipe_schedule_and_learning_rates(tmp_path):
     from helpers_training import tiny_dataset
 

@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -176,6 +177,10 @@ def _parse_beam_options(beam_options):
     return out
 
 
+_SHUFFLE_LOCK = threading.Lock()
+_SHUFFLE_SAVED = []  # [TFDS's own value, one None per build running]
+
+
 @contextlib.contextmanager
 def tfds_shuffle_buffer(mb):
     """Let TFDS's local writer hold at most ``mb`` MiB of a split in memory while it shuffles.
@@ -184,7 +189,8 @@ def tfds_shuffle_buffer(mb):
     constant ``MAX_MEM_BUFFER_SIZE`` (1 GB), then moves them to 1,000 bucket files on disk and
     sorts one bucket at a time. Both ways sort by the same hashed key, so the written dataset is
     the same; only the memory differs. TFDS has no option for it, so the constant is set for the
-    duration of the build and put back after.
+    duration of the build and put back after (one value per process: builds running at once in
+    threads share the latest one; TFDS's own comes back when the last of them ends).
     """
     from tensorflow_datasets.core import shuffle
 
@@ -193,12 +199,18 @@ def tfds_shuffle_buffer(mb):
                                             "--shuffle-buffer-mb has no effect")
         yield
         return
-    saved = shuffle.MAX_MEM_BUFFER_SIZE
-    shuffle.MAX_MEM_BUFFER_SIZE = int(float(mb) * (1 << 20))
+    with _SHUFFLE_LOCK:  # builds in several threads: TFDS's value comes back when the last one ends
+        if not _SHUFFLE_SAVED:
+            _SHUFFLE_SAVED.append(shuffle.MAX_MEM_BUFFER_SIZE)
+        _SHUFFLE_SAVED.append(None)
+        shuffle.MAX_MEM_BUFFER_SIZE = int(float(mb) * (1 << 20))  # one value per process: the latest build's
     try:
         yield
     finally:
-        shuffle.MAX_MEM_BUFFER_SIZE = saved
+        with _SHUFFLE_LOCK:
+            _SHUFFLE_SAVED.pop()
+            if len(_SHUFFLE_SAVED) == 1:
+                shuffle.MAX_MEM_BUFFER_SIZE = _SHUFFLE_SAVED.pop()
 
 
 def _run_tfds(tmp, plan, beam, beam_args, shard_mb):

@@ -103,12 +103,14 @@ class WarmupCosine(keras.callbacks.Callback):
     ``deadline`` (time budget), its share of the time used, whichever is larger: a run
     cut by ``--max-minutes`` still ends at a small rate."""
 
-    def __init__(self, peak, total_steps, warmup=0.05, min_factor=0.01, initial_step=0, deadline=None):
+    def __init__(self, peak, total_steps, warmup=0.05, min_factor=0.01, initial_step=0, deadline=None,
+                 steps_per_epoch=None, first_epoch=0):
         super().__init__()
         self.peak, self.total_steps = float(peak), max(1, int(total_steps))
         self.warmup, self.min_factor = float(warmup), float(min_factor)
         self.step = int(initial_step)
         self.deadline = deadline
+        self.steps_per_epoch, self.first_epoch = steps_per_epoch, int(first_epoch)
         self._t0 = None
 
     def progress(self):
@@ -126,6 +128,11 @@ class WarmupCosine(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._t0 = time.time()
+        # BackupAndRestore (an earlier callback) sets the epoch a killed phase resumes at: the
+        # schedule goes on from there instead of warming up again
+        restored = getattr(self.model, "_initial_epoch", None)
+        if restored is not None and self.steps_per_epoch:
+            self.step = max(self.step, (int(restored) - self.first_epoch) * int(self.steps_per_epoch))
 
     def on_train_batch_begin(self, batch, logs=None):
         self.model.optimizer.learning_rate = self.rate(self.progress())

@@ -7,11 +7,12 @@ would compute the same features for every photo in every epoch. Here it runs onc
 of the head) are stored in ``RUN_DIR/features/`` (one ``.npz`` per split and view, written
 atomically, so a killed run keeps the views it finished), and the head -- the very
 layers of the full model, sharing their weights -- trains on them for as many epochs as
-the phase has, each epoch one pass over every cached view. Validation runs on cached
-validation features. The fine-tuning phase then trains on photos as usual.
+the phase has, each epoch as many examples as the cached views hold (shuffled batches for a
+classifier, P x K batches drawn from them for ``--objective retrieval``). Validation runs on
+cached validation features. The fine-tuning phase then trains on photos as usual.
 
 :func:`feature_model` (image -> pooled features) and :func:`head_model` (features ->
-probabilities) compose to the full model: same weights in, same outputs.
+``net``'s output) compose to the full model: same weights in, same outputs.
 """
 import os
 
@@ -55,7 +56,8 @@ def feature_model(net):
 
 
 def head_model(net):
-    """pooled features -> probabilities: ``net``'s own head layers on a new input."""
+    """pooled features -> ``net``'s output (probabilities, or the embedding of a retrieval run):
+    ``net``'s own head layers on a new input."""
     import keras
 
     dim = int(net.get_layer(POOL_LAYER).output.shape[-1])

@@ -391,7 +391,7 @@ def _schedule(plan, phase_lr, steps, first_epoch, initial_epoch, phase_end, dead
     rec = plan.config["recipe"]
     return WarmupCosine(phase_lr, total_steps=(phase_end - first_epoch) * steps, warmup=rec["warmup"],
                         min_factor=rec["min_lr_factor"], initial_step=(initial_epoch - first_epoch) * steps,
-                        deadline=deadline)
+                        deadline=deadline, steps_per_epoch=steps, first_epoch=first_epoch)
 
 
 def _phase_first_epoch(plan, phase):
@@ -432,7 +432,9 @@ def run_cached_head_phase(plan, strat, net, fit_model, initial_epoch, phase_end,
                             pipeline.steps(len(x), batch), val_ds, val_steps,
                             "val_accuracy" if plan.n_val else "accuracy", _class_weight(plan, y))
             head_fit = phases_mod.compile_model(head, plan.name, plan.lr, o["weight_decay"], o["label_smoothing"])
-    cbs, timer = _phase_callbacks(plan, net, inputs, "head", best, deadline, opts, validation=validation)
+    # its own backup folder: the model it fits (features -> head) is not the photo model of a plain head phase
+    cbs, timer = _phase_callbacks(plan, net, inputs, "head", best, deadline, opts, validation=validation,
+                                  backup=CACHED_HEAD_BACKUP)
     cbs.append(_schedule(plan, plan.lr, inputs.steps, 0, initial_epoch, phase_end, deadline))
     _log(f"{plan.name}: phase head on cached features ({len(x)} examples, {o['cached_views']} views), "
          f"epochs {initial_epoch + 1}..{phase_end}, peak lr {plan.lr:g}", opts["quiet"])
@@ -453,7 +455,7 @@ def _class_weight(plan, labels):
     return {int(i): float(counts.sum() / (present.sum() * c)) for i, c in enumerate(counts) if c > 0}
 
 
-def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts, validation=None):
+def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts, validation=None, backup=None):
     import keras
 
     from amazon_visual.training.callbacks import (AtomicBackupAndRestore, BestModelSaver, EpochLogger, TimeBudget,
@@ -465,7 +467,7 @@ def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts, validation=
     cbs += [EpochLogger(plan.write_dir, phase),
             BestModelSaver(plan.write_dir, net, inputs.monitor, best=best, enabled=plan.is_chief)]
     if opts["callbacks"]:  # after the logger and the saver: an epoch counts as done once its row and model are written
-        backup_dir = _backup_dir(plan.run_dir, phase, plan.is_chief, plan.task_id)
+        backup_dir = _backup_dir(plan.run_dir, backup or phase, plan.is_chief, plan.task_id)
         cbs.append(AtomicBackupAndRestore(backup_dir, save_freq=opts["backup_freq"], delete_checkpoint=False))
     early_stopping = plan.options["early_stopping"]
     if early_stopping:
@@ -528,7 +530,7 @@ def finish_run(plan, state, net, budget_hit, t_start):
         weights_file = os.path.join(write_dir, f"phase_{phase}.weights.h5")
         if os.path.isfile(weights_file):
             os.remove(weights_file)
-    for phase, _ in plan.phases:
+    for phase in [p for p, _ in plan.phases] + [CACHED_HEAD_BACKUP]:
         shutil.rmtree(_backup_dir(plan.run_dir, phase, plan.is_chief, plan.task_id), ignore_errors=True)
     from amazon_visual.training import feature_cache
 
@@ -543,6 +545,9 @@ def finish_run(plan, state, net, budget_hit, t_start):
         hist = runs.read_history(write_dir)
         if hist:
             plots.learning_curves({plan.name: hist}, os.path.join(write_dir, "learning_curves.png"))
+
+
+CACHED_HEAD_BACKUP = "head_cached"  # RUN_DIR/backup/head_cached: the head phase on cached features
 
 
 def _backup_dir(run_dir, phase, is_chief, task_id):
