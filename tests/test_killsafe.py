@@ -231,3 +231,54 @@ def test_a_backup_interrupted_while_written_leaves_the_last_one_usable(tmp_path)
     cb2.on_train_begin()
     assert restored._initial_epoch == 1
     np.testing.assert_array_equal(restored.get_weights()[0], model.get_weights()[0])
+
+
+RETRIEVAL_SCRIPT = textwrap.dedent("""
+    import sys
+    import keras
+    from amazon_visual import training
+    weights = sys.argv[3]
+    keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(weights)
+    training.train(sys.argv[1], model="mobilenet_v2", out=sys.argv[2], weights=weights, image_size=32, epochs=40,
+                   head_epochs=38, objective="retrieval", loss="proxy_anchor", embedding_dim=8,
+                   classes_per_batch=3, per_class=2, cached_views=4, early_stopping=0, seed=0, verbose=2)
+""")
+
+
+def test_retrieval_head_on_cached_features_survives_a_kill(tiny, tmp_path):
+    """kill -9 in the head phase that trains on cached features (retrieval, a proxy loss), then the
+    same command: it resumes from the cached head's own backup and finishes both phases."""
+    from amazon_visual import training
+
+    rnd = random.Random(SEED)
+    script = tmp_path / "retrieval.py"
+    script.write_text(RETRIEVAL_SCRIPT)
+    out, log = tmp_path / "run", str(tmp_path / "train.log")
+    cmd = [sys.executable, str(script), tiny, str(out), str(tmp_path / "mnv2.weights.h5")]
+
+    def some_head_epochs_done():
+        return len(training.read_history(out)) >= 3
+
+    def within_the_next_epochs():
+        return rnd.uniform(0.0, 3.0) * float(training.read_history(out)[2]["seconds"])
+
+    assert kill_when(cmd, log, some_head_epochs_done, within_the_next_epochs), f"seed {SEED}: it ended first"
+    before = training.read_history(out)
+    assert before and before[-1]["phase"] == "head", before[-1]  # killed in the cached head phase
+    meta = json.load(open(out / "backup" / "head_cached" / "training_metadata.json"))
+    assert meta["epoch"] in (len(before), len(before) - 1)
+    assert not (out / "backup" / "head").exists()  # the photo-model head phase never ran
+
+    open(log, "w").close()
+    run_to_end(cmd, log)
+    hist = training.read_history(out)
+    assert [r["epoch"] for r in hist] == list(range(40))
+    assert [r["phase"] for r in hist] == ["head"] * 38 + ["fine_tune"] * 2
+    for r in before[:meta["epoch"]]:  # epochs finished before the kill were not trained again
+        assert hist[r["epoch"]] == r
+    assert json.load(open(out / "state.json"))["finished"] is True
+    assert not (out / "backup").exists() and not (out / "features").exists()
+    model, config, _ = training.load_run(str(out))
+    assert config["objective"] == "retrieval" and config["cached_head"] is not None
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(np.linalg.norm(model.predict_on_batch(x), axis=1), 1.0, rtol=1e-5)
