@@ -53,6 +53,25 @@ def kill_when(cmd, log, ready, delay, timeout=300):
             proc.wait(60)
 
 
+def kill_after_epochs(cmd, log, out, n, spread, rnd, backup):
+    """Start a training ``cmd`` and SIGKILL it once ``n`` epochs are logged, after a random delay of
+    ``spread`` (low, high) times the n-th epoch's length; returns (the history before the kill, the
+    training metadata of ``RUN_DIR/backup/<backup>``)."""
+    from amazon_visual import training
+
+    def ready():
+        return len(training.read_history(out)) >= n
+
+    def delay():
+        return rnd.uniform(*spread) * float(training.read_history(out)[n - 1]["seconds"])
+
+    assert kill_when(cmd, log, ready, delay), f"seed {SEED}: training ended before the kill"
+    before = training.read_history(out)
+    meta = json.load(open(out / "backup" / backup / "training_metadata.json"))
+    assert meta["epoch"] in (len(before), len(before) - 1)  # a backup follows its epoch's row
+    return before, meta
+
+
 def run_to_end(cmd, log):
     with open(log, "ab") as f:
         r = subprocess.run(cmd, env=_env(), stdout=f, stderr=subprocess.STDOUT, timeout=600)
@@ -167,16 +186,7 @@ def test_train_survives_a_kill_mid_epoch(tiny, tmp_path):
 
     # a random moment of the third epoch: the delay is drawn from the second one's length (the first
     # one also compiles the model)
-    def two_epochs_done():
-        return len(training.read_history(out)) >= 2
-
-    def mid_next_epoch():
-        return rnd.uniform(0.1, 0.9) * float(training.read_history(out)[1]["seconds"])
-
-    assert kill_when(cmd, log, two_epochs_done, mid_next_epoch), f"seed {SEED}: training ended before the kill"
-    before = training.read_history(out)
-    meta = json.load(open(out / "backup" / "train" / "training_metadata.json"))
-    assert meta["epoch"] == len(before) or meta["epoch"] == len(before) - 1  # a backup follows its epoch's row
+    before, meta = kill_after_epochs(cmd, log, out, 2, (0.1, 0.9), rnd, "train")
     assert not (out / "model.keras").is_file() or training.load_run(str(out))[0] is not None
 
     open(log, "w").close()
@@ -256,17 +266,8 @@ def test_retrieval_head_on_cached_features_survives_a_kill(tiny, tmp_path):
     out, log = tmp_path / "run", str(tmp_path / "train.log")
     cmd = [sys.executable, str(script), tiny, str(out), str(tmp_path / "mnv2.weights.h5")]
 
-    def some_head_epochs_done():
-        return len(training.read_history(out)) >= 3
-
-    def within_the_next_epochs():
-        return rnd.uniform(0.0, 3.0) * float(training.read_history(out)[2]["seconds"])
-
-    assert kill_when(cmd, log, some_head_epochs_done, within_the_next_epochs), f"seed {SEED}: it ended first"
-    before = training.read_history(out)
-    assert before and before[-1]["phase"] == "head", before[-1]  # killed in the cached head phase
-    meta = json.load(open(out / "backup" / "head_cached" / "training_metadata.json"))
-    assert meta["epoch"] in (len(before), len(before) - 1)
+    before, meta = kill_after_epochs(cmd, log, out, 3, (0.0, 3.0), rnd, "head_cached")
+    assert before[-1]["phase"] == "head", before[-1]  # killed in the cached head phase
     assert not (out / "backup" / "head").exists()  # the photo-model head phase never ran
 
     open(log, "w").close()
