@@ -33,7 +33,8 @@ with the test photos of the 2 others against the full gallery.
 
 ``--e2e-epochs N`` (default 3) also runs the product path on the photos themselves:
 ``amazon_visual.train(..., objective="retrieval", embedding_dim=128)`` (N - 1 epochs of the
-head phase, then 1 of fine_tune; augmentation on; ``--e2e-minutes`` budget), ``build_index``, ``evaluate_retrieval``.
+head phase, on cached features of the photos as they are and one augmented view, then 1 epoch of
+fine_tune on augmented photos; ``--e2e-minutes`` budget), ``build_index``, ``evaluate_retrieval``.
 """
 import argparse
 import json
