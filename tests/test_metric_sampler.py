@@ -94,3 +94,33 @@ def test_check_pk_errors(p, k, counts, message):
     with pytest.raises(UserError, match=message):
         check_pk(counts, p, k, names=["a", "b", "c", "d"])
     assert check_pk([3, 8, 2], 3, 8) == (3, 8)
+
+
+def test_pk_batches_over_examples_in_memory():
+    """P distinct classes x K each; every example of a class before any repeats; the same seed, the
+    same batches; a class with fewer than K examples repeats some."""
+    import itertools
+
+    import numpy as np
+
+    from amazon_visual.training.sampler import pk_batches
+
+    labels = np.array([0] * 6 + [1] * 6 + [2] * 6 + [3] * 1 + [5] * 4)  # no class 4; class 3 has 1 example
+    batches = list(itertools.islice(pk_batches(labels, 3, 2, seed=7), 60))
+    again = list(itertools.islice(pk_batches(labels, 3, 2, seed=7), 60))
+    assert all((a == b).all() for a, b in zip(batches, again))
+    assert any((a != b).any() for a, b in zip(batches, itertools.islice(pk_batches(labels, 3, 2, seed=8), 60)))
+    seen = {c: [] for c in (0, 1, 2, 3, 5)}
+    for b in batches:
+        assert b.shape == (6,) and b.dtype == np.int64
+        groups = labels[b].reshape(3, 2)
+        assert (groups[:, 0] == groups[:, 1]).all() and len(set(groups[:, 0])) == 3  # P distinct classes x K
+        for idx in b.reshape(3, 2):
+            seen[int(labels[idx[0]])].extend(int(i) for i in idx)
+    assert 4 not in labels[np.concatenate(batches)]
+    for c, taken in seen.items():
+        members = set(np.flatnonzero(labels == c).tolist())
+        n = len(members)
+        for start in range(0, len(taken) - n + 1, n):  # each run of n draws is one whole permutation
+            assert set(taken[start:start + n]) == members, (c, taken)
+    assert seen[3] and set(seen[3]) == {18}  # one example, drawn twice per batch

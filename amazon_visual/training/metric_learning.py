@@ -125,10 +125,15 @@ def cached_head(plan, head, fit_model, cached):
     compile_model(head_fit, plan, plan.lr)
     p, k = c["classes_per_batch"], c["per_class"]
     steps = pipeline.steps(len(x), p * k)
-    counts = np.bincount(y, minlength=len(plan.labels))
-    stream = sampler.pk_stream(tf.data.Dataset.from_tensor_slices((x, y)), counts, p, k,
-                               seed=int(plan.options["seed"]), n_batches=steps * c["epochs"])
-    train_ds = stream.batch(p * k, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    seed = int(plan.options["seed"])
+
+    def batches():  # the features are in memory: batches gathered by index (a tf.data filter per class
+        for idx in sampler.pk_batches(y, p, k, seed=seed):  # would copy them once per class)
+            yield x[idx], y[idx]
+
+    train_ds = tf.data.Dataset.from_generator(batches, output_signature=(
+        tf.TensorSpec((p * k, x.shape[1]), tf.float32), tf.TensorSpec((p * k,), tf.int64)))
+    train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
     if plan.n_val:
         (vx, vy), prefix = cached["validation"], "val_"
     else:  # view 0 comes first: the train photos as they are, in file order (as validation_dataset takes them)

@@ -51,6 +51,34 @@ def class_schedule(counts, classes_per_batch, n_batches, seed=0):
     return np.concatenate(batches).astype(np.int64)
 
 
+def pk_batches(labels, classes_per_batch, per_class, seed=0):
+    """Endless P x K batches of indices into ``labels`` (examples held in memory, e.g. cached
+    features): each batch P distinct classes drawn uniformly among those present, K examples of
+    each, taken in turn from a permutation of the class redrawn when used up (so every example of a
+    class comes before any comes again; a class with fewer than K examples repeats some). The same
+    ``seed``, the same batches. Memory: one index array, whatever the number of classes."""
+    labels = np.asarray(labels)
+    p, k = int(classes_per_batch), int(per_class)
+    rng = np.random.default_rng(int(seed))
+    by_label = np.argsort(labels, kind="stable")
+    present, starts, sizes = np.unique(labels[by_label], return_index=True, return_counts=True)
+    members = [by_label[s:s + n] for s, n in zip(starts, sizes)]
+    order = [rng.permutation(m) for m in members]
+    cursor = [0] * len(members)
+    while True:
+        batch = []
+        for c in rng.choice(len(present), p, replace=False):
+            taken = 0
+            while taken < k:
+                if cursor[c] >= len(order[c]):
+                    order[c], cursor[c] = rng.permutation(members[c]), 0
+                n = min(k - taken, len(order[c]) - cursor[c])
+                batch.extend(order[c][cursor[c]:cursor[c] + n])
+                cursor[c] += n
+                taken += n
+        yield np.asarray(batch, np.int64)
+
+
 def _class_groups(examples, label_index, c, n, k, seed):
     """Endless groups of K photos of class ``c`` (``n`` photos): distinct when ``n >= k``."""
     import tensorflow as tf
