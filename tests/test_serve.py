@@ -335,3 +335,20 @@ def test_micro_batcher_gathers_maps_and_survives_errors():
         list(pool.map(lambda x: b1.submit(x).result(timeout=10), range(6)))
     assert one == [1] * 6
     b1.close()
+
+
+@pytest.mark.parametrize("no_sighup", [False, True])
+def test_serves_where_sighup_reload_cannot_be_installed(world, monkeypatch, caplog, no_sighup):
+    """A TestClient runs the app off the main thread (no signal handlers there), and Windows has no
+    SIGHUP at all: either way the server starts, says so in one log line, and answers."""
+    import logging
+    import signal
+
+    if no_sighup:
+        monkeypatch.delattr(signal, "SIGHUP", raising=False)
+    with caplog.at_level(logging.INFO, logger="amazon_visual.serve"):
+        with client_for(world["index"]) as c:
+            assert c.get("/healthz").status_code == 200
+    lines = [r.getMessage() for r in caplog.records if "reload on SIGHUP is not available" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert ("no SIGHUP on this platform" in lines[0]) == no_sighup

@@ -99,13 +99,20 @@ async def _lifespan(app):
     holder.load()
     holder.start_watching()
     loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGHUP, lambda: threading.Thread(target=holder.reload, args=("SIGHUP",),
-                                                                         daemon=True).start())
-    except (RuntimeError, ValueError, NotImplementedError) as e:
-        # not the main thread (an embedded server, tests), or an event loop without signal handlers (Windows)
+    why = None
+    if not hasattr(signal, "SIGHUP"):  # Windows has no SIGHUP
+        why = "no SIGHUP on this platform"
+    else:
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: threading.Thread(target=holder.reload, args=("SIGHUP",),
+                                                                             daemon=True).start())
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            # a fallback, by design: not the main thread (an embedded server, tests), or an event loop
+            # that cannot install signal handlers
+            why = type(e).__name__
+    if why:
         log.info("reload on SIGHUP is not available here (%s); the index still reloads when its manifest "
-                 "changes (--reload-poll)", type(e).__name__)
+                 "changes (--reload-poll)", why)
     if app.state.settings.warm_up:
         threading.Thread(target=_warm_up, args=(holder,), name="model-warm-up", daemon=True).start()
     try:
