@@ -218,9 +218,13 @@ def run_load(server, jobs, concurrency, k):
     for t in threads:
         t.join()
     wall, cpu1 = time.perf_counter() - t0, server.cpu_seconds()
-    out = summarize(records, wall)
+    return with_server_cpu(summarize(records, wall), cpu0, cpu1)
+
+
+def with_server_cpu(out, cpu0, cpu1):
+    """``out`` (a phase's result) with the server's CPU ms per request, when both readings exist."""
     if cpu0 is not None and cpu1 is not None:
-        out["server_cpu_ms_per_request"] = round((cpu1 - cpu0) * 1000 / max(1, len(records)), 3)
+        out["server_cpu_ms_per_request"] = round((cpu1 - cpu0) * 1000 / max(1, out["requests"]), 3)
     return out
 
 
@@ -307,9 +311,7 @@ def run_wrk(server, kind, asins, photos, concurrency, k, seconds, work):
            "errors": r["socket_errors"] + r["non_2xx"],
            kind: {"requests": r["requests"], "qps": round(r["requests"] / wall, 1),
                   "p50_ms": round(r["p50_us"] / 1000, 2), "p99_ms": round(r["p99_us"] / 1000, 2)}}
-    if cpu0 is not None and cpu1 is not None:
-        res["server_cpu_ms_per_request"] = round((cpu1 - cpu0) * 1000 / max(1, r["requests"]), 3)
-    return res
+    return with_server_cpu(res, cpu0, cpu1)
 
 
 def jobs_of(kind, n, asins, photos, photo_every=4):

@@ -178,7 +178,7 @@ def _parse_beam_options(beam_options):
 
 
 _SHUFFLE_LOCK = threading.Lock()
-_SHUFFLE_SAVED = []  # [TFDS's own value, one None per build running]
+_SHUFFLE = {"builds": 0, "tfds_value": None}  # builds running in this process; TFDS's value before the first
 
 
 @contextlib.contextmanager
@@ -200,17 +200,17 @@ def tfds_shuffle_buffer(mb):
         yield
         return
     with _SHUFFLE_LOCK:  # builds in several threads: TFDS's value comes back when the last one ends
-        if not _SHUFFLE_SAVED:
-            _SHUFFLE_SAVED.append(shuffle.MAX_MEM_BUFFER_SIZE)
-        _SHUFFLE_SAVED.append(None)
+        if _SHUFFLE["builds"] == 0:
+            _SHUFFLE["tfds_value"] = shuffle.MAX_MEM_BUFFER_SIZE
+        _SHUFFLE["builds"] += 1
         shuffle.MAX_MEM_BUFFER_SIZE = int(float(mb) * (1 << 20))  # one value per process: the latest build's
     try:
         yield
     finally:
         with _SHUFFLE_LOCK:
-            _SHUFFLE_SAVED.pop()
-            if len(_SHUFFLE_SAVED) == 1:
-                shuffle.MAX_MEM_BUFFER_SIZE = _SHUFFLE_SAVED.pop()
+            _SHUFFLE["builds"] -= 1
+            if _SHUFFLE["builds"] == 0:
+                shuffle.MAX_MEM_BUFFER_SIZE = _SHUFFLE["tfds_value"]
 
 
 def _run_tfds(tmp, plan, beam, beam_args, shard_mb):
