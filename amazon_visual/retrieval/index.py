@@ -38,7 +38,8 @@ from amazon_visual.retrieval import backends
 from amazon_visual.retrieval.backends import (DEFAULT_SEARCH_K, DEFAULT_TREES, AnnoyBackend,  # noqa: F401
                                               check_annoy_file, iter_blocks, node_size, open_annoy)
 from amazon_visual.retrieval.layout import (EMBEDDER_FILE, EMBEDDINGS, FORMAT_VERSION, INDEX_FILE,  # noqa: F401
-                                            ITEMS, MANIFEST, METRIC, PARTIAL, THUMBS, cosine_from_angular, normalize)
+                                            ITEMS, MANIFEST, METRIC, NUMERIC_ATTRIBUTES, PARTIAL, THUMBS, cosine_from_angular,
+                                            normalize)
 
 
 # --------------------------------------------------------------------------
@@ -123,6 +124,12 @@ def read_items(index_dir):
     items = pd.read_csv(path, dtype=str, keep_default_na=False)
     if "label_id" in items:
         items["label_id"] = pd.to_numeric(items["label_id"], errors="coerce").fillna(-1).astype(int)
+    # attributes: an empty cell (or an index built before attributes existed) is missing: NaN numbers, "" brand
+    for name in NUMERIC_ATTRIBUTES:
+        items[name] = pd.to_numeric(items[name], errors="coerce") if name in items else np.nan
+    for name in ("brand", "image_sha256"):
+        if name not in items:
+            items[name] = ""
     return items
 
 

@@ -3,7 +3,8 @@
 An INDEX_DIR holds::
 
     manifest.json    model/backbone, embedding layer, dim, metric, n_items, trees, search_k, ...
-    items.csv        row i = index item i: asin, title, category, label, label_id, image_url, split, thumb
+    items.csv        row i = index item i: asin, title, category, label, label_id, image_url, split, thumb,
+                     brand, price, average_rating, rating_number (empty cell = missing), image_sha256
     embeddings.npy   float32 n x dim, L2-normalised (so cosine similarity is a dot product)
     index.ann        the ANN index: Annoy forest (default), or index.hnsw (HNSW graph, --backend hnsw)
     thumbs/          small JPEG thumbnails (galleries work offline)
@@ -24,7 +25,11 @@ ITEMS = "items.csv"
 THUMBS = "thumbs"
 THUMB_SIZE = 160  # longer side of a thumbnail (never enlarged)
 PARTIAL = ".partial"
-ITEM_COLUMNS = ["asin", "title", "category", "label", "label_id", "image_url", "split", "thumb"]
+# product attributes carried from the metadata (an empty cell in items.csv = missing; NaN once read)
+ATTRIBUTE_COLUMNS = ["brand", "price", "average_rating", "rating_number"]
+NUMERIC_ATTRIBUTES = ["price", "average_rating", "rating_number"]
+ITEM_COLUMNS = ["asin", "title", "category", "label", "label_id", "image_url", "split", "thumb",
+                *ATTRIBUTE_COLUMNS, "image_sha256"]
 EMBEDDER_FILE = "embedder.keras"
 FORMAT_VERSION = 1
 

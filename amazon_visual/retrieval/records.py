@@ -16,12 +16,14 @@ tfds ``FeaturesDict`` (what ``tfds``/``amazon_visual.data.load`` do) and resized
 CRCs are not checked here (no CRC-32C in the standard library); a damaged record fails to
 parse instead.
 """
+import hashlib
+import math
 import os
 import struct
 from dataclasses import dataclass
 
 from amazon_visual.errors import UserError
-from amazon_visual.retrieval.layout import THUMB_SIZE, THUMBS, safe_name
+from amazon_visual.retrieval.layout import ATTRIBUTE_COLUMNS, NUMERIC_ATTRIBUTES, THUMB_SIZE, THUMBS, safe_name
 
 
 @dataclass(frozen=True)
@@ -129,12 +131,14 @@ def dataset(serialized, features, image_size, resize, thumbnails):
         img = ex["image"]
         out = {"pixels": resize_image(img, image_size, resize), "asin": ex["asin"], "title": ex["title"],
                "category": ex["category"], "image_url": ex["image_url"], "label": ex["label"]}
+        out.update({name: ex[name] for name in attributes})
         if thumbnails:
             side = tf.minimum(THUMB_SIZE, tf.reduce_max(tf.shape(img)[:2]))  # never enlarged
             small = tf.image.resize(img, tf.stack([side, side]), preserve_aspect_ratio=True, antialias=True)
             out["thumb"] = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8), quality=85)
         return out
 
+    attributes = [name for name in ATTRIBUTE_COLUMNS if name in features.keys()]  # datasets built before them lack them
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(serialized), dtype=tf.string))
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -156,9 +160,33 @@ def item_row(ex, item_id, split, names, out_dir=None):
     if out_dir is not None and "thumb" in ex:
         thumb = f"{THUMBS}/{item_id:07d}-{safe_name(asin)}.jpg"
         write_bytes(os.path.join(out_dir, thumb), bytes(ex["thumb"]))
-    return {"asin": asin, "title": _text(ex["title"]), "category": _text(ex["category"]),
-            "label": names[label_id] if 0 <= label_id < len(names) else str(label_id), "label_id": label_id,
-            "image_url": _text(ex["image_url"]), "split": split, "thumb": thumb}
+    row = {"asin": asin, "title": _text(ex["title"]), "category": _text(ex["category"]),
+           "label": names[label_id] if 0 <= label_id < len(names) else str(label_id), "label_id": label_id,
+           "image_url": _text(ex["image_url"]), "split": split, "thumb": thumb,
+           "image_sha256": ex.get("image_sha256")}
+    row.update(attribute_values(ex))
+    return row
+
+
+def attribute_values(ex):
+    """The product attributes of a converted example, None where missing (a NaN number, an empty brand,
+    or a dataset built before attributes existed)."""
+    out = {}
+    brand = _text(ex["brand"]).strip() if "brand" in ex else ""
+    out["brand"] = brand or None
+    for name in NUMERIC_ATTRIBUTES:
+        v = float(ex[name]) if name in ex else math.nan
+        out[name] = None if math.isnan(v) else (int(v) if name == "rating_number" else v)
+    return out
+
+
+def image_sha256(record):
+    """SHA-256 (hex) of the stored photo bytes of a serialized example: what ``index --update`` compares
+    to know a photo changed (the title or price changing does not change it)."""
+    import tensorflow as tf
+
+    ex = tf.train.Example.FromString(record)
+    return hashlib.sha256(ex.features.feature["image"].bytes_list.value[0]).hexdigest()
 
 
 def embed_records(predict, serialized, features, image_size, resize, thumbnails, batch_size, on_batch=None):
@@ -171,11 +199,14 @@ def embed_records(predict, serialized, features, image_size, resize, thumbnails,
     from amazon_visual.retrieval.layout import normalize
 
     embs, fields = [], []
+    serialized = list(serialized)
     ds = dataset(serialized, features, image_size, resize, thumbnails)
     for batch in ds.batch(int(batch_size)).prefetch(2).as_numpy_iterator():
         emb = normalize(np.asarray(predict(batch.pop("pixels")), np.float32))
         embs.append(emb.reshape(len(emb), -1))
         fields.extend({k: v[j] for k, v in batch.items()} for j in range(len(emb)))
+    for f, record in zip(fields, serialized):
+        f["image_sha256"] = image_sha256(record)
         if on_batch is not None:
             on_batch(len(emb))
     return np.concatenate(embs), fields
