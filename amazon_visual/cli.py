@@ -105,6 +105,12 @@ def add_build_data(sub):
     p.add_argument("--beam-options", action="append", metavar="OPTS",
                    help="Beam pipeline options as one string, e.g. "
                         "--beam-options='--direct_num_workers=2 --direct_running_mode=multi_processing'")
+    p.add_argument("--exclude-file", metavar="CSV",
+                   help="products to leave out: the reviewed duplicates.csv of amazon-visual audit (its rows that "
+                        "are not their group's representative) or any CSV with an asin column (every row)")
+    p.add_argument("--relabel-file", metavar="CSV",
+                   help="products whose class changes: the reviewed misfiled.csv of amazon-visual audit "
+                        "(columns asin, suggested; suggested must be one of the classes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the build report as JSON")
@@ -124,7 +130,7 @@ def _run_build_data(args):
         beam=args.beam, beam_options=args.beam_options, overwrite=args.overwrite,
         download_workers=args.download_workers, timeout=args.timeout, retries=args.retries,
         shuffle_buffer_mb=SHUFFLE_BUFFER_MB if args.shuffle_buffer_mb is None else args.shuffle_buffer_mb,
-        progress=not args.no_progress)
+        progress=not args.no_progress, exclude_file=args.exclude_file, relabel_file=args.relabel_file)
     if args.json:
         print_json(report)
     else:

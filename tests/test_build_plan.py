@@ -67,7 +67,8 @@ def test_downloads_applied_while_the_plan_is_read(tmp_path):
     items = list(s.items())
     assert len(items) == 5000 - len(range(0, 5000, 7))
     assert items[0] == {"asin": "A1", "title": "title A1", "category": "cat0", "label": 0, "source": "/cache/A1",
-                        "image_url": "http://x/A1.jpg?2"}
+                        "image_url": "http://x/A1.jpg?2", "brand": None, "price": None, "average_rating": None,
+                        "rating_number": None}
     s.image_failed("A1")
     s.drop_failed()
     assert s.count() == len(items) - 1

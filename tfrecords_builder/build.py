@@ -19,13 +19,14 @@ from collections import Counter
 
 from amazon_visual.errors import UserError
 from tfrecords_builder import download as dl
+from tfrecords_builder.decisions import read_exclude_file, read_relabel_file, relabel_labels
 from tfrecords_builder.images import iter_image_files, warm_up
 from tfrecords_builder.labels import (PRESETS, CategoryCounts, Labeler, read_categories_file, top_categories,
                                      unique_names)
 from tfrecords_builder.metadata import ReadStats, read_products
 from tfrecords_builder.parallel import OrderedPool
 from amazon_visual.atomic import write_json
-from tfrecords_builder.plan import PlanStore
+from tfrecords_builder.plan import ATTRIBUTES, PlanStore
 from tfrecords_builder.report import FailureLog, plot_label_distribution
 from tfrecords_builder.splits import SPLIT_NAMES, parse_fractions, split_of, unit_hash
 
@@ -106,17 +107,23 @@ def _check_classes(names, n_per_label, counts, how, when="", dropped=None):
                                                                              if dropped else ""))
 
 
-def _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops, progress, counts):
+def _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops, progress, counts, decided=None):
     """Stream the products into ``store``: the labelled, unique ones with an image source, with their
-    split (``counts``: categories seen). Nothing per product stays in memory."""
+    split and attributes (``counts``: categories seen). ``decided``: the review decisions' counts
+    (None: no decision file, nothing to look up). Nothing per product stays in memory."""
     bar = _tqdm(progress, desc="reading metadata", unit=" products")
     for p in read_products(metadata, stats):
         bar.update(1)
         if not store.first_sight(p.asin):
             drops["duplicate_asin"] += 1
             continue
+        if decided is not None and store.is_excluded(p.asin):
+            drops["excluded"] += 1
+            continue
         counts.add(p)
         label, category = labeler.match(p.paths)
+        if decided is not None:
+            label, category = _relabel(store, p.asin, label, category, labeler, decided)
         if label is None:
             drops["no_class"] += 1
             continue
@@ -132,9 +139,54 @@ def _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops,
                 continue
             source, url = None, p.image_urls[0]
         store.add(p.asin, p.title, category, label, source, url, p.image_urls, split_of(p.asin, seed, fractions),
-                  unit_hash(seed, p.asin, "cap"))
+                  unit_hash(seed, p.asin, "cap"), {name: getattr(p, name) for name in ATTRIBUTES})
     store.commit()
     bar.close()
+
+
+def _relabel(store, asin, label, category, labeler, decided):
+    """``(label, category)`` after the relabel file: the suggested class (its name as the category)."""
+    new = store.relabelled(asin)
+    if new is None:
+        return label, category
+    if new == label:
+        decided["relabel_unchanged"] += 1
+        return label, category
+    decided["relabelled"] += 1
+    return new, labeler.names[new]
+
+
+def _read_decisions(exclude_file, relabel_file):
+    """The review decision files, read and checked before anything else (None when neither is given)."""
+    if not exclude_file and not relabel_file:
+        return None
+    excluded, ex_info = read_exclude_file(exclude_file) if exclude_file else ([], None)
+    relabel, re_info = read_relabel_file(relabel_file) if relabel_file else ([], None)
+    return {"excluded": excluded, "relabel": relabel, "exclude_info": ex_info, "relabel_info": re_info}
+
+
+def _decisions_report(decisions, store, decided):
+    """The ``decisions`` section of the report: what each file asked, what it changed, what it did not find."""
+    if decisions is None:
+        return {"exclude_file": None, "relabel_file": None}
+    not_found = store.decisions_unknown()
+    out = {"exclude_file": None, "relabel_file": None}
+    if decisions["exclude_info"]:
+        info = decisions["exclude_info"]
+        out.update(exclude_file=info["file"], exclude_form=info["form"], exclude_listed=info["listed"],
+                   representatives_kept=info["representatives_kept"], excluded=decided["excluded"],
+                   exclude_not_found=not_found[0])
+    if decisions["relabel_info"]:
+        info = decisions["relabel_info"]
+        out.update(relabel_file=info["file"], relabel_listed=info["listed"], relabelled=decided["relabelled"],
+                   relabel_unchanged=decided["relabel_unchanged"], relabel_not_found=not_found[1])
+    return out
+
+
+def _attributes_report(store, total):
+    """Products written with each attribute: ``{name: {"count", "share"}}``."""
+    counts = store.attribute_counts()
+    return {name: {"count": int(n), "share": round(n / total, 4) if total else 0.0} for name, n in counts.items()}
 
 
 def _final_per_label(store):
@@ -149,12 +201,12 @@ def _download(store, cache_dir, failures, workers, timeout, retries, backoff, ma
     dl.clean_partials(cache_dir)
     store.load_known_urls(dl.UrlLog.records(cache_dir))
     log = dl.UrlLog(cache_dir, load=False)  # the records already there live in the plan
-    stats = {"cached": 0, "downloaded": 0, "failed": 0}
+    stats = {"cached": 0, "downloaded": 0, "refreshed": 0, "failed": 0}
     bar = _tqdm(progress, desc="downloading images", total=store.count(), unit=" img")
     for asin, path, url, reason in dl.download_iter(store.download_tasks(), cache_dir, workers, timeout, retries,
                                                     backoff, max_bytes, known_url=store.known_url, log=log):
         if path:
-            stats["cached" if reason == "cached" else "downloaded"] += 1
+            stats[reason if reason in ("cached", "refreshed") else "downloaded"] += 1
         else:
             stats["failed"] += 1
         store.fetched(asin, path, url, None if path else reason)
@@ -293,7 +345,8 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
                categories_file=None, top_categories=None, preset=None, min_per_class=0, max_per_class=None,
                image_size=256, splits=(0.8, 0.1, 0.1), seed=0, workers=None, beam=False, beam_options=None,
                overwrite=False, download_workers=16, timeout=10.0, retries=3, backoff=0.5,
-               max_bytes=dl.MAX_BYTES, shard_mb=256, shuffle_buffer_mb=SHUFFLE_BUFFER_MB, progress=True):
+               max_bytes=dl.MAX_BYTES, shard_mb=256, shuffle_buffer_mb=SHUFFLE_BUFFER_MB, progress=True,
+               exclude_file=None, relabel_file=None):
     """Build DATA_DIR ``out`` from Amazon metadata files and images; returns the report dict.
 
     Args:
@@ -301,7 +354,8 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
       out: the dataset folder to write (must be empty or absent unless ``overwrite``).
       images_dir: folder of images named by ASIN (``B000123.jpg``, any common extension), or
       download: fetch the images from the metadata URLs into ``cache_dir``
-        (default ``<out>.image-cache`` next to ``out``); a rerun fetches only what is missing.
+        (default ``<out>.image-cache`` next to ``out``); a rerun fetches only what is missing
+        (and a product's image again when its URLs changed: the report's ``refreshed``).
       categories / categories_file / top_categories / preset: how the classes are named (one of them).
       min_per_class: drop classes with fewer products. max_per_class: cap classes (by hash, deterministic).
       image_size: longer side of the stored JPEGs (smaller images are not enlarged).
@@ -311,6 +365,8 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
       beam: run the builder through Apache Beam; ``beam_options``: pipeline options string/list.
       shuffle_buffer_mb: memory the local writer may use to shuffle a split before it spills the
         examples to bucket files on disk (the output is the same whatever the value).
+      exclude_file / relabel_file: review decisions (CSV, as ``amazon-visual audit`` writes them):
+        products to leave out, products whose class changes (see :mod:`tfrecords_builder.decisions`).
     """
     t0 = time.time()
     if isinstance(metadata, (str, os.PathLike)):
@@ -345,6 +401,7 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
     beam_args = _parse_beam_options(beam_options)
     if beam_args and not beam:
         raise UserError("--beam-options needs --beam")
+    decisions = _read_decisions(exclude_file, relabel_file)
     out = os.path.abspath(os.fspath(out))
     with _build_lock(out):
         _recover(out)
@@ -358,7 +415,7 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
                 return _build(metadata, out, images_dir, download, cache_dir, categories, categories_file,
                               top_categories, preset, min_per_class, max_per_class, image_size, fractions, seed,
                               workers, beam, beam_args, download_workers, timeout, retries, backoff, max_bytes,
-                              shard_mb, progress, pool, t0)
+                              shard_mb, progress, pool, t0, decisions)
         finally:
             if pool is not None:
                 pool.close()
@@ -426,7 +483,7 @@ def _recover(out):
 
 def _build(metadata, out, images_dir, download, cache_dir, categories, categories_file, top_categories, preset,
            min_per_class, max_per_class, image_size, fractions, seed, workers, beam, beam_args,
-           download_workers, timeout, retries, backoff, max_bytes, shard_mb, progress, pool, t0):
+           download_workers, timeout, retries, backoff, max_bytes, shard_mb, progress, pool, t0, decisions):
     if download:
         cache_dir = os.path.abspath(os.fspath(cache_dir)) if cache_dir else f"{out}.image-cache"
         if cache_dir == out or cache_dir.startswith(out + os.sep):
@@ -435,10 +492,12 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
     # ---- metadata, classes, selection -------------------------------------------------
     drops = Counter({k: 0 for k in ("malformed_line", "duplicate_asin", "no_class", "no_image_url",
                                     "no_image_file", "class_too_small", "over_max_per_class",
-                                    "download_failed", "image_failed")})
+                                    "download_failed", "image_failed", "excluded")})
     class_names, class_source, level, how = _choose_classes(metadata, categories, categories_file, top_categories,
                                                             preset, progress)
     labeler = Labeler(class_names)
+    relabel = (relabel_labels(decisions["relabel_info"]["file"], decisions["relabel"], class_names)
+               if decisions and decisions["relabel_info"] else [])
     tmp = f"{out}.tmp-build"  # (one left by a killed run was removed by _recover)
     os.makedirs(os.path.join(tmp, PLAN_DIR))
     store = PlanStore(os.path.join(tmp, PLAN_DIR, "plan.sqlite"))
@@ -448,7 +507,14 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
             store.add_image_files(iter_image_files(images_dir))
         stats = ReadStats()
         categories_seen = CategoryCounts()
-        _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops, progress, categories_seen)
+        decided = None
+        if decisions is not None:
+            store.add_decisions(decisions["excluded"], relabel)
+            decided = Counter({"relabelled": 0, "relabel_unchanged": 0})
+        _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops, progress, categories_seen,
+                decided)
+        if decided is not None:
+            decided["excluded"] = drops["excluded"]
         drops["malformed_line"] = stats.malformed
         t_meta = time.time()
 
@@ -525,7 +591,9 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
                 with open(os.path.join(failures_dir, name), encoding="utf-8") as f:
                     for line in f:
                         if line.strip():
-                            failures.append(dict(_json.loads(line), stage="image"))
+                            record = dict(_json.loads(line), stage="image")
+                            failures.append(record)
+                            store.image_failed(record["asin"])  # (the attribute counts leave it out)
             plan.counts = _read_back_counts(version_dir, final_names)
         drops["image_failed"] += failures.count - before
 
@@ -560,6 +628,8 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
             "counts": counts,
             "totals": totals,
             "drops": dict(drops),
+            "attributes": _attributes_report(store, totals["all"]),
+            "decisions": _decisions_report(decisions, store, decided),
             "dropped_classes": dropped_classes,
             "failure_reasons": dict(failures.reasons),
             "failures": failures.listed,

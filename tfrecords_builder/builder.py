@@ -8,18 +8,26 @@ Without Beam, ``_generate_examples`` feeds the image work (decode, convert, resi
 JPEG encode) to worker processes (ordered, bounded ``imap``) and yields the JPEG
 bytes, which ``tfds.features.Image`` stores as they are (bytes are not re-encoded).
 With Beam, the same work runs in a ``beam.FlatMap`` on the runner's workers.
+
+Besides the photo, its class and its texts, each example carries the product's attributes
+(:mod:`tfrecords_builder.attributes`): ``brand`` (text, "" when missing) and ``price``,
+``average_rating``, ``rating_number`` (float32 scalars, NaN when missing). Datasets of
+version 1.0.0 were built before them; readers treat their absence as "all missing".
 """
 import json
+import math
 import os
 import socket
 from dataclasses import dataclass, field
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from tfrecords_builder.images import process_item
 from tfrecords_builder.splits import SPLIT_NAMES
 
-DATASET_VERSION = "1.0.0"
+DATASET_VERSION = "1.1.0"  # 1.1.0: the product attributes (brand, price, average_rating, rating_number)
+NUMERIC_ATTRIBUTES = ("price", "average_rating", "rating_number")
 _HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
 
 
@@ -67,7 +75,14 @@ def _features(class_names):
         "title": tfds.features.Text(),
         "category": tfds.features.Text(),
         "image_url": tfds.features.Text(),
+        "brand": tfds.features.Text(),
+        **{name: tfds.features.Scalar(dtype=np.float32) for name in NUMERIC_ATTRIBUTES},
     })
+
+
+def _number(value):
+    """A stored attribute number: NaN for a missing one (None)."""
+    return math.nan if value is None else float(value)
 
 
 def _example(item, jpeg):
@@ -78,6 +93,8 @@ def _example(item, jpeg):
         "title": item["title"],
         "category": item["category"],
         "image_url": item["image_url"],
+        "brand": item.get("brand") or "",
+        **{name: _number(item.get(name)) for name in NUMERIC_ATTRIBUTES},
     }
 
 
@@ -102,7 +119,8 @@ class AmazonProducts(tfds.core.GeneratorBasedBuilder):
     """Amazon product photos labelled with catalog categories (built by amazon-visual build-data)."""
 
     VERSION = tfds.core.Version(DATASET_VERSION)
-    RELEASE_NOTES = {DATASET_VERSION: "Built by amazon-visual build-data."}
+    RELEASE_NOTES = {"1.0.0": "Built by amazon-visual build-data.",
+                     DATASET_VERSION: "Product attributes: brand, price, average_rating, rating_number."}
 
     @tfds.core.utils.classproperty
     @classmethod

@@ -9,7 +9,11 @@
   so a killed run leaves no partial cache file and a rerun fetches only what is missing;
 - the URL each cached image came from is appended to ``urls.jsonl`` in the cache before
   the image is renamed into place, so a rerun reports the same URL (a product's first
-  URL may have failed and its second served the image).
+  URL may have failed and its second served the image);
+- a rerun on an updated catalog reuses every cached image whose recorded URL is still one
+  of the product's URLs (or that has no record); a product whose URLs no longer include the
+  one its cached image came from was re-photographed: its image is fetched again
+  ("refreshed") and replaces the cached one only once the new one is complete.
 
 Every failure is returned as ``{"asin", "url", "reason"}``; the build goes on.
 """
@@ -143,12 +147,15 @@ def _fetch_once(url, dest, timeout, max_bytes, before_commit=None):
                 pass
 
 
-def fetch(asin, url, cache_dir, timeout=10.0, retries=3, backoff=0.5, max_bytes=MAX_BYTES, log=None):
-    """Fetch one image into the cache; ``(path, None)`` or ``(None, reason)``. Cached files are kept.
+def fetch(asin, url, cache_dir, timeout=10.0, retries=3, backoff=0.5, max_bytes=MAX_BYTES, log=None,
+          refresh=False):
+    """Fetch one image into the cache; ``(path, None)`` or ``(None, reason)``. Cached files are kept
+    unless ``refresh`` (then the new image replaces the cached one once complete; on failure the
+    cached one stays).
 
     ``log`` (a :class:`UrlLog`) records the URL before the image is committed."""
     dest = cache_path(cache_dir, asin)
-    if os.path.isfile(dest) and os.path.getsize(dest) > 0:
+    if not refresh and os.path.isfile(dest) and os.path.getsize(dest) > 0:
         return dest, None
     scheme = urllib.parse.urlsplit(url).scheme.lower() if isinstance(url, str) else ""
     if scheme not in ("http", "https"):
@@ -190,22 +197,23 @@ def download_iter(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff
 
     Yields ``(asin, path, url, reason)`` per item as each one finishes (not in item order: a
     slow host never holds the others back): ``path`` the cache file (None when every URL
-    failed, ``reason`` says why; ``"cached"`` for an image already in the cache), ``url`` the
-    URL the image came from (for a cached image: ``known_url(asin)``, the cache's
-    :class:`UrlLog` record, or None). At most ``8 x workers`` items are in flight, so memory
-    does not grow with the number of items. ``log``: the cache's :class:`UrlLog`.
+    failed, ``reason`` says why; ``"cached"`` for an image already in the cache, ``"refreshed"``
+    for a cached image fetched again because its recorded URL is no longer one of the item's
+    URLs), ``url`` the URL the image came from (for a cached image: ``known_url(asin)``, the
+    cache's :class:`UrlLog` record, or None). At most ``8 x workers`` items are in flight, so
+    memory does not grow with the number of items. ``log``: the cache's :class:`UrlLog`.
     """
     cache_dir = os.fspath(cache_dir)
     log = log if log is not None else UrlLog(cache_dir)
     known_url = known_url if known_url is not None else log.urls.get
 
-    def one(item):
+    def one(item, refresh=False):
         asin, urls = item
         reason, url = "no image URL", ""
         for url in urls[:3]:
-            path, reason = fetch(asin, url, cache_dir, timeout, retries, backoff, max_bytes, log)
+            path, reason = fetch(asin, url, cache_dir, timeout, retries, backoff, max_bytes, log, refresh)
             if path:
-                return asin, path, url, None
+                return asin, path, url, "refreshed" if refresh else None
         return asin, None, url, reason
 
     workers = max(1, int(workers))
@@ -213,10 +221,14 @@ def download_iter(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff
         running = set()
         for asin, urls in items:
             dest = cache_path(cache_dir, asin)
+            refresh = False
             if os.path.isfile(dest) and os.path.getsize(dest) > 0:
-                yield asin, dest, known_url(asin), "cached"
-                continue
-            running.add(ex.submit(one, (asin, urls)))
+                known = known_url(asin)
+                if known is None or known in urls:
+                    yield asin, dest, known, "cached"
+                    continue
+                refresh = True  # the product's photo changed: its URLs no longer hold the cached one's
+            running.add(ex.submit(one, (asin, urls), refresh))
             if len(running) >= 8 * workers:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for f in done:
@@ -231,7 +243,8 @@ def download_all(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=
 
     Returns ``(paths, failures, stats)``: ``paths`` maps ASIN -> cache file for the
     images now in the cache; ``failures`` is a list of ``{"asin", "url", "reason"}``;
-    ``stats`` counts ``cached`` (already there), ``downloaded`` and ``failed``.
+    ``stats`` counts ``cached`` (already there), ``downloaded`` (a refreshed image among them) and
+    ``failed``.
     For a product with several URLs the next one is tried when one fails; ``used_urls``
     (a dict), when given, receives ASIN -> the URL its image came from (for a cached
     image: the one in the cache's :class:`UrlLog`, when it has one).
@@ -246,7 +259,7 @@ def download_all(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=
     for asin, path, url, reason in download_iter(items, cache_dir, workers, timeout, retries, backoff, max_bytes):
         if path:
             paths[asin] = path
-            stats["cached" if reason == "cached" else "downloaded"] += 1
+            stats["cached" if reason == "cached" else "downloaded"] += 1  # (a refreshed image: downloaded)
             if used_urls is not None and url is not None:
                 used_urls[asin] = url
         else:

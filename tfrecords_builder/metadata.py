@@ -7,6 +7,9 @@
 - 2023 (Hou): JSONL ``{"parent_asin", "title", "main_category", "categories": [path],
   "images": [{"large", "hi_res", "thumb", "variant"}]}``.
 
+Each product also carries its attributes (brand, price, average rating, number of ratings;
+None where the record has none): see :mod:`tfrecords_builder.attributes`.
+
 Files may be plain or gzipped (detected by magic bytes, not by name), UTF-8 (with or
 without a BOM) or UTF-16/32 with a BOM; undecodable bytes are replaced. The format is
 detected from the first well-formed line. A malformed line (unparsable, not a record,
@@ -26,6 +29,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from amazon_visual.errors import UserError
+from tfrecords_builder.attributes import attributes
 
 FORMATS = ("2014", "2018", "2023")
 MAX_LINE_CHARS = 5_000_000  # a longer line is malformed (guards literal_eval and memory)
@@ -39,6 +43,10 @@ class Product:
     paths: list = field(default_factory=list)  # list of category paths (lists of names)
     image_urls: list = field(default_factory=list)  # best first
     store: str = ""  # 2018 main_cat / 2023 main_category (also a one-name path in ``paths``)
+    brand: object = None  # str, or None when missing (2014/2018 brand; 2023 store, else details["Brand"])
+    price: object = None  # float dollars, or None
+    average_rating: object = None  # float 0-5 (2023), or None
+    rating_number: object = None  # float count (2023), or None
     source: str = ""
     line: int = 0
 
@@ -151,7 +159,7 @@ def _parse_2014(line):
             p = _path(p)
             if p:
                 paths.append(p)
-    return asin, rec.get("title"), paths, _urls([rec.get("imUrl")]), ""
+    return asin, rec.get("title"), paths, _urls([rec.get("imUrl")]), "", attributes(rec, "2014")
 
 
 def _parse_2018(line):
@@ -169,7 +177,7 @@ def _parse_2018(line):
     lo = rec.get("imageURL") or []
     hi = hi if isinstance(hi, list) else [hi]
     lo = lo if isinstance(lo, list) else [lo]
-    return asin, rec.get("title"), paths, _urls(hi + lo), _text(rec.get("main_cat"))
+    return asin, rec.get("title"), paths, _urls(hi + lo), _text(rec.get("main_cat")), attributes(rec, "2018")
 
 
 def _parse_2023(line):
@@ -195,7 +203,7 @@ def _parse_2023(line):
                         key=lambda im: 0 if str(im.get("variant", "")).upper() == "MAIN" else 1)
         for im in images:
             urls.extend([im.get("large"), im.get("hi_res"), im.get("thumb")])
-    return asin, rec.get("title"), paths, _urls(urls), main
+    return asin, rec.get("title"), paths, _urls(urls), main, attributes(rec, "2023")
 
 
 _PARSERS = {"2014": _parse_2014, "2018": _parse_2018, "2023": _parse_2023}
@@ -274,11 +282,11 @@ def _record(parse, line, fmt):
     if line is None:
         return None, "line too long"
     try:
-        asin, title, cat_paths, urls, store = parse(line.strip())
+        asin, title, cat_paths, urls, store, attrs = parse(line.strip())
         asin = _text(asin)
         title = _text(title)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, AttributeError) as e:
         return None, f"unparsable {fmt} record ({type(e).__name__})"
     if not asin:
         return None, "no asin"
-    return Product(asin=asin, title=title, paths=cat_paths, image_urls=urls, store=store), None
+    return Product(asin=asin, title=title, paths=cat_paths, image_urls=urls, store=store, **attrs), None

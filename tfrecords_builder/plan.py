@@ -28,14 +28,18 @@ CREATE TABLE products (
     title TEXT, category TEXT, label INTEGER NOT NULL,
     source TEXT,                    -- the image file (images folder or download cache); NULL until found
     image_url TEXT, urls TEXT,      -- the URL recorded in the dataset; every URL of the product (JSON)
-    split TEXT NOT NULL, cap_hash REAL NOT NULL);
+    split TEXT NOT NULL, cap_hash REAL NOT NULL,
+    brand TEXT, price REAL, average_rating REAL, rating_number REAL);  -- the attributes; NULL = missing
 CREATE INDEX products_label ON products (label, cap_hash, seq);
 CREATE INDEX products_split ON products (split, seq);
 CREATE TABLE fetched (asin TEXT PRIMARY KEY, source TEXT, url TEXT, reason TEXT) WITHOUT ROWID;
 CREATE TABLE failed (asin TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE excluded (asin TEXT PRIMARY KEY, seen INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE TABLE relabel (asin TEXT PRIMARY KEY, label INTEGER NOT NULL, seen INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 """
 
-COLUMNS = ("asin", "title", "category", "label", "source", "image_url")
+ATTRIBUTES = ("brand", "price", "average_rating", "rating_number")
+COLUMNS = ("asin", "title", "category", "label", "source", "image_url", *ATTRIBUTES)
 
 
 def _pages(db, columns, where="", args=()):
@@ -89,11 +93,39 @@ class PlanStore:
         row = self._db.execute("SELECT path FROM files WHERE asin = ?", (asin,)).fetchone()
         return row[0] if row else None
 
-    def add(self, asin, title, category, label, source, image_url, urls, split, cap_hash):
+    def add(self, asin, title, category, label, source, image_url, urls, split, cap_hash, attributes=None):
+        """One selected product; ``attributes``: {name: value or None} of :data:`ATTRIBUTES`."""
+        attributes = attributes or {}
         self._db.execute("INSERT INTO products (asin, title, category, label, source, image_url, urls, split, "
-                         "cap_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         "cap_hash, brand, price, average_rating, rating_number) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (asin, title, category, int(label), source, image_url, json.dumps(list(urls or [])),
-                          split, cap_hash))
+                          split, cap_hash, *(attributes.get(name) for name in ATTRIBUTES)))
+
+    # ---- review decisions (build-data --exclude-file / --relabel-file) ----------------
+    def add_decisions(self, excluded=(), relabel=()):
+        """ASINs to leave out, and ``(asin, label)`` pairs whose class is set by a review."""
+        self._db.executemany("INSERT OR IGNORE INTO excluded (asin) VALUES (?)", ((a,) for a in excluded))
+        self._db.executemany("INSERT OR REPLACE INTO relabel (asin, label) VALUES (?, ?)",
+                             ((a, int(x)) for a, x in relabel))
+        self._db.commit()
+
+    def is_excluded(self, asin):
+        """True (and the ASIN marked as found) when a review excluded ``asin``."""
+        return self._db.execute("UPDATE excluded SET seen = 1 WHERE asin = ?", (asin,)).rowcount == 1
+
+    def relabelled(self, asin):
+        """The label a review gave ``asin`` (marked as found), or None."""
+        row = self._db.execute("SELECT label FROM relabel WHERE asin = ?", (asin,)).fetchone()
+        if row is None:
+            return None
+        self._db.execute("UPDATE relabel SET seen = 1 WHERE asin = ?", (asin,))
+        return row[0]
+
+    def decisions_unknown(self):
+        """``(excluded ASINs never found in the metadata, relabelled ones never found)``."""
+        return tuple(self._db.execute(f"SELECT COUNT(*) FROM {t} WHERE seen = 0").fetchone()[0]
+                     for t in ("excluded", "relabel"))
 
     def per_label(self):
         """Products per label (the labels as stored, before :attr:`remap`)."""
@@ -157,6 +189,12 @@ class PlanStore:
     def image_failed(self, asin):
         """Record a product whose image could not be used (see :meth:`drop_failed`)."""
         self._db.execute("INSERT OR IGNORE INTO failed VALUES (?)", (asin,))
+
+    def attribute_counts(self):
+        """Products with each attribute (:data:`ATTRIBUTES`), over the plan less its failed images."""
+        row = self._db.execute(f"SELECT {', '.join(f'COUNT({a})' for a in ATTRIBUTES)} FROM products "
+                               "WHERE asin NOT IN (SELECT asin FROM failed)").fetchone()
+        return dict(zip(ATTRIBUTES, row))
 
     def drop_failed(self):
         """Products whose image failed leave the plan (a rebuild without them)."""

@@ -64,6 +64,7 @@ def summary_table(report):
     reasons = report.get("failure_reasons", {})
     if reasons:
         lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
+    lines += _extra_lines(report)
     for msg in report.get("warnings", []):
         lines.append(f"warning: {msg}")
     t = report["timings"]
@@ -71,6 +72,28 @@ def summary_table(report):
                  f"build {t['build_s']:.1f} s, {t['images_per_s']:.1f} images/s)")
     lines.append(f"report: {os.path.join(report['data_dir'], 'build_report.json')}")
     return "\n".join(lines)
+
+
+def _extra_lines(report):
+    """The summary's lines on the image cache, the product attributes and the review decisions."""
+    lines = []
+    src = report.get("image_source", {})
+    if src.get("download"):
+        lines.append(f"images: {src.get('cached', 0)} reused from the cache, {src.get('downloaded', 0)} downloaded, "
+                     f"{src.get('refreshed', 0)} downloaded again (the product's photo URL changed), "
+                     f"{src.get('failed', 0)} failed")
+    attrs = report.get("attributes")
+    if attrs:
+        lines.append("attributes: " + ", ".join(f"{k} {v['count']} ({100 * v['share']:.1f}%)" for k, v in attrs.items()))
+    dec = report.get("decisions") or {}
+    if dec.get("exclude_file"):
+        lines.append(f"excluded: {dec['excluded']} products of {dec['exclude_listed']} listed in {dec['exclude_file']}"
+                     f" ({dec['exclude_not_found']} not in the metadata)")
+    if dec.get("relabel_file"):
+        lines.append(f"relabelled: {dec['relabelled']} products of {dec['relabel_listed']} listed in "
+                     f"{dec['relabel_file']} ({dec['relabel_unchanged']} already in their suggested class, "
+                     f"{dec['relabel_not_found']} not in the metadata)")
+    return lines
 
 
 MAX_FAILURES_LISTED = 100_000
