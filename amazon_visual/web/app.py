@@ -8,7 +8,9 @@ runs it under uvicorn. The routes (OpenAPI at ``/docs``):
 - ``GET /v1/products/{asin}``, ``GET /v1/products/{asin}/similar``, ``GET /v1/products``
   (browse: ``category``, ``q``, ``page``, ``per_page``), ``GET /v1/categories``;
 - ``GET /thumbs/{asin}.jpg`` (only thumbnails the index lists), ``GET /`` (the page), ``/static``;
-- ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus).
+- ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus);
+- ``PUT`` / ``DELETE /v1/products/{asin}``: live writes on an index built with ``--writable``,
+  switched on by a write token (:mod:`.writes`).
 
 The :class:`~amazon_visual.retrieval.recommend.Recommender` is the engine: ASIN queries call
 it in the event loop (a few index look-ups, no model); photo queries are decoded in the
@@ -49,6 +51,7 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     reload_poll_seconds: float = 2.0
     warm_up: bool = True
+    write_token_file: str = None  # live writes: the token's file (else env AMAZON_VISUAL_WRITE_TOKEN; neither: off)
 
     @property
     def max_upload_bytes(self):
@@ -79,9 +82,12 @@ def create_app(settings):
                   lifespan=_lifespan)
     app.state.settings, app.state.holder, app.state.metrics = settings, holder, metrics
     app.state.fetcher = UrlFetcher(settings.url_allow_hosts, settings.url_timeout, settings.max_upload_bytes)
-    from amazon_visual.web import routes
+    from amazon_visual.web import routes, writes
 
+    token = writes.load_token(settings.write_token_file)  # kept only as its digest, never logged
+    app.state.write_token_digest = writes.token_digest(token) if token else None
     app.include_router(routes.router)
+    app.include_router(writes.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + (64 << 10))  # room for multipart headers

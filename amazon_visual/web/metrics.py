@@ -1,7 +1,7 @@
 """Prometheus metrics of the service (prometheus-client).
 
 Requests by route, method and status; request latency per route; model batch sizes and
-batch latency; index size and reloads. Each app gets its own registry (several apps can
+batch latency; index size and reloads; live writes by operation and outcome. Each app gets its own registry (several apps can
 live in one process, e.g. in tests). With several uvicorn workers, ``serve`` sets
 ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` aggregates every worker's files through
 prometheus-client's multiprocess collector.
@@ -29,6 +29,10 @@ class ServiceMetrics:
         self.index_items = Gauge("amazon_visual_index_items", "items in the index being served",
                                  multiprocess_mode="livemax", registry=r)
         self.reloads = Counter("amazon_visual_index_reloads", "index reloads by result", ["result"], registry=r)
+        # live writes (web/writes.py): operation put|delete; outcome created|replaced|deleted|not_found|rejected|
+        # unauthorized|forbidden|read_only
+        self.writes = Counter("amazon_visual_writes", "live writes by operation and outcome", ["operation", "outcome"],
+                              registry=r)
 
     def observe_batch(self, size, seconds):
         self.batch_size.observe(size)

@@ -11,6 +11,13 @@ A reload happens on :meth:`IndexHolder.reload` (``SIGHUP`` in ``serve``) or when
 watcher sees ``manifest.json`` change (``amazon-visual index`` writes it last, atomically).
 When the new index was built with the same model (same fingerprint), the loaded model and
 its micro-batcher are kept.
+
+Live writes. An index built with ``--writable`` is served as a
+:class:`~amazon_visual.retrieval.writelog.LiveIndex`: each worker follows the write log
+(``INDEX_DIR/writes.sqlite``) itself, reading the entries committed since its last look before
+each query (``PRAGMA data_version`` first, a few microseconds), so a write answered by any worker
+is seen by every worker at its next query. A reload (``index --update`` folded the log into a
+new generation) replays only the entries the new manifest has not folded.
 """
 import functools
 import logging
@@ -21,6 +28,7 @@ import time
 from amazon_visual.errors import UserError
 from amazon_visual.retrieval.index import Index
 from amazon_visual.retrieval.layout import MANIFEST
+from amazon_visual.retrieval.writelog import open_live
 from amazon_visual.web.batching import BatchedEmbedder
 
 log = logging.getLogger("amazon_visual.serve")
@@ -139,7 +147,7 @@ class IndexHolder:
         else:
             on_batch = self.metrics.observe_batch if self.metrics is not None else None
             embedder = BatchedEmbedder(lambda: plain.embedder, self.max_batch, self.max_wait_ms, on_batch)
-        rec = Recommender(ServingIndex.wrap(plain.index), embedder=embedder)
+        rec = Recommender(open_live(ServingIndex.wrap(plain.index)), embedder=embedder)
         number = previous.number + 1 if previous is not None else 1
         return Generation(number, rec, signature)
 
