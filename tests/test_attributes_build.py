@@ -20,7 +20,7 @@ CSS = ".a-box-inner{background-color:#fff;}#alohaBuyBoxWidget .selected{backgrou
     (3.5, 3.5), (20, 20.0), (0, 0.0),
     ("", None), (None, None), ("N/A", None), ("Currently unavailable.", None), (CSS, None), ("$", None),
     ("-3", None), (-3.0, None), (float("nan"), None), (float("inf"), None), (True, None), ([12.99], None),
-    ("€12.99", None), ("$10.00 - ", None),
+    ("€12.99", None), ("$10.00 - ", None), (10 ** 400, None), ("$" + "9" * 400, None),
 ])
 def test_price_parsing(value, want):
     got = parse_price(value)
@@ -32,6 +32,7 @@ def test_rating_count_and_brand_parsing():
     assert parse_rating(5.5) is None and parse_rating("N/A") is None and parse_rating(None) is None
     assert parse_count(12) == 12.0 and parse_count("1,234") == 1234.0 and parse_count(0) == 0.0
     assert parse_count(2.5) is None and parse_count(-1) is None and parse_count("") is None
+    assert parse_count(10 ** 400) is None and parse_rating(10 ** 400) is None and parse_rating("nan") is None
     assert parse_brand("  Acme&amp;Sons \n Ltd ") == "Acme&Sons Ltd"
     assert parse_brand("") is None and parse_brand("N/A") is None and parse_brand(None) is None
     assert parse_brand(7) is None and parse_brand("Unknown") is None
@@ -180,3 +181,29 @@ def test_beam_build_carries_the_attributes(tmp_path):
     assert examples["P18B"]["brand"].decode() == "" and float(examples["P18B"]["price"]) == 10.0
     assert math.isnan(float(examples["P14B"]["price"]))
     assert report["attributes"]["price"] == {"count": 5, "share": 0.5}
+
+
+def test_attribute_fields_of_any_json_shape_never_break_a_record():
+    """Whatever a record holds in its attribute keys (hypothesis: any JSON value), the product is read
+    and each attribute is a valid value or None."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tfrecords_builder.attributes import attributes
+
+    scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+               | st.sampled_from(["$1.00", "$2 - $1", "1,000", "4.5", "N/A", ""]))
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c,
+                                                                                         max_size=3), max_leaves=6)
+    keys = ("brand", "store", "price", "average_rating", "rating_number", "details")
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(st.fixed_dictionaries({}, optional={k: values for k in keys}), st.sampled_from(["2014", "2018", "2023"]))
+    def check(rec, fmt):
+        got = attributes(rec, fmt)
+        assert got["brand"] is None or (isinstance(got["brand"], str) and got["brand"])
+        for name in ("price", "average_rating", "rating_number"):
+            v = got[name]
+            assert v is None or (isinstance(v, float) and math.isfinite(v) and v >= 0), (name, v)
+
+    check()

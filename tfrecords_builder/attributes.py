@@ -31,7 +31,10 @@ def _finite(value):
     """``float(value)`` for a real number (not a bool) that is finite, else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer past float's range (JSON allows any)
+        return None
     return value if math.isfinite(value) else None
 
 
@@ -54,7 +57,7 @@ def parse_price(value):
         low = _number(*m.group(1, 2, 3))
         if m.group(4) is not None or m.group(6) is not None:  # a range: its low end (the two in any order)
             low = min(low, _number(*m.group(4, 5, 6)))
-        return low
+        return low if math.isfinite(low) else None
     value = _finite(value)
     return value if value is not None and value >= 0 else None
 
@@ -74,7 +77,7 @@ def parse_count(value):
     """A number of ratings (a whole number >= 0, ``"1,234"`` accepted), as a float, or None."""
     if isinstance(value, str):
         m = _COUNT.fullmatch(value)
-        return float(m.group(1).replace(",", "")) if m else None
+        return _finite(float(m.group(1).replace(",", ""))) if m else None
     value = _finite(value)
     return value if value is not None and value >= 0 and value == int(value) else None
 
