@@ -318,8 +318,9 @@ def add_index(sub):
     p.add_argument("--data", required=True, metavar="DATA_DIR", help="dataset from amazon-visual build-data")
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="folder to write the index into")
     p.add_argument("--splits", default=None, help="comma-separated splits to index (default: all the dataset holds)")
-    p.add_argument("--backend", choices=["annoy", "hnsw"], default="annoy",
-                   help="ANN index: annoy (default; memory-mapped) or hnsw (hnswlib, pip install 'amazon-visual[hnsw]')")
+    p.add_argument("--backend", choices=["annoy", "hnsw"], default=None,
+                   help="ANN index: annoy (default; memory-mapped) or hnsw (hnswlib, pip install 'amazon-visual[hnsw]'); "
+                        "with --update: the index's unless given")
     p.add_argument("--trees", type=int, default=None, help="Annoy trees: more = better recall, bigger index "
                    "(default: the measured default, see BENCHMARKS.md)")
     p.add_argument("--search-k", type=int, default=None, help="default query effort stored in the manifest: "
@@ -337,7 +338,12 @@ def add_index(sub):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-thumbnails", action="store_true", help="do not write INDEX_DIR/thumbs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index in --out")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--update", action="store_true",
+                   help="bring the index in --out up to DATA_DIR: embed only the new products and changed photos "
+                        "(same model), drop the products gone, build a fresh ANN index and swap it in atomically "
+                        "(a running serve reloads it); the result equals a full index of DATA_DIR")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON (with --update: the counts "
+                   "added / changed / removed / reused and the seconds per phase)")
     p.set_defaults(func=_run_index)
     return p
 
@@ -348,6 +354,8 @@ def _run_index(args):
 
     if (args.run_dir is None) == (args.backbone is None):
         raise UserError("give a RUN_DIR or --backbone NAME (not both)")
+    if args.update:
+        return _run_index_update(args)
     if args.splits:
         splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     else:
@@ -355,7 +363,7 @@ def _run_index(args):
     m = build_index(args.data, args.out, run_dir=args.run_dir, backbone=args.backbone, weights=args.weights,
                     splits=splits, trees=args.trees, search_k=args.search_k, on_disk=args.on_disk,
                     image_size=args.image_size, batch_size=args.batch_size, thumbnails=not args.no_thumbnails,
-                    overwrite=args.overwrite, backend=args.backend, hnsw_m=args.hnsw_m,
+                    overwrite=args.overwrite, backend=args.backend or "annoy", hnsw_m=args.hnsw_m,
                     ef_construction=args.ef_construction, beam=args.beam, beam_options=args.beam_options)
     if args.json:
         print_json(m)
@@ -369,6 +377,34 @@ def _run_index(args):
               f"{m['index_size_bytes'] / 2**20:.1f} MiB" + (" (built on disk)" if m["on_disk_build"] else ""))
         print(f"  time        embedding {m['embed_seconds']:.1f} s ({m['embedding_engine']}), "
               f"index build {m['build_seconds']:.1f} s")
+    return 0
+
+
+def _run_index_update(args):
+    from amazon_visual.retrieval.update import update_index
+
+    if args.overwrite or args.beam:
+        raise UserError(f"--update cannot go with {'--overwrite' if args.overwrite else '--beam'}: "
+                        "--update embeds the changes locally; --overwrite builds the whole index again")
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    m = update_index(args.data, args.out, run_dir=args.run_dir, backbone=args.backbone, weights=args.weights,
+                     splits=splits, image_size=args.image_size, batch_size=args.batch_size,
+                     thumbnails=False if args.no_thumbnails else None, backend=args.backend, trees=args.trees,
+                     search_k=args.search_k, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
+                     on_disk=args.on_disk)
+    u = m.get("update")
+    if u is None:  # there was no index yet: a full build
+        u = {"full_build": "no index yet", "added": m["n_items"], "changed": 0, "removed": 0, "reused": 0,
+             "embedded": m["n_items"], "seconds": {}}
+    summary = {"index_dir": args.out, "generation": m.get("generation", 1), "n_items": m["n_items"], **u}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"index {args.out} updated to generation {summary['generation']}: {m['n_items']} items")
+        print(f"  added {u['added']}, changed {u['changed']}, removed {u['removed']}, reused {u['reused']} "
+              f"(embedded {u['embedded']})" + (f"; full build: {u['full_build']}" if u["full_build"] else ""))
+        if u["seconds"]:
+            print("  seconds     " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in u["seconds"].items()))
     return 0
 
 

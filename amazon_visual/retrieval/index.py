@@ -115,10 +115,63 @@ def check_manifest(manifest, expect, index_dir="the index"):
 # --------------------------------------------------------------------------
 # loaded index
 # --------------------------------------------------------------------------
-def read_items(index_dir):
+GENERATION_PREFIX = "gen-"  # INDEX_DIR/gen-000002/: the files of a generation written by index --update
+_GENERATION_RE = re.compile(re.escape(GENERATION_PREFIX) + r"\d{6}")
+
+
+def generation_folder(number):
+    """The folder (inside INDEX_DIR) of generation ``number`` >= 2; generation 1 lives at the top level."""
+    return f"{GENERATION_PREFIX}{int(number):06d}"
+
+
+def is_generation_folder(name):
+    return bool(_GENERATION_RE.fullmatch(str(name)))
+
+
+def index_path(index_dir, manifest, key, default):
+    """The path of the file the manifest names under ``key`` (``items_file``, ``embeddings_file``, ``index_file``):
+    relative to INDEX_DIR, at the top level or in a generation folder; ``default`` when the manifest lacks it."""
+    name = (manifest or {}).get(key) or default
+    parts = str(name).replace("\\", "/").split("/")
+    if os.path.isabs(str(name)) or ".." in parts or len(parts) > 2 or (
+            len(parts) == 2 and not is_generation_folder(parts[0])):
+        raise UserError(f"{os.path.join(os.fspath(index_dir), MANIFEST)} names {key} {name!r}, which is not a file "
+                        "of the index: rebuild the index with amazon-visual index --overwrite")
+    return os.path.join(os.fspath(index_dir), *parts)
+
+
+def thumbnail_file(index_dir, name):
+    """The real path of a thumbnail named in the items table (``thumbs/x.jpg`` or ``gen-000002/thumbs/x.jpg``),
+    or None when the name points anywhere else (a served thumbnail never leaves INDEX_DIR's thumbs folders)."""
+    if not name:
+        return None
+    root = os.path.realpath(os.fspath(index_dir))
+    path = os.path.realpath(os.path.join(root, str(name)))
+    folder = os.path.dirname(path)
+    if os.path.basename(folder) != THUMBS:
+        return None
+    parent = os.path.dirname(folder)
+    if parent == root or (os.path.dirname(parent) == root and is_generation_folder(os.path.basename(parent))):
+        return path
+    return None
+
+
+def _manifest_or_none(index_dir):
+    try:
+        with open(os.path.join(os.fspath(index_dir), MANIFEST), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def read_items(index_dir, manifest=None):
+    """The items table the manifest names (``manifest``: read from INDEX_DIR when not given)."""
     import pandas as pd
 
-    path = os.path.join(os.fspath(index_dir), ITEMS)
+    if manifest is None:
+        manifest = _manifest_or_none(index_dir)
+    path = index_path(index_dir, manifest, "items_file", ITEMS)
     if not os.path.isfile(path):
         raise UserError(f"{path} is missing: rebuild the index with amazon-visual index --overwrite")
     items = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -212,11 +265,11 @@ def load_index(index_dir, expect=None, search_k=None, verify="quick"):
     if expect:
         check_manifest(manifest, expect, index_dir)
     n, dim = int(manifest["n_items"]), int(manifest["embedding_dim"])
-    items = read_items(index_dir)
+    items = read_items(index_dir, manifest)
     if len(items) != n:
-        raise UserError(f"{index_dir}/{ITEMS} has {len(items)} rows but the manifest says {n} items: "
-                        "rebuild the index with amazon-visual index --overwrite")
-    emb_path = os.path.join(index_dir, EMBEDDINGS)
+        raise UserError(f"{index_path(index_dir, manifest, 'items_file', ITEMS)} has {len(items)} rows but the "
+                        f"manifest says {n} items: rebuild the index with amazon-visual index --overwrite")
+    emb_path = index_path(index_dir, manifest, "embeddings_file", EMBEDDINGS)
     try:
         emb = np.load(emb_path, mmap_mode="r")
     except (OSError, ValueError) as e:
@@ -224,8 +277,8 @@ def load_index(index_dir, expect=None, search_k=None, verify="quick"):
     if emb.shape != (n, dim) or emb.dtype != np.float32:
         raise UserError(f"{emb_path} is {emb.dtype} {emb.shape}, expected float32 ({n}, {dim}): "
                         "rebuild the index with amazon-visual index --overwrite")
-    ann = backends.for_manifest(manifest).open(os.path.join(index_dir, manifest["index_file"]), dim, n, manifest,
-                                               verify)
+    ann = backends.for_manifest(manifest).open(index_path(index_dir, manifest, "index_file", INDEX_FILE), dim, n,
+                                               manifest, verify)
     return Index(index_dir, manifest, items, emb, ann, search_k)
 
 
@@ -266,7 +319,8 @@ def _prepare_out(out_dir, overwrite):
             raise UserError(f"{out_dir} is not empty: choose another --out or pass --overwrite")
         if overwrite:
             # .partial stays: embed_dataset resumes it only when model, dataset and settings are the same
-            for name in files | {MANIFEST}:
+            generations = {n for n in os.listdir(out_dir) if is_generation_folder(n)}  # of index --update
+            for name in files | {MANIFEST} | generations:
                 p = os.path.join(out_dir, name)
                 if os.path.isdir(p):
                     shutil.rmtree(p)
@@ -283,7 +337,7 @@ def _prepare_out(out_dir, overwrite):
 def build_index(data_dir, out_dir, run_dir=None, backbone=None, weights="imagenet", splits=("train", "validation", "test"),
                 trees=None, search_k=None, on_disk=False, image_size=None, batch_size=64, thumbnails=True,
                 overwrite=False, n_jobs=-1, progress=True, backend="annoy", hnsw_m=None, ef_construction=None,
-                beam=False, beam_options=None, chunk_items=None):
+                beam=False, beam_options=None, chunk_items=None, writable=False):
     """Embed DATA_DIR's ``splits`` with a trained run (``run_dir``) or a pretrained ``backbone`` and index them.
 
     Writes INDEX_DIR = ``out_dir`` (manifest.json, items.csv, embeddings.npy, the ANN index
@@ -294,7 +348,8 @@ def build_index(data_dir, out_dir, run_dir=None, backbone=None, weights="imagene
     values take the defaults of :mod:`.backends`. ``beam=True`` embeds with Apache Beam's
     RunInference (:mod:`.beam_embed`; ``beam_options``: pipeline options) and builds the
     index on disk. ``chunk_items``: items per embedding shard (the unit of resumption and of
-    Beam's parallelism; default 2048). Returns the manifest (plus timings).
+    Beam's parallelism; default 2048). ``writable=True``: a write log beside the index takes
+    live writes (:mod:`.writelog`). Returns the manifest (plus timings).
     """
     from amazon_visual.retrieval import embeddings as E
     from amazon_visual.retrieval.shards import iter_npy_blocks
@@ -340,6 +395,12 @@ def build_index(data_dir, out_dir, run_dir=None, backbone=None, weights="imagene
         shutil.copyfile(os.path.join(partial, EMBEDDER_FILE), tmp)
         os.replace(tmp, os.path.join(out_dir, EMBEDDER_FILE))
         extra["embedder_file"] = EMBEDDER_FILE
+    from amazon_visual.retrieval import writelog
+
+    if writable:  # a new, empty write log for live writes
+        extra.update(writelog.create_log(out_dir, desc))
+    else:  # an old index's log goes with it
+        writelog.remove_log(out_dir)
     manifest = {
         "format_version": FORMAT_VERSION,
         **desc,

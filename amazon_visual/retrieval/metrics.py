@@ -39,7 +39,7 @@ import numpy as np
 
 from amazon_visual.errors import UserError
 from amazon_visual.retrieval import backends
-from amazon_visual.retrieval.index import EMBEDDINGS, Index, dir_size, read_items, read_manifest
+from amazon_visual.retrieval.index import EMBEDDINGS, Index, dir_size, index_path, read_items, read_manifest
 
 
 def average_precision_at_k(rel, n_relevant, k):
@@ -152,9 +152,9 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
     k = int(k)
     if k < 1:
         raise UserError(f"-k must be at least 1, not {k}")
-    items = read_items(index_dir)
+    items = read_items(index_dir, manifest)
     try:
-        emb = np.load(os.path.join(index_dir, EMBEDDINGS), mmap_mode="r")
+        emb = np.load(index_path(index_dir, manifest, "embeddings_file", EMBEDDINGS), mmap_mode="r")
     except (OSError, ValueError) as e:
         raise UserError(f"{index_dir}/{EMBEDDINGS} is unreadable ({e}): rebuild the index") from None
     if emb.shape[0] != len(items):

@@ -1,6 +1,5 @@
 """The routes of the service (see :mod:`amazon_visual.web.app`)."""
 import math
-import os
 import time
 import urllib.parse
 from typing import Optional
@@ -12,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from amazon_visual.retrieval.layout import THUMBS
+from amazon_visual.retrieval.index import thumbnail_file
 from amazon_visual.web.limits import read_image
 
 router = APIRouter()
@@ -178,9 +177,8 @@ async def thumbnail(request: Request, asin: str = ASIN):
     rec = request.app.state.holder.current
     i = rec.index.asin_to_id.get(asin)
     name = str(rec.index.items["thumb"].iat[i]) if i is not None else ""
-    folder = os.path.realpath(os.path.join(rec.index.index_dir, THUMBS))
-    path = os.path.realpath(os.path.join(rec.index.index_dir, name)) if name else ""
-    if not name or os.path.dirname(path) != folder:
+    path = thumbnail_file(rec.index.index_dir, name)  # in INDEX_DIR/thumbs or a generation's thumbs, nowhere else
+    if path is None:
         raise HTTPException(404, f"no thumbnail for {asin[:64]!r}")
     try:
         with open(path, "rb") as f:
