@@ -338,6 +338,9 @@ def add_index(sub):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-thumbnails", action="store_true", help="do not write INDEX_DIR/thumbs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index in --out")
+    p.add_argument("--writable", action="store_true",
+                   help="take live writes: a durable write log (INDEX_DIR/writes.sqlite) beside the read-only ANN "
+                        "index, for serve's PUT/DELETE /v1/products/{asin}; --update folds it into the new index")
     p.add_argument("--update", action="store_true",
                    help="bring the index in --out up to DATA_DIR: embed only the new products and changed photos "
                         "(same model), drop the products gone, build a fresh ANN index and swap it in atomically "
@@ -364,7 +367,8 @@ def _run_index(args):
                     splits=splits, trees=args.trees, search_k=args.search_k, on_disk=args.on_disk,
                     image_size=args.image_size, batch_size=args.batch_size, thumbnails=not args.no_thumbnails,
                     overwrite=args.overwrite, backend=args.backend or "annoy", hnsw_m=args.hnsw_m,
-                    ef_construction=args.ef_construction, beam=args.beam, beam_options=args.beam_options)
+                    ef_construction=args.ef_construction, beam=args.beam, beam_options=args.beam_options,
+                    writable=args.writable)
     if args.json:
         print_json(m)
     else:
@@ -618,10 +622,14 @@ def _run_serve(args):
     if args.max_upload_mb <= 0:
         raise UserError(f"--max-upload-mb must be positive, not {args.max_upload_mb}")
     hosts = tuple(h.strip() for h in args.url_allow_hosts.split(",") if h.strip())
+    p.add_argument("--write-token-file", metavar="FILE", default=None,
+                   help="switch on live writes (PUT/DELETE /v1/products/{asin}, index built with --writable): "
+                        "requests send 'Authorization: Bearer <the token in FILE>' (or set AMAZON_VISUAL_WRITE_TOKEN)")
     settings = Settings(index_dir=args.index_dir, run_dir=args.run, max_batch=args.max_batch,
                         max_wait_ms=args.max_wait_ms, allow_url_fetch=args.allow_url_fetch, url_allow_hosts=hosts,
                         url_timeout=args.url_timeout, max_upload_mb=args.max_upload_mb,
-                        reload_poll_seconds=args.reload_poll, warm_up=not args.no_warm_up)
+                        reload_poll_seconds=args.reload_poll, warm_up=not args.no_warm_up,
+                        write_token_file=args.write_token_file)
     serve(settings, host=args.host, port=args.port, workers=args.workers, access_log=args.access_log)
     return 0
 

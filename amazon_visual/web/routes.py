@@ -176,8 +176,11 @@ async def categories(request: Request):
 async def thumbnail(request: Request, asin: str = ASIN):
     rec = request.app.state.holder.current
     i = rec.index.asin_to_id.get(asin)
-    name = str(rec.index.items["thumb"].iat[i]) if i is not None else ""
-    path = thumbnail_file(rec.index.index_dir, name)  # in INDEX_DIR/thumbs or a generation's thumbs, nowhere else
+    if i is not None and i >= rec.index.n_items:  # written live: its thumbnail from the write log (writelog.py)
+        path = rec.index.thumb_path(i)
+    else:
+        name = str(rec.index.items["thumb"].iat[i]) if i is not None else ""
+        path = thumbnail_file(rec.index.index_dir, name)  # in INDEX_DIR/thumbs or a generation's thumbs, nowhere else
     if path is None:
         raise HTTPException(404, f"no thumbnail for {asin[:64]!r}")
     try:
