@@ -664,6 +664,57 @@ def _run_export(args):
 
 
 # --------------------------------------------------------------------------
+# audit
+# --------------------------------------------------------------------------
+def add_audit(sub):
+    from amazon_visual.audit.duplicates import DEFAULTS
+
+    p = sub.add_parser(
+        "audit", help="find duplicate listings, misfiled products and split leaks in an index",
+        description="Audit a catalog: duplicate listings (candidate pairs from the index's ANN, then a second look "
+                    "at their photos: perceptual hash, colour, aligned correlation), misfiled products (out-of-fold "
+                    "logistic regression on the embeddings, ranked by cleanlab) and duplicate groups that span "
+                    "splits. Writes AUDIT_DIR: audit.json, duplicates.csv, misfiled.csv, leaks.csv and audit.html; "
+                    "build-data --exclude-file / --relabel-file read the reviewed CSVs back.")
+    p.add_argument("index_dir", metavar="INDEX_DIR")
+    p.add_argument("--out", required=True, metavar="AUDIT_DIR", help="folder to write the findings to")
+    p.add_argument("--data", metavar="DATA_DIR",
+                   help="the dataset the index was built from: its stored photos for the second look "
+                        "(default: the index's 160 px thumbnails)")
+    p.add_argument("--run", metavar="RUN_DIR",
+                   help="a classifier run of this dataset: its test accuracy with and without the leaked test items")
+    p.add_argument("-k", type=int, default=None, metavar="N",
+                   help=f"ANN neighbours per item for candidate pairs (default {DEFAULTS['k']})")
+    p.add_argument("--cosine-gate", type=float, default=None, metavar="C",
+                   help=f"candidate pairs need this cosine or more (default {DEFAULTS['cosine_gate']})")
+    p.add_argument("--near-aligned", type=float, default=None, metavar="R",
+                   help=f"aligned photo correlation that makes a near copy (default {DEFAULTS['near_aligned']})")
+    p.add_argument("--folds", type=int, default=5, metavar="N", help="folds of the out-of-fold model (default 5)")
+    p.add_argument("--misfiled-cut", default="count", choices=["count", "filter"],
+                   help="count (default): as many of the worst-ranked as cleanlab estimates; "
+                        "filter: cleanlab's default find_label_issues")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.add_argument("--json", action="store_true", help="print audit.json")
+    p.set_defaults(func=_run_audit)
+    return p
+
+
+def _run_audit(args):
+    from amazon_visual.audit.run import audit, format_summary
+
+    if args.folds < 2:
+        raise UserError(f"--folds {args.folds} must be at least 2")
+    s = audit(args.index_dir, args.out, data_dir=args.data, run_dir=args.run, folds=args.folds,
+              cut=args.misfiled_cut, progress=not args.no_progress and not args.json, k=args.k,
+              cosine_gate=args.cosine_gate, near_aligned=args.near_aligned)
+    if args.json:
+        print_json(s)
+    else:
+        print(format_summary(s))
+    return 0
+
+
+# --------------------------------------------------------------------------
 def _not_ready(args):
     raise UserError(f"'{args.command}' is not available in this build")
 
@@ -680,7 +731,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (add_build_data, add_train, add_evaluate, add_compare, add_index,
-                add_recommend, add_eval_retrieval, add_demo, add_report, add_serve, add_export):
+                add_recommend, add_eval_retrieval, add_demo, add_report, add_serve, add_export, add_audit):
         add(sub)
     return parser
 

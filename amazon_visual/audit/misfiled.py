@@ -1,0 +1,100 @@
+"""Misfiled products: out-of-fold class probabilities into cleanlab, ranked, cut where measured.
+
+:func:`out_of_fold` fits a logistic regression on the stored embeddings (standardised) ``folds``
+times, each time predicting the fold it did not see; folds follow duplicate groups, so a copy
+of a product never vouches for its own label. :func:`find` hands the probabilities to cleanlab:
+its label quality (``self_confidence``) ranks the products, worst first, and the cut is either
+
+- ``count`` (default): as many as cleanlab estimates are mislabelled
+  (``num_label_issues``, ``off_diagonal_calibrated``) among the worst ranked whose suggested class
+  differs from the filed one: measured in ``benchmarks/audit.py``, its precision and recall
+  beat cleanlab's default filter, which over-flags;
+- ``filter``: cleanlab's default ``find_label_issues`` (the baseline).
+
+Each flagged product gets its filed class, the suggested one (the most probable) and a
+confidence (the out-of-fold probability of the suggested class).
+"""
+import numpy as np
+
+from amazon_visual.errors import UserError
+
+CUTS = ("count", "filter")
+
+
+def out_of_fold(embeddings, labels, folds=5, groups=None, seed=0, max_train=200_000, c=1.0):
+    """``(n, classes)`` out-of-fold probabilities of a logistic regression on ``embeddings``.
+
+    ``groups``: an int per item; items of one group share a fold. ``max_train``: each fold's model
+    is fitted on at most this many rows (a random subset), so a million items stay affordable."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.asarray(embeddings, np.float32)
+    y = np.asarray(labels, np.int64)
+    n, k = len(y), int(y.max()) + 1
+    rng = np.random.default_rng(seed)
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    fold = rng.permutation(len(uniq))[inverse] % folds
+    x = StandardScaler().fit_transform(x).astype(np.float32)
+    probs = np.zeros((n, k), np.float32)
+    for f in range(folds):
+        test, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        if len(train) > max_train:
+            train = rng.choice(train, max_train, replace=False)
+        present = np.unique(y[train])
+        model = LogisticRegression(C=c, max_iter=300)
+        model.fit(x[train], y[train])
+        probs[np.ix_(test, present)] = model.predict_proba(x[test])
+    return probs
+
+
+def find(labels, probs, cut="count"):
+    """``(flagged ids ranked worst first, label quality per item, estimated issue count)``."""
+    from cleanlab.count import num_label_issues
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    if cut not in CUTS:
+        raise UserError(f"--misfiled-cut {cut!r} is not one of {', '.join(CUTS)}")
+    labels = np.asarray(labels, np.int64)
+    quality = get_label_quality_scores(labels, probs, method="self_confidence")
+    estimate = int(num_label_issues(labels, probs, estimation_method="off_diagonal_calibrated"))
+    if cut == "filter":
+        flagged = np.asarray(find_label_issues(labels, probs, return_indices_ranked_by="self_confidence"))
+    else:
+        ranked = np.argsort(quality, kind="stable")
+        ranked = ranked[probs[ranked].argmax(1) != labels[ranked]]
+        flagged = ranked[:estimate]
+    return flagged, quality, estimate
+
+
+def rows(items, flagged, probs, class_names):
+    """Rows of ``misfiled.csv``: ``asin, filed, suggested, confidence`` (plus the item ``id``), in rank order."""
+    out = []
+    asins, labels = items["asin"].tolist(), items["label_id"].to_numpy()
+    for i in flagged:
+        s = int(probs[i].argmax())
+        out.append({"asin": asins[i], "filed": class_names[int(labels[i])], "suggested": class_names[s],
+                     "confidence": round(float(probs[i, s]), 4), "id": int(i)})
+    return out
+
+
+def audit(index, groups=None, folds=5, cut="count", seed=0, max_train=200_000):
+    """The misfiled finding of a loaded index: ``(rows, summary dict)``."""
+    items = index.items
+    labels = items["label_id"].to_numpy()
+    names = index.manifest.get("class_names") or sorted(set(items["label"]))
+    known = labels >= 0
+    if known.sum() < 2 * folds or len(np.unique(labels[known])) < 2:
+        return [], {"skipped": "fewer than two classes or too few labelled items"}
+    ids = np.flatnonzero(known)
+    probs = out_of_fold(index.embeddings[ids] if len(ids) < len(labels) else index.embeddings, labels[ids], folds,
+                        None if groups is None else np.asarray(groups)[ids], seed, max_train)
+    flagged, quality, estimate = find(labels[ids], probs, cut)
+    found = rows(items.iloc[ids].reset_index(drop=True), flagged, probs, names)
+    for r in found:
+        r["id"] = int(ids[r["id"]])
+    summary = {"cut": cut, "folds": folds, "estimated_issues": estimate, "flagged": len(found),
+               "oof_accuracy": round(float((probs.argmax(1) == labels[ids]).mean()), 4)}
+    return found, summary
