@@ -45,7 +45,7 @@ import time
 import numpy as np
 
 from amazon_visual.errors import UserError
-from amazon_visual.retrieval import backends
+from amazon_visual.retrieval import backends, writelog
 from amazon_visual.retrieval.index import (_remove_stale_tmp, atomic_write_json, generation_folder, index_path,
                                            is_generation_folder, read_items, read_manifest, thumbnail_file)
 from amazon_visual.retrieval.layout import (EMBEDDER_FILE, EMBEDDINGS, INDEX_FILE, ITEM_COLUMNS,
@@ -434,6 +434,7 @@ def new_manifest(job, stats, B, params, n, counts):
     if kept:
         m["embedder_file"] = kept
     m["update"] = {**counts, "full_build": job["full_build_reason"]}
+    m.update(job.get("manifest_extra") or {})  # a writable index: the write log folded up to log_folded_seq
     return m
 
 
@@ -489,9 +490,16 @@ def update_index(data_dir, index_dir, run_dir=None, backbone=None, weights="imag
                            chunk_items=chunk_items)
         if job["full_build_reason"]:
             print(job["full_build_reason"], file=sys.stderr)
+        fold = writelog.Fold(index_dir, job["manifest"], job["embedder"].describe()) \
+            if writelog.is_writable(job["manifest"]) else None  # live writes (writelog.py) go on top of the data
         embed_changes(job, progress)
         t0 = time.perf_counter()
-        n, counts = assemble(job, final_blocks(job))
+        if fold is None:
+            n, counts = assemble(job, final_blocks(job))
+        else:
+            n, counts = assemble(job, fold.blocks(final_blocks(job), job["gen"], job["gen_dir"], job["names"],
+                                                  job["thumbnails"], _KIND), fold.n_items(final_blocks(job)))
+            job["manifest_extra"] = fold.manifest_fields()
         job["seconds"]["assemble"] += time.perf_counter() - t0
         params = None
         if backend is not None or any(v is not None for v in (trees, search_k, hnsw_m, ef_construction)):
@@ -501,5 +509,8 @@ def update_index(data_dir, index_dir, run_dir=None, backbone=None, weights="imag
             given.update({k: v for k, v in {"trees": trees, "search_k": search_k, "hnsw_m": hnsw_m,
                                             "ef_construction": ef_construction}.items() if v is not None})
             params = B.params(**given)
-        return finish_update(job, n, counts, backend=backend, params=params, on_disk=on_disk, n_jobs=n_jobs,
-                             progress=progress)
+        m = finish_update(job, n, counts, backend=backend, params=params, on_disk=on_disk, n_jobs=n_jobs,
+                          progress=progress)
+        if fold is not None:
+            m["update"]["log_entries_compacted"] = fold.compact()
+        return m

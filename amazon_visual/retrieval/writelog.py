@@ -294,17 +294,6 @@ def _entry(r):
     return e
 
 
-def prune(index_dir, upto):
-    """Remove the log's entries with ``seq <= upto`` (entries every served generation has folded)."""
-    conn = _connect(log_path(index_dir))
-    try:
-        with conn:
-            n = conn.execute("DELETE FROM writes WHERE seq <= ?", (int(upto),)).rowcount
-    finally:
-        conn.close()
-    return n
-
-
 def last_seq(index_dir):
     conn = _connect(log_path(index_dir))
     try:
@@ -325,6 +314,91 @@ def fold_entries(entries):
             puts.pop(e["asin"], None)
             deleted.add(e["asin"])
     return puts, deleted
+
+
+# --------------------------------------------------------------------------
+# folding the log into a new generation (index --update)
+# --------------------------------------------------------------------------
+class Fold:
+    """The write log folded into ``index --update``'s new generation (:mod:`.update`).
+
+    Live writes override the catalog data: the whole log up to its last entry ``seq`` (kept compact)
+    is applied on top of the new data at every update, so a write stays until a later write of the
+    same ASIN changes it: a dataset row whose ASIN the log puts or deletes is dropped, and each ASIN
+    the log puts is appended with the log's embedding, attributes and thumbnail. The new manifest
+    records ``log_folded_seq = seq``; the workers replay only the entries after it.
+    """
+
+    def __init__(self, index_dir, manifest, describe):
+        for key in ("fingerprint", "embedding_dim"):
+            if describe.get(key) != manifest.get(key):
+                raise UserError(f"{log_path(index_dir)} holds vectors of the index's model, and this update uses "
+                                "another model: update a writable index with the model it was built with")
+        self.index_dir = os.fspath(index_dir)
+        self.previous_seq = int(manifest.get("log_folded_seq") or 0)
+        self.seq = last_seq(index_dir)
+        self.puts, self.deleted = fold_entries(read_entries(index_dir, 0, self.seq))
+        self.touched = set(self.puts) | self.deleted
+
+    def n_items(self, blocks):
+        """How many rows :meth:`blocks` will give for these dataset blocks (a first pass over them)."""
+        return sum(sum(r["asin"] not in self.touched for r in rows) for rows, _ in blocks) + len(self.puts)
+
+    def blocks(self, blocks, gen, gen_dir, names, thumbnails, kind_key="_kind"):
+        """The dataset's ``(rows, embeddings)`` blocks without the rows the log overrides, then the live rows
+        (``kind_key``: "live"); their thumbnails are written into ``gen_dir/thumbs``."""
+        for rows, emb in blocks:
+            keep = np.array([r["asin"] not in self.touched for r in rows], bool)
+            if keep.any():
+                yield [r for r, k in zip(rows, keep) if k], emb[keep]
+        if not self.puts:
+            return
+        label_ids = {str(n): i for i, n in enumerate(names or [])}
+        rows, vecs = [], []
+        conn = _connect(log_path(self.index_dir))
+        try:
+            for asin, e in self.puts.items():
+                thumb = ""
+                if thumbnails:
+                    blob = conn.execute("SELECT thumbnail FROM writes WHERE seq = ?", (e["seq"],)).fetchone()
+                    if blob and blob[0]:
+                        thumb = f"{gen}/thumbs/live-{e['seq']}.jpg"
+                        os.makedirs(os.path.join(gen_dir, "thumbs"), exist_ok=True)
+                        write_bytes(os.path.join(gen_dir, "thumbs", f"live-{e['seq']}.jpg"), blob[0])
+                row = live_row(asin, e["attributes"], thumb, label_ids)
+                row[kind_key] = "live"
+                rows.append(row)
+                vecs.append(e["embedding"])
+        finally:
+            conn.close()
+        yield rows, np.stack(vecs).astype(np.float32)
+
+    def manifest_fields(self):
+        return {"log_folded_seq": self.seq}
+
+    def compact(self):
+        """After the swap: drop the entries every served generation has folded and a later entry of the same
+        ASIN supersedes (the log stays as long as the ASINs it holds), and their live thumbnails."""
+        return compact(self.index_dir, self.previous_seq)
+
+
+def compact(index_dir, upto):
+    """Remove the entries with ``seq <= upto`` that a later entry (also ``<= upto``) of the same ASIN supersedes."""
+    conn = _connect(log_path(index_dir))
+    try:
+        with conn:
+            gone = [r[0] for r in conn.execute(
+                "SELECT seq FROM writes AS w WHERE seq <= ? AND seq < (SELECT MAX(seq) FROM writes "
+                "WHERE asin = w.asin AND seq <= ?)", (int(upto), int(upto))).fetchall()]
+            conn.executemany("DELETE FROM writes WHERE seq = ?", [(s,) for s in gone])
+        log_id = read_meta(conn, log_path(index_dir)).get("log_id", "")
+    finally:
+        conn.close()
+    for seq in gone:
+        path = os.path.join(os.fspath(index_dir), thumb_name(log_id, seq))
+        if os.path.exists(path):
+            os.remove(path)
+    return len(gone)
 
 
 def live_row(asin, attrs, thumb, label_ids=None):
