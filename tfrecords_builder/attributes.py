@@ -24,18 +24,19 @@ MAX_BRAND_CHARS = 200  # a longer "brand" is page residue, not a name
 _NUMBER = r"\$?\s*(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?|\$?\s*\.(\d+)"
 _PRICE = re.compile(rf"\s*(?:{_NUMBER})\s*(?:-\s*(?:{_NUMBER})\s*)?")
 _COUNT = re.compile(r"\s*(\d{1,3}(?:,\d{3})+|\d+)\s*")
-_WS = re.compile(r"\s+")
 
 
 def _finite(value):
     """``float(value)`` for a real number (not a bool) that is finite, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    kind = type(value)  # (exact types: a bool is no number; the readers only make int, float, str, ...)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is not int:
         return None
     try:
-        value = float(value)
+        return float(value)
     except OverflowError:  # an integer past float's range (JSON allows any)
         return None
-    return value if math.isfinite(value) else None
 
 
 def _number(whole, frac, only_frac):
@@ -50,8 +51,8 @@ def parse_price(value):
     >>> parse_price("$10.00 - $20.00"), parse_price(12), parse_price("N/A")
     (10.0, 12.0, None)
     """
-    if isinstance(value, str):
-        m = _PRICE.fullmatch(html.unescape(value))
+    if type(value) is str:
+        m = _PRICE.fullmatch(html.unescape(value) if "&" in value else value)
         if m is None:
             return None
         low = _number(*m.group(1, 2, 3))
@@ -84,9 +85,15 @@ def parse_count(value):
 
 def parse_brand(value):
     """A brand name: unescaped, whitespace folded; None when empty, a placeholder or not text."""
-    if not isinstance(value, str):
+    if type(value) is not str or not value:
         return None
-    value = _WS.sub(" ", html.unescape(value.encode("utf-8", "replace").decode("utf-8"))).strip()
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates -> "?"
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    if "&" in value:
+        value = html.unescape(value)
+    value = " ".join(value.split())
     if not value or value.casefold() in NO_BRAND or len(value) > MAX_BRAND_CHARS:
         return None
     return value
