@@ -86,8 +86,9 @@ def create_app(settings):
 
     token = writes.load_token(settings.write_token_file)  # kept only as its digest, never logged
     app.state.write_token_digest = writes.token_digest(token) if token else None
-    app.include_router(routes.router)
-    app.include_router(writes.router)
+    for router in (routes.router, writes.router):
+        routes.declare_errors(router)
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + (64 << 10))  # room for multipart headers

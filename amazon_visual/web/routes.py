@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -20,6 +20,32 @@ MIN_SIM = Query(None, ge=-1.0, le=1.0, description="keep results with cosine sim
 CATEGORY = Query(None, max_length=200, description="keep results of this category (see /v1/categories)")
 SAME = Query(False, description="keep results of the query's category (its label, or the predicted one)")
 ASIN = Path(..., min_length=1, max_length=64)
+
+#: the error answers of the API, declared in its OpenAPI schema: every one is JSON {"detail": ...}, a line
+#: saying what to do (FastAPI's own 422 for a malformed parameter gives a list of validation errors)
+ERRORS = {400: "bad input (not an image, bad JSON, an unreadable URL): the detail says what to do",
+          401: "missing or wrong write token", 403: "not allowed on this server (URL queries or writes are off)",
+          404: "no such product or thumbnail", 409: "this index does not take writes",
+          413: "the body or the image is too large", 415: "the body is neither multipart/form-data nor JSON",
+          422: "a parameter or field out of range, of the wrong type, or unknown",
+          503: "the index or the model is not ready"}
+ERROR_BODY = {"type": "object", "required": ["detail"], "properties": {"detail": {
+    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}}}
+#: statuses a read-only route may answer; the routes that take a body may answer every one of ERRORS
+READ_ERRORS = (400, 404, 413, 422, 503)
+
+
+def declare_errors(router):
+    """Declare the error answers in the OpenAPI entry of every route of ``router`` (those a route
+    declares itself are kept), so that clients, and the schema tests, know every status."""
+    from fastapi.routing import APIRoute
+
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.include_in_schema:
+            statuses = READ_ERRORS if route.methods <= {"GET", "HEAD"} else tuple(ERRORS)
+            declared = {s: {"description": ERRORS[s], "content": {"application/json": {"schema": ERROR_BODY}}}
+                        for s in statuses}
+            route.responses = {**declared, **route.responses}
 
 
 # --------------------------------------------------------------------------
@@ -172,7 +198,8 @@ async def categories(request: Request):
     return {"categories": [{"name": n, "count": c} for n, c in cats.items()]}
 
 
-@router.get("/thumbs/{asin}.jpg", summary="the thumbnail of an indexed product")
+@router.get("/thumbs/{asin}.jpg", summary="the thumbnail of an indexed product", response_class=Response,
+            responses={200: {"description": "the JPEG thumbnail", "content": {"image/jpeg": {}}}})
 async def thumbnail(request: Request, asin: str = ASIN):
     rec = request.app.state.holder.current
     i = rec.index.asin_to_id.get(asin)
@@ -196,7 +223,8 @@ async def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="the index is loaded")
+@router.get("/readyz", summary="the index is loaded", responses={503: {"description": "the index is loading",
+            "content": {"application/json": {"example": {"status": "loading"}}}}})
 async def readyz(request: Request):
     gen = request.app.state.holder.generation
     if gen is None:
@@ -205,7 +233,7 @@ async def readyz(request: Request):
             "loaded_at": gen.loaded_at, "model_loaded": bool(getattr(gen.rec.embedder, "loaded", False))}
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request):
     body, ctype = request.app.state.metrics.exposition()
     return Response(body, media_type=ctype)
