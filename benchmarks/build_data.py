@@ -156,6 +156,7 @@ def timed_map(fn, tasks, workers):
 
 def _warm(_):
     import PIL.Image  # noqa: F401
+
     import tfrecords_builder.images  # noqa: F401
 
 

@@ -71,7 +71,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import helpers_training
-
     from amazon_visual import evaluation
 
     t0 = time.time()

@@ -353,7 +353,6 @@ def main(argv=None):
     os.makedirs(args.work, exist_ok=True)
     seed_keras_home(args.work)
     import helpers_training
-
     from amazon_visual import data
 
     data_dir = helpers_training.clothing_small(os.path.join(args.work, "data"), image_size=args.image_size,

@@ -33,7 +33,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import helpers_training
-
     from amazon_visual import evaluation, training
 
     load_before = os.getloadavg()

@@ -31,7 +31,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def accuracy_runs(work, sizes, minutes):
     import helpers_training
-
     from amazon_visual import evaluation, training
 
     rows = []
@@ -57,7 +56,6 @@ def accuracy_runs(work, sizes, minutes):
 
 def head_speed(work, size, epochs=4):
     import helpers_training
-
     from amazon_visual import training
 
     data = helpers_training.clothing_small(os.path.join(work, "data"), size)

@@ -18,11 +18,10 @@ MULTI = ["--direct_num_workers=2 --direct_running_mode=multi_processing"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    from amazon_visual import data
     from helpers_training import tiny_dataset
     from scale_fixtures import reshard
     from test_index import make_run
-
-    from amazon_visual import data
 
     root = str(tmp_path_factory.mktemp("beam"))
     d = tiny_dataset(root, per_class=14, size=40)

@@ -84,9 +84,8 @@ def check_page(facts, requested, min_images=1, min_tables=0):
 
 def test_fake_report_in_chromium(browser, tmp_path):
     """Fast: a report over fake stage folders renders with every image and table."""
-    from test_report import make_fake_experiment
-
     from amazon_visual.web.report import write_report
+    from test_report import make_fake_experiment
 
     root = make_fake_experiment(str(tmp_path / "exp"))
     out = write_report(root)

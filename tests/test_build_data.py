@@ -8,8 +8,17 @@ import pytest
 from amazon_visual import data
 from amazon_visual.cli import main
 from amazon_visual.errors import UserError
-from builder_fixtures import (PWNED_LINE, ImageServer, files_under, forged_jpeg, image_bytes, large_jpeg, png_bomb,
-                              product, write_catalog)
+from builder_fixtures import (
+    PWNED_LINE,
+    ImageServer,
+    files_under,
+    forged_jpeg,
+    image_bytes,
+    large_jpeg,
+    png_bomb,
+    product,
+    write_catalog,
+)
 from tfrecords_builder.build import build_data
 
 CLASSES = ["Shoes", "Watches", "Kitchen & Dining"]

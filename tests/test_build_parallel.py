@@ -3,6 +3,7 @@ import os
 
 from tfrecords_builder.parallel import OrderedPool
 
+
 def square(x):
     return x * x
 

@@ -10,7 +10,6 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import helpers_training  # noqa: E402
-
 from amazon_visual import cli, evaluation, training  # noqa: E402
 from amazon_visual.errors import UserError  # noqa: E402
 

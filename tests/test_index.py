@@ -41,10 +41,9 @@ def make_run(run_dir, class_names, image_size=32, seed=0, dim=16):
 def retrieval_world(tmp_path_factory):
     """{"root", "data", "images", "run", "index"}: built once per test session."""
     if not _WORLD:
-        from helpers_training import tiny_dataset
-
         from amazon_visual import data
         from amazon_visual.retrieval.index import build_index
+        from helpers_training import tiny_dataset
 
         root = str(tmp_path_factory.mktemp("retrieval"))
         d = tiny_dataset(root, per_class=12, size=40)

@@ -90,11 +90,10 @@ INDEX_SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
     """About 2,200 items (the tiny dataset's train records repeated over 3 shards), a run of dim 64."""
+    from amazon_visual import data
     from helpers_training import tiny_dataset
     from scale_fixtures import reshard
     from test_index import make_run
-
-    from amazon_visual import data
 
     root = str(tmp_path_factory.mktemp("killsafe"))
     d = tiny_dataset(root, per_class=12, size=32)

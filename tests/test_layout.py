@@ -31,9 +31,9 @@ def test_readme_era_imports_still_work():
     from amazon_visual.index import build_index, cosine_from_angular
     from amazon_visual.report import write_report
     from amazon_visual.retrieval_eval import evaluate_retrieval
-    from amazon_visual.training import load_run, train
 
     import amazon_visual
+    from amazon_visual.training import load_run, train
     assert amazon_visual.build_index is build_index
     assert callable(write_gallery) and callable(write_report) and callable(evaluate_retrieval)
     assert callable(cosine_from_angular) and callable(load_run) and callable(train)

@@ -62,7 +62,6 @@ def test_same_seed_same_batches_other_seed_other_batches():
 
 def test_train_dataset_on_a_data_dir(tmp_path):
     import helpers_training
-
     from amazon_visual.training import pipeline
     from amazon_visual.training.sampler import train_dataset
 

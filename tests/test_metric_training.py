@@ -10,7 +10,6 @@ import pytest  # noqa: E402
 keras = pytest.importorskip("keras")
 
 import helpers_training  # noqa: E402
-
 from amazon_visual import cli, training  # noqa: E402
 from amazon_visual.errors import UserError  # noqa: E402
 

@@ -86,9 +86,8 @@ def test_schedule_goes_on_from_the_epoch_a_backup_restores():
 
 
 def test_training_records_recipe_schedule_and_learning_rates(tmp_path):
-    from helpers_training import tiny_dataset
-
     from amazon_visual import training
+    from helpers_training import tiny_dataset
 
     data = tiny_dataset(tmp_path, per_class=8, size=32)
     out = tmp_path / "run"

@@ -16,7 +16,6 @@ keras = pytest.importorskip("keras")
 
 sys.path.insert(0, os.path.dirname(__file__))
 import helpers_training  # noqa: E402
-
 from amazon_visual import cli, models, training  # noqa: E402
 from amazon_visual.errors import UserError  # noqa: E402
 

@@ -7,9 +7,8 @@ import json
 import os
 import sys
 
-from amazon_visual.errors import UserError
-
 from amazon_visual.atomic import write_text as _atomic_text
+from amazon_visual.errors import UserError
 
 MAX_MISCLASSIFIED = 24
 

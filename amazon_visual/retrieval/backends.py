@@ -176,7 +176,7 @@ def open_annoy(path, dim, n_items, size_bytes=None, sample_sha256=None, verify="
     index = AnnoyIndex(int(dim), METRIC)
     try:
         index.load(os.fspath(path), prefault=False)
-    except (OSError, IOError, ValueError) as e:
+    except (OSError, ValueError) as e:
         raise UserError(f"index file {path} cannot be loaded ({e}): {_FIX}") from None
     if index.get_n_items() != n_items:
         got = index.get_n_items()

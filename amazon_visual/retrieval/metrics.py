@@ -160,9 +160,8 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
     if emb.shape[0] != len(items):
         raise UserError(f"{index_dir}: {EMBEDDINGS} and items.csv disagree ({emb.shape[0]} vs {len(items)} rows): rebuild the index")
     if data_dir is not None and manifest.get("dataset_fingerprint"):
-        from amazon_visual.retrieval.embeddings import dataset_fingerprint
-
         from amazon_visual import data
+        from amazon_visual.retrieval.embeddings import dataset_fingerprint
 
         data.builder(data_dir)  # UserError when it is not a dataset
         fp = dataset_fingerprint(data_dir)

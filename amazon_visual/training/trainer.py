@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 
 from amazon_visual.atomic import write_json
 from amazon_visual.errors import UserError
-from amazon_visual.training import metric_learning
+from amazon_visual.training import metric_learning, recipes, runs
 from amazon_visual.training import phases as phases_mod
-from amazon_visual.training import recipes, runs
 from amazon_visual.training import strategy as strategy_mod
-
 
 DEFAULT_PATIENCE = 10
 
@@ -458,8 +456,13 @@ def _class_weight(plan, labels):
 def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts, validation=None, backup=None):
     import keras
 
-    from amazon_visual.training.callbacks import (AtomicBackupAndRestore, BestModelSaver, EpochLogger, TimeBudget,
-                                                  tensorboard_available)
+    from amazon_visual.training.callbacks import (
+        AtomicBackupAndRestore,
+        BestModelSaver,
+        EpochLogger,
+        TimeBudget,
+        tensorboard_available,
+    )
 
     cbs = []
     if plan.config["objective"] == "retrieval":  # first: it writes the monitored value into the logs

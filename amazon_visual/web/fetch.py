@@ -136,7 +136,7 @@ class UrlFetcher:
             if resp.status != 200:
                 return resp.status, resp.getheader("Location"), b""
             return 200, None, self._read(resp, conn, parts.hostname, deadline)
-        except socket.timeout:
+        except TimeoutError:
             raise FetchError(400, f"fetching {parts.hostname} timed out after {self.timeout:g} s") from None
         except (OSError, http.client.HTTPException) as e:
             raise FetchError(400, f"{parts.hostname} cannot be fetched ({type(e).__name__}: {e})") from None

@@ -28,8 +28,8 @@ TITLE_CHARS = 90
 
 def image_data_uri(src, size=THUMB):
     """A ``data:image/jpeg;base64,...`` thumbnail of ``src`` (path, bytes, PIL image, array), or None if unreadable."""
-    from amazon_visual.retrieval.embeddings import load_image, thumbnail_jpeg
     from amazon_visual.errors import UserError
+    from amazon_visual.retrieval.embeddings import load_image, thumbnail_jpeg
 
     if src is None:
         return None
