@@ -424,6 +424,13 @@ def add_recommend(sub):
     p.add_argument("--min-similarity", type=float, default=None, metavar="S", help="keep results with cosine >= S")
     p.add_argument("--same-category", action="store_true", help="keep results of the query's category "
                    "(ASIN: its label; image: the run's predicted class, or the majority of its 10 nearest items)")
+    f = p.add_argument_group("filters", "keep results that match all of these (a missing attribute never matches)")
+    f.add_argument("--category", default=None, help="the products' category (the dataset class, their label)")
+    f.add_argument("--brand", action="append", default=None, metavar="BRAND",
+                   help="keep this brand (repeat for several; case does not matter)")
+    f.add_argument("--min-price", type=float, default=None, metavar="P", help="price >= P")
+    f.add_argument("--max-price", type=float, default=None, metavar="P", help="price <= P")
+    f.add_argument("--min-rating", type=float, default=None, metavar="R", help="average rating >= R (0 to 5)")
     p.add_argument("--search-k", type=int, default=None, help="Annoy search_k (default: the manifest's)")
     p.add_argument("--run", metavar="RUN_DIR", default=None, help="the run the index was built from, if it moved")
     p.add_argument("--weights", metavar="PATH", default=None,
@@ -435,12 +442,15 @@ def add_recommend(sub):
 
 
 def _run_recommend(args):
+    from amazon_visual.retrieval.filters import parse_filters
     from amazon_visual.retrieval.recommend import Recommender, format_table
 
+    filters = parse_filters({"category": args.category, "brand": args.brand, "min_price": args.min_price,
+                             "max_price": args.max_price, "min_rating": args.min_rating})
     rec = Recommender.load(args.index_dir, search_k=args.search_k, run_dir=args.run, backbone_weights=args.weights)
     try:
         out = rec.recommend(image=args.image, asin=args.asin, k=args.k, min_similarity=args.min_similarity,
-                            same_category=args.same_category)
+                            same_category=args.same_category, filters=filters)
     finally:
         rec.close()
     query_image = out.pop("query_image", None)

@@ -4,11 +4,16 @@
     rec = Recommender.load("index/")                       # memory-mapped, shareable by processes
     rec.similar_to_image("photo.jpg", k=10)                # path, http(s) URL, bytes, PIL image or array
     rec.similar_to_asin("B00ABC1234", k=10, same_category=True, min_similarity=0.5)
+    rec.similar_to_asin("B00ABC1234", k=10, filters={"brand": ["Acme"], "max_price": 40, "min_rating": 4})
 
 Each result is a dict ``{rank, asin, title, category, label, image_url, split, similarity,
-thumb, item_id}``, best first; ``similarity`` is the exact cosine similarity of the stored
-(normalised) embeddings, ``thumb`` the path of the item's thumbnail in INDEX_DIR/thumbs
-(or None).
+thumb, item_id, brand, price, average_rating, rating_number}``, best first; ``similarity`` is
+the exact cosine similarity of the stored (normalised) embeddings, ``thumb`` the path of the
+item's thumbnail in INDEX_DIR/thumbs (or None); a missing attribute is None.
+
+- ``filters``: ``category``, ``brand`` (one or several), ``min_price``, ``max_price``,
+  ``min_rating``, combined with AND (:mod:`amazon_visual.retrieval.filters`: every result
+  matches, and k results come back whenever k items match).
 
 - An ASIN query never returns the item itself.
 - ``min_similarity``: keep results with similarity >= S (fewer than k may come back).
@@ -26,12 +31,15 @@ Thread safety: one Recommender may be shared by threads; Annoy reads are thread-
 the model call is serialised by a lock. The model is loaded on the first image query
 (ASIN queries never load TensorFlow).
 """
+import dataclasses
+import math
 import os
 import threading
 
 import numpy as np
 
 from amazon_visual.errors import UserError
+from amazon_visual.retrieval import filters as F
 from amazon_visual.retrieval.index import check_manifest, load_index
 
 
@@ -106,27 +114,33 @@ class Recommender:
         self.close()
 
     # ------------------------------------------------------------------ queries
-    def similar_to_image(self, img, k=10, min_similarity=None, same_category=False):
+    def similar_to_image(self, img, k=10, min_similarity=None, same_category=False, filters=None):
         """Items that look like ``img`` (path, http(s) URL, bytes, PIL image or array)."""
-        return self.recommend(image=img, k=k, min_similarity=min_similarity, same_category=same_category)["results"]
+        return self.recommend(image=img, k=k, min_similarity=min_similarity, same_category=same_category,
+                              filters=filters)["results"]
 
-    def similar_to_asin(self, asin, k=10, min_similarity=None, same_category=False):
+    def similar_to_asin(self, asin, k=10, min_similarity=None, same_category=False, filters=None):
         """Items that look like the indexed product ``asin`` (never the product itself)."""
-        return self.recommend(asin=asin, k=k, min_similarity=min_similarity, same_category=same_category)["results"]
+        return self.recommend(asin=asin, k=k, min_similarity=min_similarity, same_category=same_category,
+                              filters=filters)["results"]
 
     def embed_image(self, img):
         """(embedding (d,), class probabilities or None, decoded uint8 image) of one query image."""
         emb, probs, arrays = self.embedder.embed_images([img])
         return emb[0], (None if probs is None else probs[0]), arrays[0]
 
-    def recommend(self, image=None, asin=None, k=10, min_similarity=None, same_category=False):
+    def recommend(self, image=None, asin=None, k=10, min_similarity=None, same_category=False, filters=None):
         """One query by ``image`` or ``asin``: ``{"query": {...}, "results": [...], "query_image": array|None}``.
 
         ``query`` describes the query (kind, asin/title/label or the image's predicted
-        category, the category used by ``same_category``).
+        category, the category used by ``same_category``, the ``filters`` applied).
+        ``filters``: a mapping or :class:`~amazon_visual.retrieval.filters.Filters` (checked
+        before the model runs: bad filters raise :class:`UserError`).
         """
         if (image is None) == (asin is None):
             raise UserError("give either an image or an ASIN to query")
+        filters = F.parse_filters(filters)
+        F.columns(self.index).select(filters)  # an unknown category fails before the model runs
         k = int(k)
         if k < 1:
             raise UserError(f"k must be at least 1, not {k}")
@@ -170,7 +184,9 @@ class Recommender:
         keep_label = category if same_category else None
         if same_category:
             query["same_category"] = keep_label
-        results = self._search(vec, k, min_similarity, keep_label, exclude)
+        if filters:
+            query["filters"] = filters.to_dict()
+        results = self._search(vec, k, min_similarity, keep_label, exclude, filters)
         return {"query": query, "results": results, "query_image": query_image}
 
     # ------------------------------------------------------------------ internals
@@ -184,35 +200,48 @@ class Recommender:
             score[lab] = score.get(lab, 0.0) + max(float(s), 0.0) + 1e-6
         return max(score, key=score.get)
 
-    def _search(self, vec, k, min_similarity, keep_label, exclude):
+    def _search(self, vec, k, min_similarity, keep_label, exclude, filters=F.Filters()):
+        """The results of one query: the items allowed by ``filters`` AND ``keep_label`` nearest ``vec``."""
+        cols = F.columns(self.index)
+        if keep_label is not None and filters.category in (None, keep_label) and cols.has_label(keep_label):
+            filters = dataclasses.replace(filters, category=str(keep_label))
+        elif keep_label is not None:  # a category no item has, or two different ones: nothing matches
+            return []
+        allowed = cols.select(filters)
+        ids, sims = self._candidates(vec, k, allowed, exclude)
+        if min_similarity is not None:
+            keep = sims >= float(min_similarity)
+            ids, sims = ids[keep], sims[keep]
+        return [self._result(rank, i, s) for rank, (i, s) in enumerate(zip(ids, sims), 1)]
+
+    def _candidates(self, vec, k, allowed, exclude):
+        """(ids, similarities) of the ``k`` allowed items nearest ``vec`` (``allowed``: a Selection or None)."""
+        return F.filtered_search(self.index, vec, k, allowed=allowed, exclude=exclude)
+
+    def _result(self, rank, item_id, similarity):
         idx = self.index
-        n_total = idx.n_items
-        labels = idx.items["label"].to_numpy()
-        n = k if (min_similarity is None and keep_label is None) else max(4 * k, 50)
-        base_sk = idx.search_k
-        while True:
-            n = min(n, n_total)
-            sk = base_sk if base_sk <= 0 else max(base_sk, base_sk * n // max(k, 1))
-            ids, sims = idx.search(vec, n, search_k=sk, exclude=exclude)
-            keep = np.ones(len(ids), bool)
-            if keep_label is not None:
-                keep &= labels[ids] == keep_label
-            if min_similarity is not None:
-                keep &= sims >= float(min_similarity)
-            exhausted = n >= n_total or len(ids) < n
-            below = min_similarity is not None and len(sims) and sims[-1] < float(min_similarity)
-            if keep.sum() >= k or exhausted or below:
-                break
-            n *= 4
-        ids, sims = ids[keep][:k], sims[keep][:k]
-        out = []
-        for rank, (i, s) in enumerate(zip(ids, sims), 1):
-            row = idx.item(i)
-            out.append({"rank": rank, "asin": row.get("asin", ""), "title": row.get("title", ""),
-                        "category": row.get("category", ""), "label": row.get("label", ""),
-                        "image_url": row.get("image_url", ""), "split": row.get("split", ""),
-                        "similarity": round(float(s), 6), "thumb": idx.thumb_path(i), "item_id": int(i)})
-        return out
+        row = idx.item(item_id)
+        return {"rank": rank, "asin": row.get("asin", ""), "title": row.get("title", ""),
+                "category": row.get("category", ""), "label": row.get("label", ""),
+                "image_url": row.get("image_url", ""), "split": row.get("split", ""),
+                "similarity": round(float(similarity), 6), "thumb": idx.thumb_path(item_id), "item_id": int(item_id),
+                **attributes(row)}
+
+
+def attributes(row):
+    """``brand``, ``price``, ``average_rating``, ``rating_number`` of an items row; None when missing."""
+    brand = row.get("brand", "")
+    out = {"brand": str(brand) if isinstance(brand, str) and brand else None}
+    for name in ("price", "average_rating", "rating_number"):
+        v = row.get(name)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            v = float("nan")
+        out[name] = v if math.isfinite(v) else None
+    if out["rating_number"] is not None:
+        out["rating_number"] = int(out["rating_number"])
+    return out
 
 
 def _dupes(idx):
@@ -234,14 +263,33 @@ def format_table(results, query=None):
             lines.append(f"query: image {query.get('image')}{extra}")
         if query.get("same_category"):
             lines.append(f"same category: {query['same_category']} ({query.get('category_source', '')})")
+    if query and query.get("filters"):
+        lines.append("filters: " + ", ".join(f"{k} {', '.join(v) if isinstance(v, list) else v}"
+                                             for k, v in query["filters"].items()))
     if not results:
-        lines.append("no result (try a lower --min-similarity or without --same-category)")
+        lines.append("no result (try a lower --min-similarity, fewer filters or without --same-category)")
         return "\n".join(lines)
     width_title = 48
-    lines.append(f"{'rank':>4}  {'similarity':>10}  {'asin':<12}  {'label':<16}  title")
+    # attribute columns only when some result has the attribute
+    extra = [(name, head, fmt) for name, head, fmt in (("price", "price", "{:>9.2f}"), ("average_rating", "rating", "{:>6.1f}"),
+                                                         ("brand", "brand", "{:<16.16}"))
+             if any(r.get(name) is not None for r in results)]
+    width = {"price": 9, "rating": 6, "brand": 16}
+
+    def cells(r):
+        out = []
+        for name, head, fmt in extra:
+            v = r.get(name)
+            out.append(fmt.format(v) if v is not None else f"{'-':>{width[head]}}" if head != "brand"
+                       else f"{'-':<16}")
+        return "".join(c + "  " for c in out)
+
+    head = "".join((f"{h:>{width[h]}}" if h != "brand" else f"{h:<16}") + "  " for _, h, _ in extra)
+    lines.append(f"{'rank':>4}  {'similarity':>10}  {'asin':<12}  {'label':<16}  {head}title")
     for r in results:
         title = str(r.get("title", ""))
         if len(title) > width_title:
             title = title[:width_title - 1] + "\u2026"
-        lines.append(f"{r['rank']:>4}  {r['similarity']:>10.4f}  {str(r['asin']):<12}  {str(r.get('label', ''))[:16]:<16}  {title}")
+        lines.append(f"{r['rank']:>4}  {r['similarity']:>10.4f}  {str(r['asin']):<12}  {str(r.get('label', ''))[:16]:<16}  "
+                     f"{cells(r)}{title}")
     return "\n".join(lines)
