@@ -229,10 +229,10 @@ def held_out_table(feats, names, holdout, dims, epochs, loss, seed=SEED):
     gallery_y = np.concatenate([train[1], val[1]])
     rows = [{"variant": "(a) raw backbone", **measure(test[0][q], test[1][q], gallery_x, gallery_y)}]
     for dim in dims:
-        for variant, fit in (("(b) classifier", lambda: train_classifier(seen(train), seen(val), n_seen, dim,
-                                                                           epochs, seed)),
-                             (f"(c) retrieval, {loss}", lambda: train_retrieval(seen(train), seen(val), n_seen,
-                                                                               dim, epochs, loss, seed))):
+        for variant, fit in (("(b) classifier", lambda dim=dim: train_classifier(seen(train), seen(val), n_seen, dim,
+                                                                                   epochs, seed)),
+                             (f"(c) retrieval, {loss}", lambda dim=dim: train_retrieval(seen(train), seen(val), n_seen,
+                                                                                       dim, epochs, loss, seed))):
             m = fit()
             rows.append({"variant": variant, **measure(_embed(m, test[0][q]), test[1][q], _embed(m, gallery_x),
                                                        gallery_y)})

@@ -383,8 +383,8 @@ def report(res, args):
     if args.json:
         print(json.dumps(res, indent=2))
         return
-    print(f"index {res['index']}; server workers {res.get('workers', 1)}; concurrency {res['concurrency']}, k {res['k']}; "
-          f"load average before {res['load_before'][0]:.2f}, after {res['load_after'][0]:.2f}")
+    print(f"index {res['index']}; server workers {res.get('workers', 1)}; "
+          f"concurrency {res['concurrency']}, k {res['k']}; load average before {res['load_before'][0]:.2f}, after {res['load_after'][0]:.2f}")
     print(f"in process, batches of {res['concurrency']}: {res['in_process_img_per_s']:.1f} photos/s; one at a time: "
           f"{res['in_process_single_img_per_s']:.1f} photos/s")
     print(f"{'phase':<18}{'requests':>9}{'QPS':>8}{'errors':>7}{'srv CPU ms/req':>16}   per kind: QPS, p50 / p99 ms")
@@ -393,7 +393,8 @@ def report(res, args):
         kinds = "; ".join(f"{kd} {r[kd]['qps']:.1f}, {r[kd]['p50_ms']:.1f} / {r[kd]['p99_ms']:.1f}"
                           for kd in ("asin", "photo") if kd in r)
         cpu = r.get("server_cpu_ms_per_request")
-        print(f"{phase:<18}{r['requests']:>9}{r['qps']:>8.1f}{r['errors']:>7}{cpu if cpu is not None else '-':>16}   {kinds}")
+        cpu = "-" if cpu is None else cpu
+        print(f"{phase:<18}{r['requests']:>9}{r['qps']:>8.1f}{r['errors']:>7}{cpu:>16}   {kinds}")
     print("ratios: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
     print("targets: " + ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets.items()))
 

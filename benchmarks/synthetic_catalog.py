@@ -4,7 +4,8 @@ Each product ``S000000042`` belongs to one of ``classes`` categories (a hash of 
 its photo is generated from its index alone: a colour cast and a stripe pattern that depend on
 the class (the learnable signal) under per-product noise, stripe phase and brightness. The
 signal is easy on purpose (the benchmarks measure cost, not accuracy): a small CNN learns it in
-one epoch (growth.py's 100,000-product run: precision@10 1.0 against a class prior of 0.10). Everything is streamed: the metadata
+one epoch (growth.py's 100,000-product run: precision@10 1.0 against a class prior of 0.10).
+Everything is streamed: the metadata
 is written line by line and the photos one by one (nothing holds the catalog in memory).
 
 Photos come from a folder (``images="folder"``: ``<out>/images/<ASIN>.jpg``) or from a

@@ -59,7 +59,8 @@ def open_page(browser, path, screenshot=None, width=1280):
     page.goto(url, wait_until="load")
     page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=20000)
     facts = page.evaluate("""() => ({
-        images: Array.from(document.images).map(i => ({src: i.src.slice(0, 40), w: i.naturalWidth, h: i.naturalHeight})),
+        images: Array.from(document.images).map(i => ({src: i.src.slice(0, 40), w: i.naturalWidth,
+                                                        h: i.naturalHeight})),
         tables: Array.from(document.querySelectorAll('table')).map(t => t.querySelectorAll('tbody tr').length),
         title: document.title,
         links: Array.from(document.querySelectorAll('link[href], script[src]')).map(e => e.href || e.src),

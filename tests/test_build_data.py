@@ -411,8 +411,8 @@ def test_every_bad_record_and_image_is_counted_in_the_report(tmp_path, monkeypat
     (img / "G1.jpg").write_bytes(large_jpeg(10954, 8216))  # 90 MP: decoded at 1/8, kept
     bad_images = {"B1": png_bomb(9_000, 9_000), "B2": forged_jpeg(65_000, 65_000), "B3": b"\x89PNG\r\n\x1a\nrandom",
                   "B4": bytes(range(256)) * 4}
-    for a, data in bad_images.items():
-        (img / f"{a}.png").write_bytes(data)
+    for a, payload in bad_images.items():
+        (img / f"{a}.png").write_bytes(payload)
         prods.append(product(a, PATHS["Watches"]))
     bad_lines = [PWNED_LINE, '{"asin": ["B0"], "category": ["Shoes"]}', '{"asin": "Z1", "category": ["Shoes"]',
                  "\x00\x01\x02 binary junk", "[1, 2, 3]", '{"title": "no asin"}', "{" + "x" * 20_000 + "}",

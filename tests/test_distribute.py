@@ -95,7 +95,7 @@ def test_multi_worker_mirrored_with_two_local_workers(tiny, tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for rc, stdout, stderr in results:
+    for rc, _stdout, stderr in results:
         assert rc == 0, stderr[-3000:]
     chief = json.loads(results[0][1].split("SUMMARY ", 1)[1])
     other = json.loads(results[1][1].split("SUMMARY ", 1)[1])

@@ -158,7 +158,7 @@ def test_download_iter_streams_and_a_slow_host_holds_nothing_back(server, tmp_pa
                                                             for i in range(60)]
     seen = []
     t0 = time.monotonic()
-    for asin, path, url, reason in download_iter(iter(items), str(tmp_path), workers=2, timeout=5):
+    for asin, path, _url, reason in download_iter(iter(items), str(tmp_path), workers=2, timeout=5):
         assert path and reason is None
         seen.append((asin, time.monotonic() - t0))
     assert len(seen) == 61 and seen[-1][0] == "SLOW"  # the slow one came last, not first

@@ -69,8 +69,8 @@ def test_models_build_with_embedding_and_probabilities(name):
 def test_alexnet_has_five_convs_three_fc_at_several_sizes():
     for size in (32, 64, 128, 224):
         m = models.build("alexnet", 10, image_size=size, width=0.125, fc_units=64)
-        convs = [l for l in m.layers if isinstance(l, keras.layers.Conv2D)]
-        dense = [l for l in m.layers if isinstance(l, keras.layers.Dense)]
+        convs = [la for la in m.layers if isinstance(la, keras.layers.Conv2D)]
+        dense = [la for la in m.layers if isinstance(la, keras.layers.Dense)]
         assert len(convs) == 5 and len(dense) == 3, size
         assert m.output.shape[-1] == 10
 

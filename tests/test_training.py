@@ -119,7 +119,7 @@ def test_two_phases_with_a_weights_file(tiny, tmp_path):
 
 def test_fine_tune_at_resolution():
     backbone = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(32, 32, 3))
-    names = [l.name for l in backbone.layers]
+    names = [layer.name for layer in backbone.layers]
     assert training._resolve_fine_tune_at(backbone, "block_16_expand", "mobilenet_v2") == names.index("block_16_expand")
     assert training._resolve_fine_tune_at(backbone, "block_16", "mobilenet_v2") == names.index("block_16_expand")
     assert training._resolve_fine_tune_at(backbone, "100", "mobilenet_v2") == 100

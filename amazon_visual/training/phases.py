@@ -30,7 +30,7 @@ def resolve_fine_tune_at(backbone, fine_tune_at, model_name):
     for i, layer in enumerate(layers):
         if layer.name.startswith(spec):
             return i
-    examples = ", ".join(sorted({l.name.split("_")[0] for l in layers if "_" in l.name})[:8])
+    examples = ", ".join(sorted({layer.name.split("_")[0] for layer in layers if "_" in layer.name})[:8])
     raise UserError(f"--fine-tune-at {spec!r} names no layer of the {model_name} backbone: give a layer "
                     f"name, a name prefix (e.g. {examples}) or an index 0..{len(layers) - 1}")
 

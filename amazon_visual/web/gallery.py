@@ -11,8 +11,8 @@ templates ``templates/gallery.html`` (the ``gallery`` macro), ``gallery_fragment
 - :func:`gallery_page` -> a whole HTML document; :func:`write_gallery` writes it atomically.
 
 ``query`` is a dict: ``image`` (anything :func:`amazon_visual.retrieval.embeddings.load_image`
-takes; a URL is not fetched: pass the decoded array as ``image_array``) and/or ``thumb`` (a file path); ``caption`` (text) or the keys
-``kind``/``asin``/``title``/``label``/``predicted_label`` that
+takes; a URL is not fetched: pass the decoded array as ``image_array``) and/or ``thumb`` (a file path);
+``caption`` (text) or the keys ``kind``/``asin``/``title``/``label``/``predicted_label`` that
 :meth:`amazon_visual.retrieval.recommend.Recommender.recommend` returns. ``results`` are the
 result dicts of :class:`~amazon_visual.retrieval.recommend.Recommender` (``thumb``, ``similarity``,
 ``rank``, ``asin``, ``title``, ``label``, ``image_url``).
