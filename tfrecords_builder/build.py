@@ -165,6 +165,30 @@ def _read_decisions(exclude_file, relabel_file):
     return {"excluded": excluded, "relabel": relabel, "exclude_info": ex_info, "relabel_info": re_info}
 
 
+def _load_decisions(store, decisions, class_names):
+    """Put the review decisions into the plan (the relabel file's classes checked against ``class_names``);
+    returns their counters (None without decision files)."""
+    if decisions is None:
+        return None
+    relabel = (relabel_labels(decisions["relabel_info"]["file"], decisions["relabel"], class_names)
+               if decisions["relabel_info"] else [])
+    store.add_decisions(decisions["excluded"], relabel)
+    return Counter({"relabelled": 0, "relabel_unchanged": 0})
+
+
+def _collect_beam_failures(failures_dir, failures, store):
+    """The image failures Beam's workers appended to ``failures_dir``, into ``failures`` and the plan."""
+    import json
+
+    for name in sorted(os.listdir(failures_dir)):
+        with open(os.path.join(failures_dir, name), encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    record = dict(json.loads(line), stage="image")
+                    failures.append(record)
+                    store.image_failed(record["asin"])  # (the attribute counts leave it out)
+
+
 def _decisions_report(decisions, store, decided):
     """The ``decisions`` section of the report: what each file asked, what it changed, what it did not find."""
     if decisions is None:
@@ -496,8 +520,6 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
     class_names, class_source, level, how = _choose_classes(metadata, categories, categories_file, top_categories,
                                                             preset, progress)
     labeler = Labeler(class_names)
-    relabel = (relabel_labels(decisions["relabel_info"]["file"], decisions["relabel"], class_names)
-               if decisions and decisions["relabel_info"] else [])
     tmp = f"{out}.tmp-build"  # (one left by a killed run was removed by _recover)
     os.makedirs(os.path.join(tmp, PLAN_DIR))
     store = PlanStore(os.path.join(tmp, PLAN_DIR, "plan.sqlite"))
@@ -507,10 +529,7 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
             store.add_image_files(iter_image_files(images_dir))
         stats = ReadStats()
         categories_seen = CategoryCounts()
-        decided = None
-        if decisions is not None:
-            store.add_decisions(decisions["excluded"], relabel)
-            decided = Counter({"relabelled": 0, "relabel_unchanged": 0})
+        decided = _load_decisions(store, decisions, class_names)
         _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops, progress, categories_seen,
                 decided)
         if decided is not None:
@@ -585,15 +604,7 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
         t_build = time.time()
         version_dir = os.fspath(builder.data_dir)
         if beam:
-            import json as _json
-
-            for name in sorted(os.listdir(failures_dir)):
-                with open(os.path.join(failures_dir, name), encoding="utf-8") as f:
-                    for line in f:
-                        if line.strip():
-                            record = dict(_json.loads(line), stage="image")
-                            failures.append(record)
-                            store.image_failed(record["asin"])  # (the attribute counts leave it out)
+            _collect_beam_failures(failures_dir, failures, store)
             plan.counts = _read_back_counts(version_dir, final_names)
         drops["image_failed"] += failures.count - before
 

@@ -192,8 +192,8 @@ class PlanStore:
 
     def attribute_counts(self):
         """Products with each attribute (:data:`ATTRIBUTES`), over the plan less its failed images."""
-        row = self._db.execute(f"SELECT {', '.join(f'COUNT({a})' for a in ATTRIBUTES)} FROM products "
-                               "WHERE asin NOT IN (SELECT asin FROM failed)").fetchone()
+        counts = ", ".join(f"COUNT({a})" for a in ATTRIBUTES)
+        row = self._db.execute(f"SELECT {counts} FROM products WHERE asin NOT IN (SELECT asin FROM failed)").fetchone()
         return dict(zip(ATTRIBUTES, row))
 
     def drop_failed(self):

@@ -84,7 +84,8 @@ def _extra_lines(report):
                      f"{src.get('failed', 0)} failed")
     attrs = report.get("attributes")
     if attrs:
-        lines.append("attributes: " + ", ".join(f"{k} {v['count']} ({100 * v['share']:.1f}%)" for k, v in attrs.items()))
+        lines.append("attributes: " + ", ".join(f"{k} {v['count']} ({100 * v['share']:.1f}%)"
+                                                for k, v in attrs.items()))
     dec = report.get("decisions") or {}
     if dec.get("exclude_file"):
         lines.append(f"excluded: {dec['excluded']} products of {dec['exclude_listed']} listed in {dec['exclude_file']}"
