@@ -2,7 +2,7 @@
 import math
 import time
 import urllib.parse
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request
@@ -11,7 +11,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from amazon_visual.errors import UserError
+from amazon_visual.retrieval import filters as F
 from amazon_visual.retrieval.index import thumbnail_file
+from amazon_visual.retrieval.recommend import attributes
 from amazon_visual.web.limits import read_image
 
 router = APIRouter()
@@ -19,6 +22,11 @@ K = Query(10, ge=1, le=1000, description="number of results (1 to 1000)")
 MIN_SIM = Query(None, ge=-1.0, le=1.0, description="keep results with cosine similarity >= this")
 CATEGORY = Query(None, max_length=200, description="keep results of this category (see /v1/categories)")
 SAME = Query(False, description="keep results of the query's category (its label, or the predicted one)")
+BRAND = Query(None, max_length=200, description="keep this brand (repeat the parameter for several; case does not "
+                                                "matter; see /v1/attributes)")
+MIN_PRICE = Query(None, description="keep products with a price >= this (a product without a price never matches)")
+MAX_PRICE = Query(None, description="keep products with a price <= this (a product without a price never matches)")
+MIN_RATING = Query(None, description="keep products with an average rating >= this (0 to 5; unrated never matches)")
 ASIN = Path(..., min_length=1, max_length=64)
 
 #: the error answers of the API, declared in its OpenAPI schema: every one is JSON {"detail": ...}, a line
@@ -56,11 +64,12 @@ def thumb_url(asin):
 
 
 def product_json(row, has_thumb):
-    """An item of items.csv as the API shows it (``category`` is the class the filters use)."""
+    """An item of items.csv as the API shows it (``category`` is the class the filters use; ``brand``,
+    ``price``, ``average_rating``, ``rating_number``: null when missing)."""
     asin = str(row.get("asin", ""))
     return {"asin": asin, "title": row.get("title", ""), "category": row.get("label", ""),
             "category_path": row.get("category", ""), "image_url": row.get("image_url", ""),
-            "split": row.get("split", ""), "thumbnail": thumb_url(asin) if has_thumb else None}
+            "split": row.get("split", ""), "thumbnail": thumb_url(asin) if has_thumb else None, **attributes(row)}
 
 
 def result_json(r):
@@ -78,7 +87,30 @@ def query_json(q):
         out.update(predicted_category=q["predicted_label"], predicted_probability=q.get("predicted_probability"))
     if q.get("same_category") is not None:
         out["filtered_category"] = q["same_category"]
+    if q.get("filters"):
+        out["filters"] = q["filters"]
     return out
+
+
+def check_query_names(request):
+    """422 naming a query parameter the route does not take (FastAPI would ignore it: a typo such as
+    ``max_prcie`` must not silently return unfiltered results)."""
+    route = request.scope.get("route")
+    known = {p.alias for p in route.dependant.query_params} if route is not None else set()
+    unknown = sorted(set(request.query_params.keys()) - known)
+    if unknown:
+        raise HTTPException(422, f"unknown query parameter {unknown[0][:60]!r}: this route takes "
+                                 f"{', '.join(sorted(known))}")
+
+
+def attribute_filters(request, brand, min_price, max_price, min_rating):
+    """The parsed :class:`~amazon_visual.retrieval.filters.Filters` of a request (422 with the reason when bad)."""
+    check_query_names(request)
+    try:
+        return F.parse_filters({"brand": brand, "min_price": min_price, "max_price": max_price,
+                                "min_rating": min_rating})
+    except UserError as e:
+        raise HTTPException(422, str(e)) from None
 
 
 def _filters(gen, category, same_category):
@@ -97,21 +129,21 @@ def _answer(out, t0, gen):
                          "took_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
 
-def _asin_search(request, asin, k, min_similarity, category, same_category):
+def _asin_search(request, asin, k, min_similarity, category, same_category, filters=None):
     t0 = time.perf_counter()
     gen = request.app.state.holder.generation
     rec = gen.rec
     if asin not in rec.index.asin_to_id:
         raise HTTPException(404, f"ASIN {asin} is not in the index: query an indexed ASIN or a photo")
     out = rec.recommend(asin=asin, k=k, min_similarity=min_similarity,
-                        same_category=_filters(gen, category, same_category))
+                        same_category=_filters(gen, category, same_category), filters=filters)
     return _answer(out, t0, gen)
 
 
-def _photo_search(gen, data, k, min_similarity, keep, max_pixels, name):
+def _photo_search(gen, data, k, min_similarity, keep, max_pixels, name, filters=None):
     t0 = time.perf_counter()
     image = read_image(data, max_pixels, name)
-    out = gen.rec.recommend(image=image, k=k, min_similarity=min_similarity, same_category=keep)
+    out = gen.rec.recommend(image=image, k=k, min_similarity=min_similarity, same_category=keep, filters=filters)
     return _answer(out, t0, gen)
 
 
@@ -138,11 +170,14 @@ async def _read_query(request):
 
 @router.post("/v1/search", summary="look-alikes of a photo (upload or URL) or of an indexed product")
 async def search(request: Request, k: int = K, min_similarity: Optional[float] = MIN_SIM,
-                 category: Optional[str] = CATEGORY, same_category: bool = SAME):
+                 category: Optional[str] = CATEGORY, same_category: bool = SAME,
+                 brand: Optional[List[str]] = BRAND, min_price: Optional[float] = MIN_PRICE,
+                 max_price: Optional[float] = MAX_PRICE, min_rating: Optional[float] = MIN_RATING):
+    filters = attribute_filters(request, brand, min_price, max_price, min_rating)
     query = await _read_query(request)
     state = request.app.state
     if query[0] == "asin":
-        return _asin_search(request, query[1], k, min_similarity, category, same_category)
+        return _asin_search(request, query[1], k, min_similarity, category, same_category, filters)
     gen = state.holder.generation
     keep = _filters(gen, category, same_category)
     if query[0] == "url":
@@ -153,7 +188,8 @@ async def search(request: Request, k: int = K, min_similarity: Optional[float] =
         name = f"the image at {query[1][:120]}"
     else:
         data, name = query[1], query[2]
-    return await run_in_threadpool(_photo_search, gen, data, k, min_similarity, keep, state.settings.max_pixels, name)
+    return await run_in_threadpool(_photo_search, gen, data, k, min_similarity, keep, state.settings.max_pixels, name,
+                                   filters)
 
 
 @router.get("/v1/products/{asin}", summary="one indexed product")
@@ -169,20 +205,28 @@ async def product(request: Request, asin: str = ASIN):
 
 @router.get("/v1/products/{asin}/similar", summary="look-alikes of an indexed product (never itself)")
 async def similar(request: Request, asin: str = ASIN, k: int = K, min_similarity: Optional[float] = MIN_SIM,
-                  category: Optional[str] = CATEGORY, same_category: bool = SAME):
-    return _asin_search(request, asin, k, min_similarity, category, same_category)
+                  category: Optional[str] = CATEGORY, same_category: bool = SAME,
+                  brand: Optional[List[str]] = BRAND, min_price: Optional[float] = MIN_PRICE,
+                  max_price: Optional[float] = MAX_PRICE, min_rating: Optional[float] = MIN_RATING):
+    filters = attribute_filters(request, brand, min_price, max_price, min_rating)
+    return _asin_search(request, asin, k, min_similarity, category, same_category, filters)
 
 
 @router.get("/v1/products", summary="browse the catalog: by category, title words, page by page")
 async def products(request: Request, category: Optional[str] = CATEGORY,
                    q: Optional[str] = Query(None, max_length=200, description="words the title contains"),
-                   page: int = Query(1, ge=1, le=1_000_000), per_page: int = Query(24, ge=1, le=200)):
+                   page: int = Query(1, ge=1, le=1_000_000), per_page: int = Query(24, ge=1, le=200),
+                   brand: Optional[List[str]] = BRAND, min_price: Optional[float] = MIN_PRICE,
+                   max_price: Optional[float] = MAX_PRICE, min_rating: Optional[float] = MIN_RATING):
+    filters = attribute_filters(request, brand, min_price, max_price, min_rating)
     gen = request.app.state.holder.generation
     rec = gen.rec
     items = rec.index.items
     mask = np.ones(len(items), bool)
     if category is not None:
         mask &= (items["label"] == _filters(gen, category, False)).to_numpy()
+    if filters:
+        mask &= F.select(rec.index, filters).mask
     if q:
         mask &= items["title"].str.contains(q, case=False, regex=False).to_numpy()
     ids = np.flatnonzero(mask)
@@ -196,6 +240,12 @@ async def products(request: Request, category: Optional[str] = CATEGORY,
 async def categories(request: Request):
     cats = request.app.state.holder.generation.categories
     return {"categories": [{"name": n, "count": c} for n, c in cats.items()]}
+
+
+@router.get("/v1/attributes", summary="the product attributes the index has, for filters: brands with counts, "
+                                      "price and rating ranges")
+async def attribute_summary(request: Request):
+    return F.columns(request.app.state.holder.current.index).summary()
 
 
 @router.get("/thumbs/{asin}.jpg", summary="the thumbnail of an indexed product", response_class=Response,
@@ -247,5 +297,5 @@ async def page(request: Request):
     gen = state.holder.generation
     rec = gen.rec
     return HTMLResponse(render("serve.html", title="amazon-visual: visual search", categories=gen.categories,
-                               n_items=rec.index.n_items, url_fetch=state.settings.allow_url_fetch,
+                               attributes=F.columns(rec.index).summary(), n_items=rec.index.n_items, url_fetch=state.settings.allow_url_fetch,
                                classifier=rec.manifest.get("source") == "run"))

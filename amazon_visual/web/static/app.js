@@ -10,7 +10,25 @@
     if ($("category").value) p.set("category", $("category").value);
     const s = $("min-sim").value.trim();
     if (s !== "") p.set("min_similarity", s);
+    // attribute filters: their controls exist only when the index has the attribute
+    if ($("brand")) for (const o of $("brand").selectedOptions) p.append("brand", o.value);
+    for (const [id, name] of [["min-price", "min_price"], ["max-price", "max_price"], ["min-rating", "min_rating"]]) {
+      const v = $(id) ? $(id).value.trim() : "";
+      if (v !== "") p.set(name, v);
+    }
     return p;
+  }
+
+  // "$12.99 · Acme · 4.3★ (120)": the attributes a product has (null ones left out)
+  function attributesLine(item) {
+    const parts = [];
+    if (item.price !== null && item.price !== undefined) parts.push("$" + item.price.toFixed(2));
+    if (item.brand) parts.push(item.brand);
+    if (item.average_rating !== null && item.average_rating !== undefined) {
+      parts.push(item.average_rating.toFixed(1) + "\u2605" + (item.rating_number !== null && item.rating_number !== undefined
+                 ? " (" + item.rating_number + ")" : ""));
+    }
+    return parts.join(" \u00b7 ");
   }
 
   function setStatus(text, error) {
@@ -36,6 +54,8 @@
       meta.appendChild(bar);
     }
     meta.appendChild(el("div", { class: "cat", text: item.category }));
+    const attrs = attributesLine(item);
+    if (attrs) meta.appendChild(el("div", { class: "attrs", text: attrs }));
     meta.appendChild(el("div", { text: item.title || item.asin }));
     const thumb = el("div", { class: "thumb" });
     if (item.thumbnail) thumb.appendChild(el("img", { src: item.thumbnail, alt: item.title || item.asin, loading: "lazy" }));
@@ -73,7 +93,7 @@
     const grid = $("results");
     grid.replaceChildren(...body.results.map((r) => card(r, true)));
     setStatus(body.results.length + " look-alike" + (body.results.length === 1 ? "" : "s") + " in " +
-              Math.round(body.took_ms) + " ms" + (body.results.length ? "" : ": lower the minimum similarity or choose another category"));
+              Math.round(body.took_ms) + " ms" + (body.results.length ? "" : ": lower the minimum similarity or loosen the filters"));
   }
 
   function searchFile(file) {
@@ -129,8 +149,8 @@
   });
   $("file").addEventListener("change", (ev) => searchFile(ev.target.files[0]));
   $("url-form").addEventListener("submit", (ev) => { ev.preventDefault(); if ($("url").value) searchUrl($("url").value); });
-  for (const id of ["category", "min-sim", "k"]) {
-    $(id).addEventListener("change", () => { if (state.last) run(state.last.request, state.last.describe); });
+  for (const id of ["category", "min-sim", "k", "brand", "min-price", "max-price", "min-rating"]) {
+    if ($(id)) $(id).addEventListener("change", () => { if (state.last) run(state.last.request, state.last.describe); });
   }
   $("browse-category").addEventListener("change", () => { state.page = 1; browse(); });
   $("browse-q").addEventListener("change", () => { state.page = 1; browse(); });
