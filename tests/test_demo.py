@@ -45,8 +45,9 @@ def demo_output(tmp_path_factory):
 
 # --------------------------------------------------------------------------- fast: the sample itself
 def test_sample_catalog_is_installed_and_consistent():
-    from amazon_visual import sample
     from PIL import Image
+
+    from amazon_visual import sample
 
     names = sample.class_names()
     assert len(names) == 10 and len(set(names)) == 10
@@ -85,6 +86,21 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
         run_demo(str(tmp_path / "w"), weights=str(tmp_path / "missing.weights.h5"))
 
 
+def test_demo_trains_a_fixed_amount_of_work_and_says_how_long_it_takes():
+    from amazon_visual.demo import PRETRAINED, SCRATCH, expected_seconds, run_demo
+
+    # the presets are epochs, not a time budget: same work on a quiet or a busy machine
+    assert SCRATCH["epochs"] == 18 and PRETRAINED["epochs"] == 28 and PRETRAINED["head_epochs"] == 25
+    scratch = expected_seconds("vgg16_bn", 64, SCRATCH["epochs"])
+    pretrained = expected_seconds("mobilenet_v2", 224, PRETRAINED["epochs"], PRETRAINED["head_epochs"])
+    assert 90 <= scratch <= 150 and 90 <= pretrained <= 150  # "about two minutes"
+    assert expected_seconds("vgg16_bn", 64, 1) < scratch / 3  # --epochs 1 is quick, and says so
+    assert expected_seconds("vgg16_bn", 96, 18) is None and expected_seconds("alexnet", 64, 18) is None
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(UserError, match="--minutes"):
+            run_demo("unused-demo-folder", weights="none", minutes=bad)
+
+
 def test_demo_cli_help_is_fast_and_lists_options():
     r = subprocess.run(_command() + ["demo", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
@@ -114,6 +130,8 @@ def test_demo_end_to_end_writes_every_artifact(tmp_path_factory):
     assert "FROM SCRATCH" in err and "ImageNet weights for mobilenet_v2 are not available" in err
     for i in range(1, 7):
         assert f"[{i}/6]" in err  # progress at every stage
+    assert "expected time: about 0.4 minutes" in err  # up front, for this amount of work (1 epoch)
+    assert "[2/6] train: vgg16_bn (from scratch), 1 epochs\n" in err  # no time budget
     assert summary["trained_from_scratch"] is True and summary["epochs_run"] == 1
     assert summary["report"] == os.path.join(out, "report.html")
 
