@@ -17,15 +17,21 @@ import threading
 import time
 from collections import Counter
 
+from amazon_visual.atomic import write_json
 from amazon_visual.errors import UserError
 from tfrecords_builder import download as dl
 from tfrecords_builder.decisions import read_exclude_file, read_relabel_file, relabel_labels
 from tfrecords_builder.images import iter_image_files, warm_up
-from tfrecords_builder.labels import (PRESETS, CategoryCounts, Labeler, read_categories_file, top_categories,
-                                     unique_names)
+from tfrecords_builder.labels import (
+    PRESETS,
+    CategoryCounts,
+    Labeler,
+    read_categories_file,
+    top_categories,
+    unique_names,
+)
 from tfrecords_builder.metadata import ReadStats, read_products
 from tfrecords_builder.parallel import OrderedPool
-from amazon_visual.atomic import write_json
 from tfrecords_builder.plan import ATTRIBUTES, PlanStore
 from tfrecords_builder.report import FailureLog, plot_label_distribution
 from tfrecords_builder.splits import SPLIT_NAMES, parse_fractions, split_of, unit_hash

@@ -128,7 +128,7 @@ def _fetch_once(url, dest, timeout, max_bytes, before_commit=None):
     except urllib.error.HTTPError as e:
         code = e.code
         raise _Failure(f"HTTP {code}", retry=code >= 500 or code in (408, 429)) from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise _Failure("timeout", retry=True) from None
     except urllib.error.URLError as e:
         r = e.reason

@@ -37,7 +37,8 @@ def read_categories_file(path):
         with open(path, encoding="utf-8") as f:
             names = [ln.strip() for ln in f]
     except OSError as e:
-        raise UserError(f"categories file {path}: {e.strerror}: pass a text file with one class name per line") from None
+        raise UserError(f"categories file {path}: {e.strerror}: pass a text file with one class name "
+                        "per line") from None
     names = [n for n in names if n and not n.startswith("#")]
     if not names:
         raise UserError(f"categories file {path} names no class: write one class name per line")

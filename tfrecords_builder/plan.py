@@ -136,7 +136,8 @@ class PlanStore:
         self._db.commit()
 
     def cap_label(self, label, n):
-        """Keep the ``n`` products of ``label`` first by their cap hash (ties: metadata order); returns how many went."""
+        """Keep the ``n`` products of ``label`` first by their cap hash (ties: metadata order); returns how many
+        went."""
         cur = self._db.execute("DELETE FROM products WHERE label = ? AND seq NOT IN (SELECT seq FROM products "
                                "WHERE label = ? ORDER BY cap_hash, seq LIMIT ?)", (int(label), int(label), int(n)))
         self._db.commit()

@@ -33,7 +33,7 @@ def parse_fractions(text):
 
 def unit_hash(seed, asin, salt="split"):
     """A uniform number in [0, 1) from (salt, seed, asin)."""
-    h = hashlib.sha256(f"{salt}\x00{seed}\x00{asin}".encode("utf-8")).digest()
+    h = hashlib.sha256(f"{salt}\x00{seed}\x00{asin}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2.0 ** 64
 
 
