@@ -196,8 +196,9 @@ def test_an_index_without_photo_hashes_is_built_again(world, tmp_path, capsys):
 # ------------------------------------------------------------------ kill -9, then the same command
 UPDATE_SCRIPT = textwrap.dedent("""
     import sys
-    from amazon_visual.retrieval.update import update_index
-    update_index(sys.argv[1], sys.argv[2], run_dir=sys.argv[3], batch_size=4, chunk_items=4, progress=False)
+    from amazon_visual.retrieval import update
+    update.PENDING_ITEMS = 4  # a shard per range as soon as it is scanned, so the kill lands between shards
+    update.update_index(sys.argv[1], sys.argv[2], run_dir=sys.argv[3], batch_size=4, chunk_items=4, progress=False)
 """)
 
 

@@ -265,62 +265,107 @@ def _reused_row(job, fields, item_id, split, old_id):
     return row
 
 
-def update_range(job, rng):
-    """Write the shard of one range: every row (reused or embedded now) and the vectors of the embedded rows;
-    returns the number of rows embedded."""
+def scan_range(job, rng):
+    """Read and hash one range: ``{"parsed": [(asin, sha, fields)], "old_ids", "known", "todo": {j: record}}``
+    (the records to embed: their ASIN and photo are not in the index, or the model is another)."""
     from amazon_visual.retrieval import records
-    from amazon_visual.retrieval.shards import write_shard
 
-    t0 = time.perf_counter()
     serialized = records.read_range(rng)
     parsed = [record_fields(r) for r in serialized]
     old = job["old"]
     old_ids = old.lookup([_key(a, s) for a, s, _ in parsed]) if job["reuse"] else np.full(len(parsed), -1)
     known = old.known_asins([_key(a) for a, _, _ in parsed])
-    todo = [j for j in range(len(parsed)) if old_ids[j] < 0]
-    t1 = time.perf_counter()
-    emb = np.zeros((0, job["embedder"].dim), np.float32)
-    fields = []
-    if todo:
-        embedder = job["embedder"]
-        emb, fields = records.embed_records(lambda b: embedder.predict(b)[0], [serialized[j] for j in todo],
-                                            job["features"], embedder.image_size, embedder.resize,
-                                            job["thumbnails"], job["batch_size"])
-    t2 = time.perf_counter()
+    todo = {j: serialized[j] for j in range(len(parsed)) if old_ids[j] < 0}
+    return {"parsed": parsed, "old_ids": old_ids, "known": known, "todo": todo}
+
+
+def write_range(job, rng, scan, emb, fields):
+    """Write the shard of one range: every row (reused or embedded now) and the vectors of the embedded rows
+    (``emb``, ``fields``: those of ``scan["todo"]``, in order)."""
+    from amazon_visual.retrieval import records
+    from amazon_visual.retrieval.shards import write_shard
+
     new_rows = iter(fields)
     rows = []
-    for j, (_, sha, f) in enumerate(parsed):
-        item_id = rng.offset + j
-        if old_ids[j] >= 0:
-            row = _reused_row(job, dict(f, image_sha256=sha), item_id, rng.split, int(old_ids[j]))
+    for j, (_, sha, f) in enumerate(scan["parsed"]):
+        item_id, old_id = rng.offset + j, int(scan["old_ids"][j])
+        if old_id >= 0:
+            row = _reused_row(job, dict(f, image_sha256=sha), item_id, rng.split, old_id)
             kind = "reused"
         else:
             row = records.item_row(next(new_rows), item_id, rng.split, job["names"],
                                    job["gen_dir"] if job["thumbnails"] else None)
             if row["thumb"]:
                 row["thumb"] = f"{job['gen']}/{row['thumb']}"
-            kind = "changed" if known[j] else "added"
-        row[_OLD], row[_KIND] = int(old_ids[j]), kind
+            kind = "changed" if scan["known"][j] else "added"
+        row[_OLD], row[_KIND] = old_id, kind
         rows.append(row)
     write_shard(os.path.join(job["partial"], rng.name), emb, rows)
-    t3 = time.perf_counter()
-    job["seconds"]["hash"] += (t1 - t0) + (t3 - t2)
-    job["seconds"]["embed"] += t2 - t1
-    return len(todo)
+
+
+def _embed(job, serialized):
+    """Embeddings and decoded fields of serialized records, in batches of one size (a short last batch is
+    padded, so the model's compiled function is traced once, not once per size)."""
+    from amazon_visual.retrieval import records
+
+    embedder, bs = job["embedder"], job["batch_size"]
+
+    def predict(b):
+        n = len(b)
+        if n < bs:
+            b = np.concatenate([b, np.zeros((bs - n,) + b.shape[1:], b.dtype)])
+        return embedder.predict(b)[0][:n]
+
+    return records.embed_records(predict, serialized, job["features"], embedder.image_size, embedder.resize,
+                                 job["thumbnails"], bs)
+
+
+def _flush(job, pending):
+    """Embed the records to embed of the ``pending`` (range, scan) pairs in one pass, then write their shards."""
+    t0 = time.perf_counter()
+    serialized = [r for _, scan in pending for r in scan["todo"].values()]
+    dim = job["embedder"].dim
+    emb, fields = _embed(job, serialized) if serialized else (np.zeros((0, dim), np.float32), [])
+    t1 = time.perf_counter()
+    start = 0
+    for rng, scan in pending:
+        m = len(scan["todo"])
+        write_range(job, rng, scan, emb[start:start + m], fields[start:start + m])
+        start += m
+    job["seconds"]["embed"] += t1 - t0
+    job["seconds"]["hash"] += time.perf_counter() - t1
+
+
+EMBED_GROUP = 1024  # records embedded in one pass (several ranges' changes together)
+PENDING_ITEMS = 1 << 16  # at most this many scanned items wait for their group's embedding
 
 
 def embed_changes(job, progress=True):
     """Every range of the new dataset into its shard (ranges whose shard is complete are kept: a resumed
-    update); the progress bar counts items."""
+    update). The records to embed of consecutive ranges are embedded together, up to :data:`EMBED_GROUP`
+    of them or :data:`PENDING_ITEMS` items scanned; the progress bar counts items."""
     from tqdm import tqdm
 
     from amazon_visual.retrieval.shards import shard_complete
 
     bar = tqdm(total=job["total"], desc="updating", unit="item", file=sys.stderr, disable=not progress)
+    pending, todo, items = [], 0, 0
     for rng in job["ranges"]:
-        if not shard_complete(os.path.join(job["partial"], rng.name), job["index_dir"]):
-            update_range(job, rng)
-        bar.update(len(rng))
+        if shard_complete(os.path.join(job["partial"], rng.name), job["index_dir"]):
+            bar.update(len(rng))
+            continue
+        t0 = time.perf_counter()
+        scan = scan_range(job, rng)
+        job["seconds"]["hash"] += time.perf_counter() - t0
+        pending.append((rng, scan))
+        todo, items = todo + len(scan["todo"]), items + len(rng)
+        if todo >= EMBED_GROUP or items >= PENDING_ITEMS:
+            _flush(job, pending)
+            bar.update(items)
+            pending, todo, items = [], 0, 0
+    if pending:
+        _flush(job, pending)
+        bar.update(items)
     bar.close()
 
 
