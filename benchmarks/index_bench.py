@@ -13,6 +13,7 @@ CPU time < 3 ms. Usage::
     python benchmarks/index_bench.py                                  # 100,000 and 1,000,000 items, dim 512
     python benchmarks/index_bench.py --sizes 20000 --queries 200      # quick check
     python benchmarks/index_bench.py --sizes 100000 --backends annoy  # Annoy only
+    python benchmarks/index_bench.py --filtered --dim 128 --keep --reuse  # filtered search (below)
 
 Data. ``clusters`` Gaussian clusters; a point is ``center + spread * Q_c z + noise * g``
 with ``center`` ~ N(0, I/dim), ``Q_c`` a random orthonormal ``dim x intrinsic`` basis of
@@ -21,6 +22,18 @@ low-dimensional subspace per cluster, as for CNN embeddings. Queries are fresh p
 the same distribution (not in the index). Vectors are generated in chunks from a seed.
 Similarity is cosine (candidates rescored from the normalised embeddings exactly as
 ``amazon_visual.retrieval.index.Index.search`` does).
+
+Filtered search (``--filtered``). The same vectors and Annoy index (``--trees``, the manifest's
+default search_k ``--filter-search-k``) behind an :class:`~amazon_visual.retrieval.index.Index`
+whose items carry a price: item ``perm[r]`` costs ``r`` for a random permutation ``perm``, so
+``max_price = s * n - 1`` allows exactly a fraction ``s`` of the items, uncorrelated with the
+clusters. For each selectivity (``--selectivities``) and mode, single queries: recall@k against
+exact filtered search (brute force over the matching rows), p50 / p99 wall latency. Modes:
+``planner`` (:func:`amazon_visual.retrieval.filters.filtered_search`), ``post-filter`` (the
+baseline: the ANN's top candidates filtered, the list grown 4x until k match, as
+``Recommender._search`` did before filters), ``exact`` and ``ann`` (the planner's two paths
+forced, to place the threshold). A mode stops after ``--cell-seconds`` (the queries measured are
+reported). Goal: recall@10 >= 0.99 and p99 < 10 ms at every selectivity.
 """
 import argparse
 import json
@@ -273,6 +286,144 @@ def print_tables(results, args):
                       f"{s_['p99_ms']:.3f} | {s_['cpu_p99_ms']:.3f} | {s_['qps']:.0f} |")
 
 
+# --------------------------------------------------------------------------
+# filtered search
+# --------------------------------------------------------------------------
+def filtered_index(n, args, emb_path, workdir):
+    """An Index over the kept vectors and Annoy file, items priced by a random permutation (see the docstring)."""
+    import pandas as pd
+
+    from amazon_visual.retrieval.index import Index
+
+    _, path, st = build("annoy", n, args, emb_path, workdir)
+    from amazon_visual.retrieval import backends
+
+    searcher = backends.AnnoyBackend.open(path, args.dim, n, {"index_size_bytes": st["size_bytes"]})
+    price = np.empty(n, np.float64)
+    price[np.random.default_rng(7).permutation(n)] = np.arange(n, dtype=np.float64)
+    items = pd.DataFrame({"asin": np.char.add("A", np.arange(n).astype(str)), "label": "c", "brand": "",
+                          "price": price, "average_rating": np.nan, "rating_number": np.nan})
+    manifest = {"n_items": n, "embedding_dim": args.dim, "search_k": args.filter_search_k, "backend": "annoy"}
+    return Index(workdir, manifest, items, np.load(emb_path, mmap_mode="r"), searcher), st
+
+
+def post_filter_search(index, q, k, mask):
+    """The baseline: the ANN's top candidates post-filtered, the list grown 4x until k match (the pre-filter
+    Recommender._search, with the filter's mask in place of its category test)."""
+    n_total = index.n_items
+    n = k if mask is None else max(4 * k, 50)
+    base_sk = index.search_k
+    while True:
+        n = min(n, n_total)
+        sk = base_sk if base_sk <= 0 else max(base_sk, base_sk * n // max(k, 1))
+        ids, sims = index.search(q, n, search_k=sk)
+        keep = np.ones(len(ids), bool) if mask is None else mask[ids]
+        if keep.sum() >= k or n >= n_total or len(ids) < n:
+            break
+        n *= 4
+    return ids[keep][:k]
+
+
+def time_mode(fn, queries, truth, k, seconds):
+    """Single queries until all are done or ``seconds`` passed: recall@k, p50/p99 ms, queries measured."""
+    for q in queries[:10]:  # warm-up (not recorded)
+        fn(q)
+    lat, cpu, hits, want, t_end = [], [], 0, 0, time.perf_counter() + seconds
+    for i, q in enumerate(queries):
+        c0 = time.thread_time()
+        t0 = time.perf_counter()
+        ids = fn(q)
+        lat.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
+        hits += len(set(np.asarray(ids).tolist()) & set(truth[i].tolist()))
+        want += len(truth[i])
+        if time.perf_counter() > t_end:
+            break
+    m = len(lat)
+    return {"queries": m, "recall": hits / want, "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+            "p99_ms": 1e3 * float(np.percentile(lat, 99)), "cpu_p50_ms": 1e3 * float(np.percentile(cpu, 50)),
+            "cpu_p99_ms": 1e3 * float(np.percentile(cpu, 99))}
+
+
+def bench_filtered_size(n, args, workdir):
+    from amazon_visual.retrieval import filters as F
+
+    print(f"\n=== filtered search: {n:,} items, dim {args.dim} ===", flush=True)
+    emb_path, qpath = ensure_vectors(n, args, workdir)
+    index, st = filtered_index(n, args, emb_path, workdir)
+    x, queries = index.embeddings, np.load(qpath)
+    rows = []
+    for s in args.selectivities:
+        m = int(round(s * n))
+        sel = F.select(index, {"max_price": m - 1}) if m < n else None
+        ids = np.arange(n) if sel is None else sel.ids
+        assert ids.size == m, (ids.size, m)
+        t0 = time.perf_counter()
+        truth_local, _ = exact_topk(np.asarray(x[ids]) if m < n else x, queries, args.k)
+        truth = ids[truth_local[:, :min(args.k, m)]]  # fewer than k match: all of them
+        none = np.zeros(0, np.int64)
+        modes = {"planner": lambda q: F.filtered_search(index, q, args.k, allowed=sel)[0],
+                 "post-filter": lambda q: post_filter_search(index, q, args.k, None if sel is None else sel.mask),
+                 "exact": lambda q: F.exact_scan(index, F.normalize(q), args.k, ids, none)[0],
+                 "ann": lambda q: F._ann(index, F.normalize(q), args.k, sel, m, none, None)[0]}
+        path = "ann" if sel is None else F.plan(index, m, args.k)
+        print(f"selectivity {s:.4%} ({m:,} items; truth in {time.perf_counter() - t0:.1f} s), planner: {path}",
+              flush=True)
+        for mode in args.modes:
+            r = time_mode(modes[mode], queries, truth, args.k, args.cell_seconds)
+            r.update(n_items=n, selectivity=s, matching=m, mode=mode, plan=path, load=os.getloadavg()[0])
+            rows.append(r)
+            print(f"  {mode:<12} recall@{args.k} {r['recall']:.4f}  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
+                  f"  (CPU p50 {r['cpu_p50_ms']:.3f}, p99 {r['cpu_p99_ms']:.3f} ms; {r['queries']} queries, "
+                  f"load {r['load']:.2f})", flush=True)
+    index.close()
+    return {"n_items": n, "dim": args.dim, "trees": args.trees, "search_k": args.filter_search_k,
+            "build_seconds": st["build_seconds"], "rows": rows}
+
+
+def ensure_vectors(n, args, workdir):
+    emb_path = os.path.join(workdir, f"emb_{n}_{args.dim}.npy")
+    qpath = os.path.join(workdir, f"queries_{n}_{args.dim}.npy")
+    if not (args.reuse and os.path.isfile(emb_path) and os.path.isfile(qpath)):
+        x = np.lib.format.open_memmap(emb_path, mode="w+", dtype=np.float32, shape=(n, args.dim))
+        generate(n, args.dim, args.clusters, args.intrinsic, args.spread, args.noise, seed=1, out=x)
+        x.flush()
+        del x
+        np.save(qpath, generate(args.queries, args.dim, args.clusters, args.intrinsic, args.spread, args.noise, seed=2))
+    return emb_path, qpath
+
+
+def print_filtered(results, args):
+    print(f"\n| items | selectivity | matching | planner path | planner recall@{args.k} | planner p50 / p99 ms "
+          f"(p99 CPU) | post-filter recall@{args.k} | post-filter p50 / p99 ms | p99 ratio post-filter / planner | "
+          "goal (p99 wall / CPU) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for res in results:
+        by = {(r["selectivity"], r["mode"]): r for r in res["rows"]}
+        for s in args.selectivities:
+            p, b = by.get((s, "planner")), by.get((s, "post-filter"))
+            if p is None:
+                continue
+            ok = p["recall"] >= 0.99 and p["p99_ms"] < 10
+            ok_cpu = p["recall"] >= 0.99 and p["cpu_p99_ms"] < 10
+            base = (f"{b['recall']:.4f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f}"
+                    + (f" ({b['queries']} q.)" if b["queries"] < p["queries"] else "")
+                    + f" | {b['p99_ms'] / p['p99_ms']:.1f}x") if b else "- | - | -"
+            print(f"| {res['n_items']:,} | {s:.2%} | {p['matching']:,} | {p['plan']} | {p['recall']:.4f} | "
+                  f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} ({p['cpu_p99_ms']:.2f}) | {base} | "
+                  f"{'met' if ok else 'MISSED'} / {'met' if ok_cpu else 'MISSED'} |")
+    print(f"\nthe planner's two paths forced (where its threshold lies):\n| items | selectivity | matching | "
+          f"exact recall | exact p50 / p99 ms | ann recall | ann p50 / p99 ms |\n|---|---|---|---|---|---|---|")
+    for res in results:
+        by = {(r["selectivity"], r["mode"]): r for r in res["rows"]}
+        for s in args.selectivities:
+            e, a = by.get((s, "exact")), by.get((s, "ann"))
+            cell = lambda r: f"{r['recall']:.4f} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f}" + (  # noqa: E731
+                f" ({r['queries']} q.)" if r["queries"] < args.queries else "") if r else "- | -"
+            if e or a:
+                print(f"| {res['n_items']:,} | {s:.2%} | {(e or a)['matching']:,} | {cell(e)} | {cell(a)} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="100000,1000000")
@@ -297,6 +448,11 @@ def main(argv=None):
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the generated vectors and index files")
     ap.add_argument("--reuse", action="store_true", help="reuse vectors and index files kept by --keep")
+    ap.add_argument("--filtered", action="store_true", help="benchmark filtered search (Annoy) instead")
+    ap.add_argument("--selectivities", default="1,0.1,0.01,0.001,0.0001", help="fractions of items a filter allows")
+    ap.add_argument("--modes", default="planner,post-filter,exact,ann", help="filtered-search modes measured")
+    ap.add_argument("--filter-search-k", type=int, default=2000, help="the index's search_k (manifest default)")
+    ap.add_argument("--cell-seconds", type=float, default=20.0, help="time limit of one mode at one selectivity")
     args = ap.parse_args(argv)
     args.search_k = [int(s) for s in args.search_k.split(",")]
     args.ef = [int(s) for s in args.ef.split(",")]
@@ -311,8 +467,14 @@ def main(argv=None):
         cpus, mem = os.cpu_count(), None
     print(f"machine: {platform.processor() or platform.machine()}, {cpus} CPUs, {mem} GiB RAM; python {platform.python_version()}; "
           f"settings: {vars(args)}", flush=True)
-    results = [bench_size(int(n), args, args.workdir) for n in args.sizes.split(",")]
-    print_tables(results, args)
+    if args.filtered:
+        args.selectivities = [float(v) for v in args.selectivities.split(",")]
+        args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        results = [bench_filtered_size(int(n), args, args.workdir) for n in args.sizes.split(",")]
+        print_filtered(results, args)
+    else:
+        results = [bench_size(int(n), args, args.workdir) for n in args.sizes.split(",")]
+        print_tables(results, args)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"settings": vars(args), "results": results}, f, indent=2)

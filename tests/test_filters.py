@@ -178,10 +178,10 @@ def test_planner_is_right_and_complete_on_both_paths(rec, monkeypatch, force_ann
     from amazon_visual.retrieval import filters as F
 
     if force_ann:
-        monkeypatch.setattr(F, "EXACT_SCAN_FLOATS", 0)
+        monkeypatch.setattr(F, "EXACT_ROWS_PER_CANDIDATE", 0)
     spec = {"brand": "Zed", "min_rating": 1}  # about 1 in 6
     sel = F.select(rec.index, spec)
-    assert F.plan(rec.index, sel.count) == ("ann" if force_ann else "exact")
+    assert F.plan(rec.index, sel.count, 10) == ("ann" if force_ann else "exact")
     found = total = 0
     for q in _queries():
         ids, sims = F.filtered_search(rec.index, q, 10, allowed=sel, exclude=[int(sel.ids[0])])
@@ -199,7 +199,7 @@ def test_ann_that_runs_out_is_finished_exactly(rec, monkeypatch):
     """An ANN that returns fewer candidates than asked (e.g. a tiny search_k) still gives k matching results."""
     from amazon_visual.retrieval import filters as F
 
-    monkeypatch.setattr(F, "EXACT_SCAN_FLOATS", 0)
+    monkeypatch.setattr(F, "EXACT_ROWS_PER_CANDIDATE", 0)
     sel = F.select(rec.index, {"min_price": 90})
     calls = []
 

@@ -15,18 +15,23 @@ Filters (combined with AND; the CLI, the API and Python all go through :func:`pa
 A missing attribute never matches a bound: an item without a price is not "under $40", an item
 without a brand matches no brand.
 
-The plan (as Qdrant and Weaviate plan filtered search), from the number ``m`` of items the
-filter allows:
+The plan (as Qdrant and Weaviate plan filtered search: by the filter's cardinality), from the
+number ``m`` of the ``n`` items the filter allows, per query:
 
-- ``m * dim <= EXACT_SCAN_FLOATS``: an exact scan of the matching rows' stored embeddings
-  (float32, L2-normalised, so cosine is a dot product);
-- else the ANN with a candidate list sized for the filter's selectivity (``k / (m / n)``
-  candidates, with margin), grown 4x until k matching items are found; when the ANN runs out
-  (it returned fewer than asked), the exact scan finishes the query.
+- the ANN path: a candidate list sized for the filter's selectivity, ``c = 2 k n / m``, with the
+  ANN's effort grown with it (Annoy's ``search_k`` x ``c / k``: about as many matching
+  candidates inspected as an unfiltered query inspects), the list grown 4x until k matching
+  items are found; when the ANN runs out (it returned fewer than asked), an exact scan
+  finishes the query;
+- the exact path: a scan of the matching rows' stored embeddings (float32, L2-normalised, so
+  cosine is a dot product; the rows are gathered from the memory map);
+- the cheaper one by cost: exact when ``m <= EXACT_ROWS_PER_CANDIDATE x`` the ANN's candidates
+  (Annoy: its ``search_k``; HNSW: ``ef`` x ``M``, not measured). Measured on 128-d vectors
+  (``benchmarks/index_bench.py --filtered``, BENCHMARKS.md "Filtered search"): gathering and
+  scoring one row costs about half an Annoy candidate.
 
 So every result matches and k results come back whenever at least k items match (less the
-excluded ones). ``EXACT_SCAN_FLOATS`` was chosen by measurement (``benchmarks/index_bench.py
---filtered``, BENCHMARKS.md "Filtered search").
+excluded ones), and an unselective filter costs about what an unfiltered query costs.
 """
 import dataclasses
 import math
@@ -40,9 +45,9 @@ from amazon_visual.retrieval.layout import normalize
 
 FILTER_NAMES = ("category", "brand", "min_price", "max_price", "min_rating")
 MAX_RATING = 5.0
-# exact scan below this many float32 values of matching embeddings (rows x dim): 4,194,304 = 32,768 rows of
-# 128 floats (16 MiB), 8,192 rows of 512 (measured: BENCHMARKS.md, "Filtered search")
-EXACT_SCAN_FLOATS = 1 << 22
+# the exact scan is planned when the matching rows are at most this many times the ANN's candidates (measured at
+# 1,000,000 x 128: 10,000 rows gathered and scored in 4.0 ms of CPU, 8,000 Annoy candidates in 6.2 ms)
+EXACT_ROWS_PER_CANDIDATE = 2.0
 CANDIDATE_MARGIN = 2.0  # ANN candidates asked = margin * k / selectivity (the first try)
 MASK_CACHE = 32  # recent filters' masks kept per loaded index
 
@@ -173,7 +178,7 @@ class Columns:
         brand = items["brand"].astype(str).str.strip() if "brand" in items else pd.Series([""] * n)
         self.brand_codes, brands = pd.factorize(brand.str.casefold(), sort=True)
         self._brand_code = {name: i for i, name in enumerate(brands) if name}
-        self._brand_text, self._display = brand.tolist(), None
+        self._brand_text, self._display, self._summary = brand.tolist(), None, None
         self.price = self._numeric(items, "price", n)
         self.rating = self._numeric(items, "average_rating", n)
         self.rating_number = self._numeric(items, "rating_number", n)
@@ -235,7 +240,13 @@ class Columns:
         return sel
 
     def summary(self, top_brands=200):
-        """Which attributes the index has: brands with counts (most frequent first), price range, ratings."""
+        """Which attributes the index has: brands with counts (most frequent first), price range, ratings
+        (computed once per loaded index)."""
+        if self._summary is None or self._summary[0] != top_brands:
+            self._summary = (top_brands, self._summarize(top_brands))
+        return self._summary[1]
+
+    def _summarize(self, top_brands):
         def num(x):
             ok = x[np.isfinite(x)]
             return {"count": int(ok.size), "min": float(ok.min()) if ok.size else None,
@@ -303,11 +314,24 @@ def _effort(index, cand, k, search_k):
     return max(base, base * cand // max(k, 1))
 
 
-def plan(index, count, n_excluded=0):
+def _first_candidates(n, count, k, n_excluded):
+    return min(n, int(math.ceil(CANDIDATE_MARGIN * k * n / max(count, 1))) + n_excluded)
+
+
+def ann_cost(index, cand, k, search_k=None):
+    """The candidates the ANN scores for a list of ``cand`` (Annoy: search_k; HNSW: ef x M)."""
+    effort = _effort(index, cand, k, search_k)
+    if getattr(index.ann, "annoy", None) is not None:
+        return effort if effort > 0 else cand * int(index.manifest.get("trees") or 1)
+    return max(cand, effort) * int(index.manifest.get("hnsw_m") or 16)
+
+
+def plan(index, count, k=10, n_excluded=0, search_k=None):
     """``"exact"`` or ``"ann"`` for a filter allowing ``count`` items (see the module docstring)."""
-    if count - n_excluded <= 0 or count * index.dim <= EXACT_SCAN_FLOATS:
-        return "exact"
-    return "ann"
+    if count - n_excluded <= 0 or count >= index.n_items:
+        return "exact" if count - n_excluded <= 0 else "ann"
+    cand = _first_candidates(index.n_items, count, k, n_excluded)
+    return "exact" if count <= EXACT_ROWS_PER_CANDIDATE * ann_cost(index, cand, k, search_k) else "ann"
 
 
 def filtered_search(index, vector, k, allowed=None, exclude=(), search_k=None):
@@ -333,7 +357,7 @@ def filtered_search(index, vector, k, allowed=None, exclude=(), search_k=None):
     if k < 1:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     count = n if allowed is None else allowed.count
-    if allowed is not None and plan(index, count, excl.size) == "exact":
+    if allowed is not None and plan(index, count, k, excl.size, search_k) == "exact":
         return exact_scan(index, q, k, allowed.ids, excl)
     return _ann(index, q, k, allowed, count, excl, search_k)
 
@@ -341,7 +365,7 @@ def filtered_search(index, vector, k, allowed=None, exclude=(), search_k=None):
 def _ann(index, q, k, allowed, count, excl, search_k):
     n = index.n_items
     excl_set = set(excl.tolist())
-    cand = k + excl.size if allowed is None else int(math.ceil(CANDIDATE_MARGIN * k * n / count)) + excl.size
+    cand = k + excl.size if allowed is None else _first_candidates(n, count, k, excl.size)
     while True:
         cand = min(cand, n)
         ids = np.asarray(index.ann.search(q, cand, _effort(index, cand, k, search_k)), np.int64)
