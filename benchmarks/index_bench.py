@@ -352,7 +352,7 @@ def bench_filtered_size(n, args, workdir):
     emb_path, qpath = ensure_vectors(n, args, workdir)
     index, st = filtered_index(n, args, emb_path, workdir)
     x, queries = index.embeddings, np.load(qpath)
-    rows = []
+    rows, none = [], np.zeros(0, np.int64)
     for s in args.selectivities:
         m = int(round(s * n))
         sel = F.select(index, {"max_price": m - 1}) if m < n else None
@@ -361,11 +361,11 @@ def bench_filtered_size(n, args, workdir):
         t0 = time.perf_counter()
         truth_local, _ = exact_topk(np.asarray(x[ids]) if m < n else x, queries, args.k)
         truth = ids[truth_local[:, :min(args.k, m)]]  # fewer than k match: all of them
-        none = np.zeros(0, np.int64)
-        modes = {"planner": lambda q: F.filtered_search(index, q, args.k, allowed=sel)[0],
-                 "post-filter": lambda q: post_filter_search(index, q, args.k, None if sel is None else sel.mask),
-                 "exact": lambda q: F.exact_scan(index, F.normalize(q), args.k, ids, none)[0],
-                 "ann": lambda q: F._ann(index, F.normalize(q), args.k, sel, m, none, None)[0]}
+        modes = {"planner": lambda q, sel=sel: F.filtered_search(index, q, args.k, allowed=sel)[0],
+                 "post-filter": lambda q, sel=sel: post_filter_search(index, q, args.k,
+                                                                     None if sel is None else sel.mask),
+                 "exact": lambda q, ids=ids: F.exact_scan(index, F.normalize(q), args.k, ids, none)[0],
+                 "ann": lambda q, sel=sel, m=m: F._ann(index, F.normalize(q), args.k, sel, m, none, None)[0]}
         path = "ann" if sel is None else F.plan(index, m, args.k)
         print(f"selectivity {s:.4%} ({m:,} items; truth in {time.perf_counter() - t0:.1f} s), planner: {path}",
               flush=True)
@@ -412,8 +412,8 @@ def print_filtered(results, args):
             print(f"| {res['n_items']:,} | {s:.2%} | {p['matching']:,} | {p['plan']} | {p['recall']:.4f} | "
                   f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} ({p['cpu_p99_ms']:.2f}) | {base} | "
                   f"{'met' if ok else 'MISSED'} / {'met' if ok_cpu else 'MISSED'} |")
-    print(f"\nthe planner's two paths forced (where its threshold lies):\n| items | selectivity | matching | "
-          f"exact recall | exact p50 / p99 ms | ann recall | ann p50 / p99 ms |\n|---|---|---|---|---|---|---|")
+    print("\nthe planner's two paths forced (where its threshold lies):\n| items | selectivity | matching | "
+          "exact recall | exact p50 / p99 ms | ann recall | ann p50 / p99 ms |\n|---|---|---|---|---|---|---|")
     for res in results:
         by = {(r["selectivity"], r["mode"]): r for r in res["rows"]}
         for s in args.selectivities:

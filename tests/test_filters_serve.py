@@ -1,10 +1,8 @@
 """Filters through the service: /v1/search and /v1/products/{asin}/similar query parameters, products with
 their attributes (null when missing, never NaN), bad filters answered 422 JSON while the server goes on
 serving, /v1/products and /v1/attributes, and the page's filter controls in headless Chromium."""
-import json
 import os
 
-import numpy as np
 import pytest
 
 from serve_helpers import client_for, uvicorn_server
@@ -29,7 +27,8 @@ def _check_match(results, brands=None, min_price=None, max_price=None, min_ratin
     for r in results:
         i = int(r["asin"][1:])
         brand, price, rating, count = item_attributes(i)
-        assert (r["brand"], r["price"], r["average_rating"], r["rating_number"]) == (brand or None, price, rating, count)
+        got = (r["brand"], r["price"], r["average_rating"], r["rating_number"])
+        assert got == (brand or None, price, rating, count)
         assert brands is None or brand.lower() in {b.lower() for b in brands}
         assert min_price is None or price >= min_price
         assert max_price is None or price <= max_price
@@ -98,7 +97,8 @@ def test_browse_and_attributes(client):
     r = client.get("/v1/products", params={"brand": "acme", "max_price": 20, "per_page": 200})
     assert r.status_code == 200
     body = r.json()
-    expect = [i for i in range(3000) if item_attributes(i)[0].lower() == "acme" and (item_attributes(i)[1] or 1e9) <= 20]
+    expect = [i for i in range(3000)
+              if item_attributes(i)[0].lower() == "acme" and (item_attributes(i)[1] or 1e9) <= 20]
     assert body["total"] == len(expect) and [int(x["asin"][1:]) for x in body["items"]] == expect[:200]
     a = client.get("/v1/attributes").json()
     names = {b["name"]: b["count"] for b in a["brand"]["top"]}

@@ -271,9 +271,8 @@ def format_table(results, query=None):
         return "\n".join(lines)
     width_title = 48
     # attribute columns only when some result has the attribute
-    extra = [(name, head, fmt) for name, head, fmt in (("price", "price", "{:>9.2f}"), ("average_rating", "rating", "{:>6.1f}"),
-                                                         ("brand", "brand", "{:<16.16}"))
-             if any(r.get(name) is not None for r in results)]
+    columns = (("price", "price", "{:>9.2f}"), ("average_rating", "rating", "{:>6.1f}"), ("brand", "brand", "{:<16.16}"))
+    extra = [(name, head, fmt) for name, head, fmt in columns if any(r.get(name) is not None for r in results)]
     width = {"price": 9, "rating": 6, "brand": 16}
 
     def cells(r):
@@ -290,6 +289,6 @@ def format_table(results, query=None):
         title = str(r.get("title", ""))
         if len(title) > width_title:
             title = title[:width_title - 1] + "\u2026"
-        lines.append(f"{r['rank']:>4}  {r['similarity']:>10.4f}  {str(r['asin']):<12}  {str(r.get('label', ''))[:16]:<16}  "
-                     f"{cells(r)}{title}")
+        label = str(r.get("label", ""))[:16]
+        lines.append(f"{r['rank']:>4}  {r['similarity']:>10.4f}  {str(r['asin']):<12}  {label:<16}  {cells(r)}{title}")
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 import math
 import time
 import urllib.parse
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request
@@ -171,7 +171,7 @@ async def _read_query(request):
 @router.post("/v1/search", summary="look-alikes of a photo (upload or URL) or of an indexed product")
 async def search(request: Request, k: int = K, min_similarity: Optional[float] = MIN_SIM,
                  category: Optional[str] = CATEGORY, same_category: bool = SAME,
-                 brand: Optional[List[str]] = BRAND, min_price: Optional[float] = MIN_PRICE,
+                 brand: Optional[list[str]] = BRAND, min_price: Optional[float] = MIN_PRICE,
                  max_price: Optional[float] = MAX_PRICE, min_rating: Optional[float] = MIN_RATING):
     filters = attribute_filters(request, brand, min_price, max_price, min_rating)
     query = await _read_query(request)
@@ -206,7 +206,7 @@ async def product(request: Request, asin: str = ASIN):
 @router.get("/v1/products/{asin}/similar", summary="look-alikes of an indexed product (never itself)")
 async def similar(request: Request, asin: str = ASIN, k: int = K, min_similarity: Optional[float] = MIN_SIM,
                   category: Optional[str] = CATEGORY, same_category: bool = SAME,
-                  brand: Optional[List[str]] = BRAND, min_price: Optional[float] = MIN_PRICE,
+                  brand: Optional[list[str]] = BRAND, min_price: Optional[float] = MIN_PRICE,
                   max_price: Optional[float] = MAX_PRICE, min_rating: Optional[float] = MIN_RATING):
     filters = attribute_filters(request, brand, min_price, max_price, min_rating)
     return _asin_search(request, asin, k, min_similarity, category, same_category, filters)
@@ -216,7 +216,7 @@ async def similar(request: Request, asin: str = ASIN, k: int = K, min_similarity
 async def products(request: Request, category: Optional[str] = CATEGORY,
                    q: Optional[str] = Query(None, max_length=200, description="words the title contains"),
                    page: int = Query(1, ge=1, le=1_000_000), per_page: int = Query(24, ge=1, le=200),
-                   brand: Optional[List[str]] = BRAND, min_price: Optional[float] = MIN_PRICE,
+                   brand: Optional[list[str]] = BRAND, min_price: Optional[float] = MIN_PRICE,
                    max_price: Optional[float] = MAX_PRICE, min_rating: Optional[float] = MIN_RATING):
     filters = attribute_filters(request, brand, min_price, max_price, min_rating)
     gen = request.app.state.holder.generation
@@ -297,5 +297,6 @@ async def page(request: Request):
     gen = state.holder.generation
     rec = gen.rec
     return HTMLResponse(render("serve.html", title="amazon-visual: visual search", categories=gen.categories,
-                               attributes=F.columns(rec.index).summary(), n_items=rec.index.n_items, url_fetch=state.settings.allow_url_fetch,
+                               attributes=F.columns(rec.index).summary(), n_items=rec.index.n_items,
+                               url_fetch=state.settings.allow_url_fetch,
                                classifier=rec.manifest.get("source") == "run"))
