@@ -147,7 +147,8 @@ def add_train(sub):
         description="Train svm, alexnet, vgg16, vgg16_bn, resnet50 or any keras.applications backbone "
                     "(snake-case name) on DATA_DIR and write RUN_DIR. Rerun the same command to resume.")
     p.add_argument("--data", required=True, metavar="DATA_DIR", help="dataset folder written by build-data")
-    p.add_argument("--model", required=True, help="svm, alexnet, vgg16, vgg16_bn, resnet50, or e.g. mobilenet_v2, "
+    p.add_argument("--model", required=True, help="svm, alexnet, vgg16, vgg16_bn, resnet50, resnet_small (small "
+                                                  "photos from scratch), or e.g. mobilenet_v2, "
                                                   "efficientnet_b0, convnext_tiny")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write (resumed when it exists)")
     p.add_argument("--weights", default="none", help="imagenet | none | PATH to a keras.applications weights file "
@@ -170,8 +171,10 @@ def add_train(sub):
                    help="tf.distribute strategy (auto: multi_worker with TF_CONFIG, mirrored with >1 GPU, "
                         "one_device with 1 GPU, default on CPU)")
     p.add_argument("--mixed-precision", action="store_true", help="float16 on GPU, bfloat16 on CPU")
-    p.add_argument("--augment", default=None, choices=["none", "light", "medium", "strong"],
-                   help="random flip/zoom/rotation/contrast strength (default: the recipe's; none for svm)")
+    p.add_argument("--augment", default=None,
+                   choices=["none", "light", "medium", "strong", "randaugment", "mixup", "cutmix"],
+                   help="random flip/zoom/rotation/contrast strength, or Keras's RandAugment (after a flip), "
+                        "MixUp or CutMix (on top of light) (default: the recipe's; none for svm)")
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without better val accuracy (default 10; 0: off)")
@@ -184,10 +187,16 @@ def add_train(sub):
     p.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=None,
                    help="pretrained runs: train the head on backbone features computed once (default on)")
     p.add_argument("--width", type=float, default=None, metavar="W",
-                   help="alexnet / vgg16_bn: width multiplier of every layer (default 1; below 160 px the "
-                        "recipe's: 0.5 alexnet, 0.25 vgg16_bn)")
+                   help="alexnet / vgg16_bn / resnet_small: width multiplier of every layer (default 1; below "
+                        "160 px the recipe's: 0.5 alexnet, 0.25 vgg16_bn)")
     p.add_argument("--cached-views", type=int, default=2, metavar="N",
                    help="views of each training photo in the feature cache: as it is + N-1 augmented (default 2)")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep an exponential moving average of the weights (Keras use_ema): validation, the saved "
+                        "model and the weights handed to fine-tuning are the averaged ones (default: the recipe's, "
+                        "off)")
+    p.add_argument("--ema-momentum", type=float, default=None, metavar="M",
+                   help="with --ema: the average's momentum, new = M x old + (1 - M) x weights (default 0.99)")
     p.add_argument("--seed", type=int, default=0)
     # --- the training objective (amazon_visual.training.metric_learning) ---
     g = p.add_argument_group("objective", "classify (default): a classifier, whose penultimate layer is the "
@@ -226,7 +235,8 @@ def _run_train(args):
                         cache_features=args.cache_features, cached_views=args.cached_views,
                         model_kwargs={"width": args.width} if args.width else None,
                         objective=args.objective, loss=args.loss, embedding_dim=args.embedding_dim,
-                        classes_per_batch=args.classes_per_batch, per_class=args.per_class)
+                        classes_per_batch=args.classes_per_batch, per_class=args.per_class,
+                        ema=args.ema, ema_momentum=args.ema_momentum)
     if not summary.get("chief", True):
         return 0
     if args.json:
@@ -253,6 +263,10 @@ def add_evaluate(sub):
     p.add_argument("--data", required=True, metavar="DATA_DIR")
     p.add_argument("--split", default="test", help="train, validation or test (default test)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--tta", default="none", choices=["none", "flip", "flip-crop"],
+                   help="test-time augmentation: average the softmax over the photo and its mirror image (flip), "
+                        "plus a centre crop and its mirror (flip-crop); the output shows the accuracy without it "
+                        "and the time it costs (default none)")
     p.add_argument("--json", action="store_true", help="print all figures as JSON")
     p.set_defaults(func=_run_evaluate)
     return p
@@ -261,11 +275,17 @@ def add_evaluate(sub):
 def _run_evaluate(args):
     from amazon_visual.evaluation import evaluate
 
-    result = evaluate(args.run_dir, args.data, split=args.split, batch_size=args.batch_size)
+    result = evaluate(args.run_dir, args.data, split=args.split, batch_size=args.batch_size, tta=args.tta)
     if args.json:
         print_json(result)
         return 0
-    print(f"{result['model']} on {result['split']} ({result['n']} images): accuracy {result['accuracy']:.4f}\n")
+    print(f"{result['model']} on {result['split']} ({result['n']} images): accuracy {result['accuracy']:.4f}")
+    t = result.get("tta")
+    if t:
+        print(f"test-time augmentation {t['mode']} ({t['views']} views): without it {t['accuracy_without_tta']:.4f} "
+              f"(gain {t['gain']:+.4f}); model time {t['model_seconds']:.2f} s against "
+              f"{t['model_seconds_without_tta']:.2f} s ({t['time_ratio']}x)")
+    print()
     print(result["classification_report_text"])
     for name, path in result["files"].items():
         print(f"{name:28s}{path}")

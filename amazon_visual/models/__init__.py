@@ -1,8 +1,9 @@
 """Model families and the registry by name.
 
 The five models of the course project -- ``svm``, ``alexnet``, ``vgg16``, ``vgg16_bn``,
-``resnet50`` -- and any other ``keras.applications`` backbone by snake-case name
-(``mobilenet_v2``, ``efficientnet_b0``, ``convnext_tiny``, ...).
+``resnet50`` --, ``resnet_small`` (a half-width ResNet-18 layout for small photos from
+scratch, :mod:`.resnet_small`) and any other ``keras.applications`` backbone by snake-case
+name (``mobilenet_v2``, ``efficientnet_b0``, ``convnext_tiny``, ...).
 
 Every model takes float32 RGB images in [0, 255] of shape (image_size, image_size, 3),
 does its own preprocessing in its first layer, has a layer named ``embedding`` (the input
@@ -16,15 +17,18 @@ of the final classification layer ``predictions``) and outputs softmax probabili
 from amazon_visual.errors import UserError
 
 FIVE = ("svm", "alexnet", "vgg16", "vgg16_bn", "resnet50")
-_HAND = {"svm": "centered", "alexnet": "unit", "vgg16_bn": "caffe"}
+SMALL = ("resnet_small",)  # written here for small photos from scratch
+_HAND = {"svm": "centered", "alexnet": "unit", "vgg16_bn": "caffe", "resnet_small": "unit"}
+_FAMILY = {"svm": "svm", "alexnet": "alexnet", "vgg16_bn": "vgg", "resnet_small": "resnet_small"}
+WIDTH_MODELS = ("alexnet", "vgg16_bn", "resnet_small")
 
 
 def available_models():
-    """The five course models first, then every other keras.applications backbone."""
+    """The five course models first, then ``resnet_small``, then every other keras.applications backbone."""
     from amazon_visual.models import applications
 
-    others = [n for n in applications.available_applications() if n not in FIVE]
-    return list(FIVE) + others
+    others = [n for n in applications.available_applications() if n not in FIVE + SMALL]
+    return list(FIVE) + list(SMALL) + others
 
 
 def _check_name(name):
@@ -40,8 +44,7 @@ def model_info(name):
 
     name = _check_name(name)
     if name in _HAND:
-        family = {"svm": "svm", "alexnet": "alexnet", "vgg16_bn": "vgg"}[name]
-        return {"name": name, "family": family, "preprocessing": _HAND[name],
+        return {"name": name, "family": _FAMILY[name], "preprocessing": _HAND[name],
                 "pretrainable": name == "vgg16_bn", "loss": "multiclass_hinge" if name == "svm" else "crossentropy"}
     return {"name": name, "family": "applications", "preprocessing": applications.preprocessing_mode(name),
             "pretrainable": True, "loss": "crossentropy"}
@@ -53,16 +56,16 @@ def build(name, num_classes, image_size=224, weights="none", **kwargs):
     ``weights``: ``"none"``/None (random init), ``"imagenet"`` (Keras downloads it), or a
     path to a keras.applications weights file for the backbone (vgg16_bn takes VGG16's).
     Extra keyword arguments: ``embedding_dim``, ``dropout`` (CNN heads), ``width``
-    (alexnet, vgg16_bn: filter multiplier for small tests), ``fc_units`` (alexnet),
+    (alexnet, vgg16_bn, resnet_small: filter multiplier), ``fc_units`` (alexnet),
     ``pixels``, ``l2`` (svm).
     """
-    from amazon_visual.models import alexnet, applications, svm, vgg
+    from amazon_visual.models import alexnet, applications, resnet_small, svm, vgg
 
     name = _check_name(name)
     num_classes = int(num_classes)
     image_size = int(image_size)
-    if "width" in kwargs and name not in ("alexnet", "vgg16_bn"):
-        raise UserError(f"--width applies to alexnet and vgg16_bn, not {name}: drop --width")
+    if "width" in kwargs and name not in WIDTH_MODELS:
+        raise UserError(f"--width applies to {', '.join(WIDTH_MODELS)}, not {name}: drop --width")
     if num_classes < 2:
         raise UserError(f"a classifier needs at least 2 classes, got {num_classes}")
     if name == "svm":
@@ -75,6 +78,10 @@ def build(name, num_classes, image_size=224, weights="none", **kwargs):
         return alexnet.build_alexnet(num_classes, image_size, **kwargs)
     if name == "vgg16_bn":
         return vgg.build_vgg16_bn(num_classes, image_size, weights=weights, **kwargs)
+    if name == "resnet_small":
+        if applications.normalize_weights(weights) is not None:
+            raise UserError("resnet_small is written by hand and has no pretrained weights: use --weights none")
+        return resnet_small.build_resnet_small(num_classes, image_size, **kwargs)
     return applications.build_application(name, num_classes, image_size, weights=weights, **kwargs)
 
 
@@ -87,7 +94,7 @@ def build_embedder(name, image_size=224, weights="imagenet"):
     name = _check_name(name)
     if name == "vgg16_bn":
         return vgg.build_vgg16_bn_embedder(int(image_size), weights)
-    if name in ("svm", "alexnet"):
+    if name in ("svm", "alexnet", "resnet_small"):
         raise UserError(f"{name} has no pretrained backbone to embed with: use a trained run (--run) "
                         f"or a keras.applications backbone such as resnet50")
     return applications.build_application_embedder(name, int(image_size), weights)
@@ -114,4 +121,4 @@ def find_backbone(model):
     return None
 
 
-__all__ = ["FIVE", "available_models", "model_info", "build", "build_embedder", "embedding_model", "find_backbone"]
+__all__ = ["FIVE", "SMALL", "available_models", "model_info", "build", "build_embedder", "embedding_model", "find_backbone"]

@@ -139,3 +139,52 @@ class WarmupCosine(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
+
+
+class EMASwapIn(keras.callbacks.SwapEMAWeights):
+    """With an optimizer that keeps an EMA of the weights (``use_ema``): the EMA weights are in
+    the model during validation (Keras's :class:`keras.callbacks.SwapEMAWeights`) and from the
+    start of ``on_epoch_end`` until :class:`EMASwapOut`, so the callbacks between the two (the
+    history, the best-model saver, early stopping's best weights) see and save the EMA weights.
+    Keras's own ``swap_on_epoch`` keeps them in the model until the next epoch begins: a run
+    stopped early (time budget, early stopping) then ends with ``finalize_variable_values``
+    copying the training weights over them, and the backup would hold swapped weights."""
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=False)
+
+    def swap_in(self):
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True
+
+    def swap_out(self):
+        if self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.swap_out()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.swap_in()
+
+
+class EMASwapOut(keras.callbacks.Callback):
+    """Puts the training weights back (after the callbacks that save the EMA ones and before the
+    backup, which keeps the training weights and the optimizer's averages for a resume)."""
+
+    def __init__(self, swap_in):
+        super().__init__()
+        self.swap_in = swap_in
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.swap_in.swap_out()
+
+
+def ema_callbacks():
+    """(first, after_saving): the pair of callbacks of a run with an EMA of the weights; ``first``
+    goes at the head of the list, ``after_saving`` after the saver and early stopping, before the
+    backup. At the end of ``fit`` Keras's ``finalize_variable_values`` leaves the EMA weights in the model."""
+    first = EMASwapIn()
+    return first, EMASwapOut(first)

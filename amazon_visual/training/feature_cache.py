@@ -93,7 +93,7 @@ def _split_dataset(data_dir, split, image_size, batch_size, augment, seed):
 
     ds = data.load(data_dir, split=split, image_size=image_size, as_supervised=True, shuffle=False, prefetch=False)
     ds = ds.batch(int(batch_size))
-    if augment:
+    if augment and augment != "none":  # mixup / cutmix: their images' part (labels do not mix here)
         aug = augmenter(seed=seed, level=augment)
         ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

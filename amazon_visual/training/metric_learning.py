@@ -152,7 +152,8 @@ def compile_model(fit_model, plan, learning_rate):
     from amazon_visual.models.metric_losses import make_loss
     from amazon_visual.training.phases import make_optimizer
 
-    fit_model.compile(optimizer=make_optimizer(plan.name, learning_rate, plan.config["weight_decay"]),
+    fit_model.compile(optimizer=make_optimizer(plan.name, learning_rate, plan.config["weight_decay"],
+                                               plan.config.get("ema_momentum")),
                       loss=make_loss(plan.config["loss"]))
     return fit_model
 

@@ -54,21 +54,26 @@ def set_phase_trainable(model, phase, fine_tune_from):
         backbone.trainable = True
 
 
-def make_optimizer(name, lr, weight_decay):
+def make_optimizer(name, lr, weight_decay, ema_momentum=None):
+    """AdamW with decoupled weight decay (biases and batch norm excluded), Adam for svm or
+    without decay. ``ema_momentum``: keep an exponential moving average of the weights
+    (Keras ``use_ema``; :func:`amazon_visual.training.callbacks.ema_callbacks` puts it in the
+    model for validation and saving, and ``fit`` leaves it in the model at the end)."""
     import keras
 
+    ema = {"use_ema": True, "ema_momentum": float(ema_momentum)} if ema_momentum else {}
     if name == "svm" or not weight_decay:
-        return keras.optimizers.Adam(learning_rate=lr)
-    opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay)
+        return keras.optimizers.Adam(learning_rate=lr, **ema)
+    opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay, **ema)
     opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "moving"])
     return opt
 
 
-def compile_model(fit_model, name, learning_rate, weight_decay=1e-4, label_smoothing=0.1):
+def compile_model(fit_model, name, learning_rate, weight_decay=1e-4, label_smoothing=0.1, ema_momentum=None):
     """Compiles a model as ``train`` does: multiclass hinge for svm (on its scores model,
     see :func:`amazon_visual.models.svm.training_model`), else categorical cross-entropy
-    with label smoothing; AdamW (Adam for svm, whose L2 decay is a kernel regularizer);
-    metric ``accuracy`` on one-hot labels."""
+    with label smoothing; AdamW (Adam for svm, whose L2 decay is a kernel regularizer),
+    with an EMA of the weights when ``ema_momentum`` is given; metric ``accuracy`` on one-hot labels."""
     import keras
 
     from amazon_visual import models
@@ -79,6 +84,6 @@ def compile_model(fit_model, name, learning_rate, weight_decay=1e-4, label_smoot
         loss = MulticlassHinge()
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing or 0.0)
-    fit_model.compile(optimizer=make_optimizer(name, learning_rate, weight_decay), loss=loss,
+    fit_model.compile(optimizer=make_optimizer(name, learning_rate, weight_decay, ema_momentum), loss=loss,
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     return fit_model

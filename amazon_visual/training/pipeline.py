@@ -20,14 +20,27 @@ AUGMENT_LEVELS = {
     "medium": dict(zoom=0.1, rotation=0.04, contrast=0.2, translation=0.05),
     "strong": dict(zoom=0.2, rotation=0.08, contrast=0.3, translation=0.1),
 }
+# Levels built on Keras 3's mixed augmentations: RandAugment (two random operations of
+# strength 0.5 per image, after a flip), MixUp and CutMix (blend two photos of the batch and
+# their one-hot labels, on top of "light"). Where labels cannot mix (the feature cache's
+# augmented views, the P x K batches of metric learning), mixup and cutmix are "light".
+MIXED_LEVELS = ("randaugment", "mixup", "cutmix")
+LABEL_MIXING = {"mixup": dict(alpha=0.2), "cutmix": dict(factor=1.0)}
 
 
 def augmenter(seed=None, flip=True, zoom=0.1, rotation=0.04, contrast=0.2, translation=0.05, level=None):
     """Keras augmentation layers (random flip, zoom/crop, small rotation, translation,
     contrast) for float images in [0, 255]; ``level`` (light | medium | strong) sets
-    them all from :data:`AUGMENT_LEVELS`."""
+    them all from :data:`AUGMENT_LEVELS`; ``randaugment`` is a flip then Keras's RandAugment;
+    ``mixup`` and ``cutmix`` give the images' part, ``light`` (:func:`label_mixer` mixes labels)."""
     import keras
 
+    if level == "randaugment":
+        layers = [keras.layers.RandomFlip("horizontal", seed=seed)] if flip else []
+        layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed))
+        return keras.Sequential(layers, name="augment")
+    if level in LABEL_MIXING:
+        level = "light"
     if level is not None:
         return augmenter(seed=seed, flip=flip, **AUGMENT_LEVELS[level])
 
@@ -43,6 +56,22 @@ def augmenter(seed=None, flip=True, zoom=0.1, rotation=0.04, contrast=0.2, trans
     if contrast:
         layers.append(keras.layers.RandomContrast(contrast, value_range=(0, 255), seed=seed))
     return keras.Sequential(layers, name="augment")
+
+
+def label_mixer(level, seed=None):
+    """A function (images, one-hot labels) -> (mixed images, mixed labels) for ``mixup`` /
+    ``cutmix`` (Keras's MixUp / CutMix over the batch); ``None`` for the other levels."""
+    import keras
+
+    if level not in LABEL_MIXING:
+        return None
+    layer = {"mixup": keras.layers.MixUp, "cutmix": keras.layers.CutMix}[level](seed=seed, **LABEL_MIXING[level])
+
+    def mix(x, y):
+        out = layer({"images": x, "labels": y}, training=True)
+        return out["images"], out["labels"]
+
+    return mix
 
 
 def steps(n, batch_size):
@@ -63,7 +92,8 @@ def train_dataset(data_dir, image_size, batch_size, num_classes, augment=True, s
                   repeat=True, shard_by_data=False, cache=None):
     """Augmented, shuffled, one-hot, batched (global batch) training dataset.
 
-    ``augment``: False/"none", True (medium) or a level of :data:`AUGMENT_LEVELS`.
+    ``augment``: False/"none", True (medium), a level of :data:`AUGMENT_LEVELS` or of
+    :data:`MIXED_LEVELS` (mixup / cutmix blend the photos and one-hot labels of a batch).
     With ``repeat`` it repeats forever: use ``steps(n, batch_size)`` steps per epoch."""
     import tensorflow as tf
 
@@ -84,6 +114,9 @@ def train_dataset(data_dir, image_size, batch_size, num_classes, augment=True, s
                     num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    mix = label_mixer(augment, seed=seed)
+    if mix is not None:
+        ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
     if repeat:
         ds = ds.repeat()
     ds = ds.prefetch(tf.data.AUTOTUNE)

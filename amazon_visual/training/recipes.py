@@ -9,19 +9,21 @@ peak, over the phase's epochs *or* its time budget, whichever ends first
 ``--max-minutes`` still ends at a small learning rate.
 
 Keys: ``learning_rate`` (peak), ``warmup`` (fraction of the phase), ``min_lr_factor``,
-``batch_size``, ``augment`` (none | light | medium | strong), ``label_smoothing``,
+``batch_size``, ``augment`` (none | light | medium | strong, or Keras 3's mixed augmentations:
+randaugment | mixup | cutmix, see :mod:`amazon_visual.training.pipeline`), ``label_smoothing``,
 ``weight_decay`` (AdamW, decoupled), ``small_width`` (from-scratch hand-written models below
 160 px: the width multiplier of every layer when the caller gives none; these nets are
 sized for 224 px photos, and at 64 px on a CPU the full width trains 3-4x slower for no
 gain within a short budget), ``fine_tune_lr_factor`` (pretrained runs: fine-tune
 peak = learning_rate x this), ``head_budget`` (pretrained runs with a time budget: the
-largest share of it the head phase may use).
+largest share of it the head phase may use), ``ema`` (keep an exponential moving average of
+the weights, Keras ``use_ema``; validation and the saved model use it) with ``ema_momentum``.
 """
 import math
 
 from amazon_visual.errors import UserError
 
-AUGMENT_LEVELS = ("none", "light", "medium", "strong")
+AUGMENT_LEVELS = ("none", "light", "medium", "strong", "randaugment", "mixup", "cutmix")
 
 # Measured on clothing-small, 64 px, 2 CPU cores (README "Recipes" has the table).
 _SCRATCH_CNN = {"learning_rate": 2e-3, "warmup": 0.05, "min_lr_factor": 0.01, "batch_size": 64,
@@ -32,6 +34,8 @@ RECIPES = {
             "label_smoothing": 0.0, "weight_decay": 0.0},
     "alexnet": dict(_SCRATCH_CNN, small_width=0.5, short_run_dropout=0.2),
     "vgg": dict(_SCRATCH_CNN, learning_rate=1e-3, small_width=0.25, augment="medium"),
+    # the small ResNet (models/resnet_small.py): the from-scratch CNN defaults, not tuned further
+    "resnet_small": dict(_SCRATCH_CNN),
     # keras.applications from scratch (no batch norm in VGG16/19: a smaller rate)
     "applications": dict(_SCRATCH_CNN, learning_rate=1e-3, batch_size=32),
     "applications_no_bn": dict(_SCRATCH_CNN, learning_rate=2e-4, batch_size=32, weight_decay=1e-4),
@@ -44,17 +48,17 @@ _NO_BN = ("vgg16", "vgg19")
 
 
 def recipe_name(model_name, family, pretrained):
-    """Which recipe a model uses: pretrained, svm, alexnet, vgg, applications(_no_bn)."""
+    """Which recipe a model uses: pretrained, svm, alexnet, vgg, resnet_small, applications(_no_bn)."""
     if pretrained and family != "svm":
         return "pretrained"
-    if family in ("svm", "alexnet", "vgg"):
+    if family in ("svm", "alexnet", "vgg", "resnet_small"):
         return family
     return "applications_no_bn" if model_name in _NO_BN else "applications"
 
 
 def recipe(model_name, family, pretrained):
     """The recipe dict (a copy) for a model; see the module docstring for its keys."""
-    out = {"fine_tune_lr_factor": 0.1, "head_budget": 0.35}
+    out = {"fine_tune_lr_factor": 0.1, "head_budget": 0.35, "ema": False, "ema_momentum": 0.99}
     out.update(RECIPES[recipe_name(model_name, family, pretrained)])
     out["name"] = recipe_name(model_name, family, pretrained)
     return out
@@ -84,6 +88,10 @@ def resolve(recipe_values, **given):
         out["augment"] = "none"
     if out["augment"] not in AUGMENT_LEVELS:
         raise UserError(f"--augment {aug!r} is not a level: use one of {', '.join(AUGMENT_LEVELS)}")
+    out["ema"] = bool(out["ema"])
+    if not 0.0 < float(out["ema_momentum"]) < 1.0:
+        raise UserError(f"--ema-momentum {out['ema_momentum']} must be between 0 and 1 (e.g. 0.99: an average "
+                        f"over about 100 steps)")
     if not 0.0 < float(out["head_budget"]) < 1.0:
         raise UserError(f"--head-budget {out['head_budget']} must be between 0 and 1 (a share of --max-minutes)")
     return out

@@ -60,7 +60,7 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
           weight_decay=None, class_weights=True, early_stopping=None, max_minutes=None, steps_per_epoch=None,
           validation_steps=None, backup_freq="epoch", quiet=False, callbacks=True, model_kwargs=None,
           verbose=None, head_budget=None, cache_features=None, cached_views=2, objective="classify", loss=None,
-          embedding_dim=None, classes_per_batch=None, per_class=None):
+          embedding_dim=None, classes_per_batch=None, per_class=None, ema=None, ema_momentum=None):
     """Trains ``model`` on DATA_DIR and writes the run folder ``out``; returns a summary dict.
 
     Every value left ``None`` comes from the model family's recipe
@@ -100,6 +100,9 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
         ``"retrieval"`` (metric learning of an L2-normalised embedding of ``embedding_dim``
         with ``loss`` on ``classes_per_batch`` x ``per_class`` batches; see
         :mod:`amazon_visual.training.metric_learning`).
+      ema: keep an exponential moving average of the weights (Keras ``use_ema``) with
+        ``ema_momentum`` (default the recipe's, 0.99); validation, ``model.keras`` and the
+        weights a phase hands on are the averaged ones (default the recipe's: off).
     """
     if verbose is None:
         verbose = 0 if quiet else 2
@@ -115,7 +118,8 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
         label_smoothing=label_smoothing, weight_decay=weight_decay, class_weights=class_weights,
         early_stopping=early_stopping, max_minutes=max_minutes, model_kwargs=model_kwargs,
         head_budget=head_budget, cache_features=cache_features, cached_views=cached_views, objective=objective,
-        loss=loss, embedding_dim=embedding_dim, classes_per_batch=classes_per_batch, per_class=per_class))
+        loss=loss, embedding_dim=embedding_dim, classes_per_batch=classes_per_batch, per_class=per_class,
+        ema=ema, ema_momentum=ema_momentum))
     state = _read_state(plan, quiet)
     if plan.old_config is not None:  # finished before
         return runs.summary(plan.run_dir, plan.old_config, state, time.time() - t_start)
@@ -177,11 +181,12 @@ def plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, stra
     o = options
     rec = recipes.resolve(recipes.recipe(name, info["family"], weights_n is not None), batch_size=batch_size,
                           **{k: o[k] for k in ("learning_rate", "augment", "label_smoothing", "weight_decay",
-                                               "fine_tune_lr_factor", "head_budget")})
+                                               "fine_tune_lr_factor", "head_budget", "ema", "ema_momentum")})
     batch_size_given = batch_size is not None
     image_size, epochs, batch_size = int(image_size), int(epochs), int(rec["batch_size"])
     _check_arguments(name, info, weights_n, image_size, epochs, batch_size)
     o.update({k: rec[k] for k in ("augment", "label_smoothing", "weight_decay", "fine_tune_lr_factor", "head_budget")})
+    o["ema_momentum"] = float(rec["ema_momentum"]) if rec["ema"] else None
     o["model_kwargs"] = recipes.model_kwargs(rec, image_size, o["model_kwargs"])
     if o["early_stopping"] is None:
         o["early_stopping"] = DEFAULT_PATIENCE
@@ -219,7 +224,7 @@ def plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, stra
         "early_stopping": o["early_stopping"], "max_minutes": o["max_minutes"], "model_kwargs": o["model_kwargs"] or {},
         "resize": "pad", "package_version": _version(), "recipe": rec,
         "schedule": {"kind": "warmup_cosine", "warmup": rec["warmup"], "min_lr_factor": rec["min_lr_factor"]},
-        "cached_head": None, "time_budget": None,
+        "cached_head": None, "time_budget": None, "ema_momentum": o["ema_momentum"],
     }
     config.update(objective)
     return RunPlan(name=name, info=info, labels=labels, run_dir=run_dir, write_dir=write_dir, phases=phases, lr=lr,
@@ -429,7 +434,8 @@ def run_cached_head_phase(plan, strat, net, fit_model, initial_epoch, phase_end,
             inputs = Inputs(feature_cache.feature_dataset(x, y, n_classes, batch, seed=int(o["seed"])),
                             pipeline.steps(len(x), batch), val_ds, val_steps,
                             "val_accuracy" if plan.n_val else "accuracy", _class_weight(plan, y))
-            head_fit = phases_mod.compile_model(head, plan.name, plan.lr, o["weight_decay"], o["label_smoothing"])
+            head_fit = phases_mod.compile_model(head, plan.name, plan.lr, o["weight_decay"], o["label_smoothing"],
+                                                o["ema_momentum"])
     # its own backup folder: the model it fits (features -> head) is not the photo model of a plain head phase
     cbs, timer = _phase_callbacks(plan, net, inputs, "head", best, deadline, opts, validation=validation,
                                   backup=CACHED_HEAD_BACKUP)
@@ -461,21 +467,27 @@ def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts, validation=
         BestModelSaver,
         EpochLogger,
         TimeBudget,
+        ema_callbacks,
         tensorboard_available,
     )
 
-    cbs = []
+    cbs, ema_out = [], None
+    if plan.options["ema_momentum"]:  # the EMA weights in the model for validation and the callbacks up to ema_out
+        ema_in, ema_out = ema_callbacks()
+        cbs.append(ema_in)
     if plan.config["objective"] == "retrieval":  # first: it writes the monitored value into the logs
         cbs.append(validation or metric_learning.validation_callback(plan, net))
     cbs += [EpochLogger(plan.write_dir, phase),
             BestModelSaver(plan.write_dir, net, inputs.monitor, best=best, enabled=plan.is_chief)]
+    early_stopping = plan.options["early_stopping"]
+    if early_stopping:  # before ema_out: its best weights are the EMA ones
+        cbs.append(keras.callbacks.EarlyStopping(monitor=inputs.monitor, mode="max", patience=int(early_stopping),
+                                                 restore_best_weights=True))
+    if ema_out is not None:
+        cbs.append(ema_out)
     if opts["callbacks"]:  # after the logger and the saver: an epoch counts as done once its row and model are written
         backup_dir = _backup_dir(plan.run_dir, backup or phase, plan.is_chief, plan.task_id)
         cbs.append(AtomicBackupAndRestore(backup_dir, save_freq=opts["backup_freq"], delete_checkpoint=False))
-    early_stopping = plan.options["early_stopping"]
-    if early_stopping:
-        cbs.append(keras.callbacks.EarlyStopping(monitor=inputs.monitor, mode="max", patience=int(early_stopping),
-                                                 restore_best_weights=True))
     timer = None
     if deadline:
         timer = TimeBudget(deadline)
@@ -502,7 +514,8 @@ def run_phase(plan, strat, net, fit_model, inputs, phase, initial_epoch, phase_e
         if plan.config["objective"] == "retrieval":
             metric_learning.compile_model(fit_model, plan, phase_lr)
         else:
-            phases_mod.compile_model(fit_model, plan.name, phase_lr, o["weight_decay"], o["label_smoothing"])
+            phases_mod.compile_model(fit_model, plan.name, phase_lr, o["weight_decay"], o["label_smoothing"],
+                                     o["ema_momentum"])
     cbs, timer = _phase_callbacks(plan, net, inputs, phase, best, deadline, opts)
     cbs.append(_schedule(plan, phase_lr, inputs.steps, _phase_first_epoch(plan, phase), initial_epoch, phase_end,
                          deadline))
