@@ -36,8 +36,10 @@ import contextlib
 import csv
 import datetime
 import hashlib
+import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -47,7 +49,7 @@ import numpy as np
 from amazon_visual.errors import UserError
 from amazon_visual.retrieval import backends, writelog
 from amazon_visual.retrieval.index import (_remove_stale_tmp, atomic_write_json, generation_folder, index_path,
-                                           is_generation_folder, read_items, read_manifest, thumbnail_file)
+                                           is_generation_folder, read_items, read_manifest)
 from amazon_visual.retrieval.layout import (EMBEDDER_FILE, EMBEDDINGS, INDEX_FILE, ITEM_COLUMNS,
                                             ITEMS, MANIFEST, NUMERIC_ATTRIBUTES, PARTIAL, THUMBS, safe_name)
 
@@ -162,13 +164,33 @@ def _embedder(manifest, index_dir, run_dir, backbone, weights, image_size, parti
     return E.embedder_for_index(run_dir, backbone, weights, image_size, partial), False
 
 
-def _full_build_reason(manifest, desc, old, n_new):
+def _full_build_reason(manifest, desc, old, n_new, thumbnails):
     if any(manifest.get(k) != desc.get(k) for k in ("source", "fingerprint", "embedding_dim")):
         return f"the model differs from the index's: building all {n_new} items again"
     if old.n and not old.has_hashes:
         return (f"the index has no photo hashes (built before they were recorded): building all {n_new} "
                 "items again")
+    if thumbnails and not manifest.get("thumbnails", True):
+        return f"the index has no thumbnails to reuse: building all {n_new} items again"
     return None
+
+
+def _open_generation(gen_dir, state):
+    """The new generation's ``.partial`` for ``state``: kept (a resumed update) when an update with the same
+    state wrote it; otherwise the folder is emptied, but for the model kept in ``.partial``."""
+    from amazon_visual.retrieval import embeddings as E
+
+    try:
+        with open(os.path.join(gen_dir, PARTIAL, "state.json"), encoding="utf-8") as f:
+            same = json.load(f) == json.loads(json.dumps(state))
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        for name in os.listdir(gen_dir):
+            if name != PARTIAL:
+                p = os.path.join(gen_dir, name)
+                shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+    return E.open_partial(gen_dir, state)
 
 
 def _clean_generations(index_dir, keep):
@@ -218,11 +240,11 @@ def start_update(data_dir, index_dir, run_dir=None, backbone=None, weights="imag
                                os.path.join(gen_dir, PARTIAL))
     desc = embedder.describe()
     old = OldItems(read_items(index_dir, manifest))
-    reason = _full_build_reason(manifest, desc, old, total)
+    reason = _full_build_reason(manifest, desc, old, total, thumbnails)
     state = {"update_of": [manifest.get("items_file"), manifest.get("updated") or manifest.get("created"),
                            manifest.get("n_items")], "reuse": reason is None, "thumbnails": thumbnails,
              **E.partial_state(desc.get("fingerprint"), data_dir, splits, counts, chunk, thumbnails)}
-    partial = E.open_partial(gen_dir, state)
+    partial = _open_generation(gen_dir, state)
     if thumbnails:
         os.makedirs(os.path.join(gen_dir, THUMBS), exist_ok=True)
     return {"index_dir": os.fspath(index_dir), "data_dir": os.fspath(data_dir), "manifest": manifest,
@@ -239,15 +261,25 @@ def start_update(data_dir, index_dir, run_dir=None, backbone=None, weights="imag
 # embedding what changed, range by range
 # --------------------------------------------------------------------------
 def _link(src, dst):
-    """``dst`` as a hard link of ``src`` (a copy where links are not possible), put in place atomically."""
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    if os.path.exists(tmp):
-        os.remove(tmp)
+    """``dst`` as a hard link of ``src`` (a copy where links are not possible); False when ``src`` is missing.
+    A link appears whole (one system call); a copy is written under a temporary name and moved into place."""
     try:
-        os.link(src, tmp)
+        os.link(src, dst)
+    except FileExistsError:  # left by an interrupted try of this update
+        os.remove(dst)
+        return _link(src, dst)
+    except FileNotFoundError:
+        return False
     except OSError:
+        if not os.path.isfile(src):
+            return False
+        tmp = f"{dst}.tmp-{os.getpid()}"
         shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        os.replace(tmp, dst)
+    return True
+
+
+_THUMB_NAME = re.compile(r"(gen-\d{6}/)?" + THUMBS + r"/[^/\\]+\.jpg")  # what the items tables of ours name
 
 
 def _reused_row(job, fields, item_id, split, old_id):
@@ -258,9 +290,8 @@ def _reused_row(job, fields, item_id, split, old_id):
     old_thumb = job["old"].thumbs[old_id] if job["old"].thumbs is not None else ""
     if job["thumbnails"] and old_thumb:
         name = f"{THUMBS}/{item_id:07d}-{safe_name(row['asin'])}.jpg"
-        src = thumbnail_file(job["index_dir"], old_thumb)
-        if src is not None and os.path.isfile(src):
-            _link(src, os.path.join(job["gen_dir"], name))
+        if _THUMB_NAME.fullmatch(old_thumb) and _link(os.path.join(job["index_dir"], old_thumb),
+                                                      os.path.join(job["gen_dir"], name)):
             row["thumb"] = f"{job['gen']}/{name}"
     return row
 
@@ -449,7 +480,8 @@ def _embedder_file(job):
         if not (desc["source"] == "backbone" and desc.get("weights") == "none"):
             return None
         src = E.kept_model(job["partial"], None)[0]
-    _link(src, os.path.join(job["gen_dir"], EMBEDDER_FILE))
+    if not _link(src, os.path.join(job["gen_dir"], EMBEDDER_FILE)):
+        raise UserError(f"the model kept at {src} is missing: run the command again")
     return f"{job['gen']}/{EMBEDDER_FILE}"
 
 
@@ -554,6 +586,7 @@ def update_index(data_dir, index_dir, run_dir=None, backbone=None, weights="imag
             given.update({k: v for k, v in {"trees": trees, "search_k": search_k, "hnsw_m": hnsw_m,
                                             "ef_construction": ef_construction}.items() if v is not None})
             params = B.params(**given)
+        on_disk = on_disk or bool(job["manifest"].get("on_disk_build"))  # built like the index it replaces
         m = finish_update(job, n, counts, backend=backend, params=params, on_disk=on_disk, n_jobs=n_jobs,
                           progress=progress)
         if fold is not None:
