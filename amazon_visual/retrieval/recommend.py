@@ -40,6 +40,7 @@ import numpy as np
 
 from amazon_visual.errors import UserError
 from amazon_visual.retrieval import filters as F
+from amazon_visual.retrieval import writelog
 from amazon_visual.retrieval.index import check_manifest, load_index
 
 
@@ -85,7 +86,7 @@ class Recommender:
                 raise UserError(f"{index_dir} was built from a trained run: leave backbone_weights out")
             check_manifest(m, {"fingerprint": backbone_fingerprint(m["model"], backbone_weights, m["image_size"])},
                            index_dir)
-        return cls(index, run_dir=run_dir, backbone_weights=backbone_weights)
+        return cls(writelog.open_live(index), run_dir=run_dir, backbone_weights=backbone_weights)
 
     @property
     def embedder(self):
@@ -215,7 +216,10 @@ class Recommender:
         return [self._result(rank, i, s) for rank, (i, s) in enumerate(zip(ids, sims), 1)]
 
     def _candidates(self, vec, k, allowed, exclude):
-        """(ids, similarities) of the ``k`` allowed items nearest ``vec`` (``allowed``: a Selection or None)."""
+        """(ids, similarities) of the ``k`` allowed items nearest ``vec`` (``allowed``: a Selection or None);
+        a writable index merges its live writes in (:func:`.writelog.live_search`)."""
+        if isinstance(self.index, writelog.LiveIndex):
+            return writelog.live_search(self.index, vec, k, allowed=allowed, exclude=exclude)
         return F.filtered_search(self.index, vec, k, allowed=allowed, exclude=exclude)
 
     def _result(self, rank, item_id, similarity):

@@ -38,6 +38,7 @@ import numpy as np
 
 from amazon_visual.atomic import write_bytes
 from amazon_visual.errors import UserError
+from amazon_visual.retrieval import filters as F
 from amazon_visual.retrieval.layout import normalize
 
 LOG_FILE = "writes.sqlite"
@@ -49,6 +50,7 @@ TEXT_ATTRIBUTES = ("title", "brand")
 NUMBER_ATTRIBUTES = {"price": (0.0, math.inf), "average_rating": (0.0, 5.0), "rating_number": (0.0, math.inf)}
 ATTRIBUTES = ("title", "category", "brand", "price", "average_rating", "rating_number")
 MAX_TEXT = 1000
+FEW_HIDDEN = 100  # under 1% of the index's items hidden: an unfiltered query drops them from the ANN's answer
 ASIN_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 SCHEMA = """
@@ -230,7 +232,8 @@ class WriteLog:
 
         def insert(existed):
             cur = self.conn.execute(
-                "INSERT INTO writes (op, asin, embedding, attributes, thumbnail, written_at) VALUES ('put', ?, ?, ?, ?, ?)",
+                "INSERT INTO writes (op, asin, embedding, attributes, thumbnail, written_at) "
+                "VALUES ('put', ?, ?, ?, ?, ?)",
                 (asin, blob, _json_attrs(attributes), thumbnail, time.time()))
             return cur.lastrowid
 
@@ -441,7 +444,8 @@ class _Columns:
     def _grow(self, cap):
         # new arrays (a reader holding the old ones keeps valid rows); assigned once filled
         def grow(a, fill):
-            b = np.full((cap,) + a.shape[1:], fill, a.dtype) if fill is not None else np.empty((cap,) + a.shape[1:], a.dtype)
+            shape = (cap,) + a.shape[1:]
+            b = np.full(shape, fill, a.dtype) if fill is not None else np.empty(shape, a.dtype)
             b[:a.shape[0]] = a
             return b
 
@@ -612,6 +616,7 @@ class LiveIndex:
         self._thumb_lock = threading.Lock()
         self._writer = None
         self._masks = {}
+        self._columns = None
         self.categories = {str(n) for n in base.items["label"].unique() if str(n)}  # what the filters know
 
     def writer(self):
@@ -630,6 +635,14 @@ class LiveIndex:
     def snap(self):
         return self.overlay.snapshot()
 
+    @property
+    def _filter_columns(self):
+        """:func:`filters.columns` of this index: the index's columns, whose selections remember their filter
+        (so the search applies the same filter to the live items)."""
+        if self._columns is None:
+            self._columns = _LiveColumns(F.columns(self.base))
+        return self._columns
+
     def _cached(self, snap, key, make):
         """``make()`` kept for this snapshot (masks are paid once per filter and write, not per query)."""
         key = (snap.seq,) + key
@@ -644,7 +657,6 @@ class LiveIndex:
 
     def visible_selection(self, snap, allowed, filters):
         """``allowed`` (the Selection of ``filters``, or None) AND not hidden by the log."""
-        from amazon_visual.retrieval import filters as F
 
         def make():
             visible = snap.visible_base()
@@ -768,6 +780,32 @@ def delete_product(rec, asin):
     return live.writer().delete(asin, live.overlay.folded_seq, live.in_base)
 
 
+class _LiveColumns:
+    """A :class:`~amazon_visual.retrieval.filters.Columns` whose ``select`` answers a :class:`FilterSelection`."""
+
+    def __init__(self, columns):
+        self._columns = columns
+
+    def __getattr__(self, name):
+        return getattr(self._columns, name)
+
+    def select(self, filters):
+        sel = self._columns.select(filters)
+        return None if sel is None else FilterSelection(sel, filters)
+
+
+class FilterSelection(F.Selection):
+    """The Selection of ``filters`` over the index's items, ``filters`` kept for the live items."""
+
+    def __init__(self, sel, filters):
+        super().__init__(sel.mask, sel.count)
+        self._sel, self.filters = sel, filters
+
+    @property
+    def ids(self):
+        return self._sel.ids  # the cached Selection's ids, computed once
+
+
 def filter_mask(snap, filters):
     """The live slots a :class:`~amazon_visual.retrieval.filters.Filters` allows (the same rules as over the
     index's items: brands compared without regard to case, a missing attribute never matches a bound)."""
@@ -792,14 +830,30 @@ def filter_mask(snap, filters):
 def live_search(live, vector, k, allowed=None, exclude=(), filters=None, search_k=None):
     """Top ``k`` of a :class:`LiveIndex`: the index's filtered search over its items still in the catalog
     (``allowed`` AND not hidden), merged with the exact scan of the live items ``filters`` allows."""
-    from amazon_visual.retrieval import filters as F
-
+    if filters is None:
+        filters = getattr(allowed, "filters", None)
     snap = live.snap()
-    if snap.n_hidden:
-        allowed = live.visible_selection(snap, allowed, filters)
-    base = F.filtered_search(live, vector, k, allowed=allowed, exclude=exclude, search_k=search_k)
+    if snap.n_hidden and allowed is None and snap.n_hidden * FEW_HIDDEN < live.n_items:
+        base = _without_hidden(live, vector, k, exclude, snap.hidden, search_k)
+    else:
+        if snap.n_hidden:
+            allowed = live.visible_selection(snap, allowed, filters)
+        base = F.filtered_search(live, vector, k, allowed=allowed, exclude=exclude, search_k=search_k)
     extra = live.search_overlay(vector, k, mask=live.live_mask(snap, filters), exclude=exclude, snap=snap)
     return merge(base, extra, k)
+
+
+def _without_hidden(live, vector, k, exclude, hidden, search_k):
+    """Unfiltered top ``k`` of the index's items that are not hidden, when few are: a few more from the ANN,
+    the hidden ones dropped, more asked while fewer than ``k`` remain (as cheap as an unfiltered query,
+    where a mask of nearly every item would make the planner widen the ANN's candidate list)."""
+    n = k + 8
+    while True:
+        ids, sims = F.filtered_search(live, vector, n, exclude=exclude, search_k=search_k)
+        keep = ~hidden[ids]
+        if keep.sum() >= k or len(ids) < n:
+            return ids[keep][:k], sims[keep][:k]
+        n *= 4
 
 
 def merge(base, live, k):
@@ -812,6 +866,6 @@ def merge(base, live, k):
 
 def open_live(index):
     """``index`` with its overlay when its manifest is writable, else ``index`` itself."""
-    if not is_writable(index.manifest):
+    if isinstance(index, LiveIndex) or not is_writable(index.manifest):
         return index
     return LiveIndex(index)

@@ -229,6 +229,9 @@ async def products(request: Request, category: Optional[str] = CATEGORY,
         mask &= F.select(rec.index, filters).mask
     if q:
         mask &= items["title"].str.contains(q, case=False, regex=False).to_numpy()
+    snap = rec.index.snap() if hasattr(rec.index, "snap") else None  # a writable index (retrieval/writelog.py)
+    if snap is not None and snap.n_hidden:
+        mask &= ~snap.hidden  # products replaced or deleted live
     ids = np.flatnonzero(mask)
     start = (page - 1) * per_page
     rows = [product_json(rec.index.item(i), bool(items["thumb"].iat[i])) for i in ids[start:start + per_page]]

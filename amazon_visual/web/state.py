@@ -28,7 +28,7 @@ import time
 from amazon_visual.errors import UserError
 from amazon_visual.retrieval.index import Index
 from amazon_visual.retrieval.layout import MANIFEST
-from amazon_visual.retrieval.writelog import open_live
+from amazon_visual.retrieval.writelog import LiveIndex
 from amazon_visual.web.batching import BatchedEmbedder
 
 log = logging.getLogger("amazon_visual.serve")
@@ -147,7 +147,12 @@ class IndexHolder:
         else:
             on_batch = self.metrics.observe_batch if self.metrics is not None else None
             embedder = BatchedEmbedder(lambda: plain.embedder, self.max_batch, self.max_wait_ms, on_batch)
-        rec = Recommender(open_live(ServingIndex.wrap(plain.index)), embedder=embedder)
+        index = plain.index
+        if isinstance(index, LiveIndex):  # a writable index: its overlay on top of the serving index
+            index = LiveIndex(ServingIndex.wrap(index.base), index.overlay)
+        else:
+            index = ServingIndex.wrap(index)
+        rec = Recommender(index, embedder=embedder)
         number = previous.number + 1 if previous is not None else 1
         return Generation(number, rec, signature)
 

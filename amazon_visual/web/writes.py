@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 
 from amazon_visual.errors import UserError
 from amazon_visual.retrieval import writelog
+from amazon_visual.web.batching import ModelUnavailable
 from amazon_visual.web.limits import PayloadTooLarge, read_image
 
 log = logging.getLogger("amazon_visual.serve")
@@ -108,7 +109,7 @@ def _put(rec, asin, data, attributes, max_pixels):
     try:
         read_image(data, max_pixels, "the uploaded photo")  # a bomb or not an image, before the model
         return writelog.put_product(rec, asin, data, attributes)
-    except (PayloadTooLarge, writelog.ReadOnlyIndex):
+    except (PayloadTooLarge, writelog.ReadOnlyIndex, ModelUnavailable):  # 413, 409, 503
         raise
     except UserError as e:
         raise HTTPException(422, str(e)) from None
@@ -129,7 +130,7 @@ async def put_product(request: Request, asin: str = ASIN):
     except HTTPException as e:
         _count(request, "put", "rejected")
         raise e from None
-    except PayloadTooLarge:
+    except (PayloadTooLarge, ModelUnavailable):
         _count(request, "put", "rejected")
         raise
     _count(request, "put", "created" if created else "replaced")
