@@ -723,13 +723,16 @@ class LiveIndex:
         if skip:
             mask = mask.copy()
             mask[skip] = False
-        slots = np.flatnonzero(mask)
-        if slots.size == 0:
+        n_ok = int(np.count_nonzero(mask))
+        if n_ok == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         q = normalize(np.asarray(vector, np.float32).reshape(-1))
-        sims = snap.vecs[slots] @ q
-        top = np.argsort(-sims, kind="stable")[:int(k)]
-        return slots[top].astype(np.int64) + nb, sims[top].astype(np.float32)
+        sims = snap.vecs @ q  # every slot (contiguous rows, no gather), then the masked ones dropped
+        sims[~mask] = -np.inf
+        k = min(int(k), n_ok)
+        top = np.argpartition(-sims, k - 1)[:k] if k < sims.size else np.arange(sims.size)
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return top.astype(np.int64) + nb, sims[top].astype(np.float32)
 
     def close(self):
         if self._writer is not None:
