@@ -377,6 +377,12 @@ def _run_index(args):
 
     if (args.run_dir is None) == (args.backbone is None):
         raise UserError("give a RUN_DIR or --backbone NAME (not both)")
+    if args.update and args.writable:
+        from amazon_visual.retrieval.index import read_manifest
+
+        if not read_manifest(args.out).get("writable"):  # --update keeps what the index is
+            raise UserError(f"{args.out} was built without --writable and --update keeps it read-only: "
+                            "build it again with --writable --overwrite to take live writes")
     if args.update:
         return _run_index_update(args)
     if args.splits:
@@ -641,6 +647,9 @@ def add_serve(sub):
     p.add_argument("--no-warm-up", action="store_true",
                    help="load the model at the first photo query instead of at start")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    p.add_argument("--write-token-file", metavar="FILE", default=None,
+                   help="switch on live writes (PUT/DELETE /v1/products/{asin}, index built with --writable): "
+                        "requests send 'Authorization: Bearer <the token in FILE>' (or set AMAZON_VISUAL_WRITE_TOKEN)")
     p.set_defaults(func=_run_serve)
     return p
 
@@ -652,9 +661,6 @@ def _run_serve(args):
     if args.max_upload_mb <= 0:
         raise UserError(f"--max-upload-mb must be positive, not {args.max_upload_mb}")
     hosts = tuple(h.strip() for h in args.url_allow_hosts.split(",") if h.strip())
-    p.add_argument("--write-token-file", metavar="FILE", default=None,
-                   help="switch on live writes (PUT/DELETE /v1/products/{asin}, index built with --writable): "
-                        "requests send 'Authorization: Bearer <the token in FILE>' (or set AMAZON_VISUAL_WRITE_TOKEN)")
     settings = Settings(index_dir=args.index_dir, run_dir=args.run, max_batch=args.max_batch,
                         max_wait_ms=args.max_wait_ms, allow_url_fetch=args.allow_url_fetch, url_allow_hosts=hosts,
                         url_timeout=args.url_timeout, max_upload_mb=args.max_upload_mb,
