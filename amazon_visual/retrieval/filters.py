@@ -28,7 +28,7 @@ number ``m`` of the ``n`` items the filter allows, per query:
 - the cheaper one by cost: exact when ``m <= EXACT_ROWS_PER_CANDIDATE x`` the ANN's candidates
   (Annoy: its ``search_k``; HNSW: ``ef`` x ``M``, not measured). Measured on 128-d vectors
   (``benchmarks/index_bench.py --filtered``, BENCHMARKS.md "Filtered search"): gathering and
-  scoring one row costs about half an Annoy candidate.
+  scoring one row costs a half to three quarters of an Annoy candidate.
 
 So every result matches and k results come back whenever at least k items match (less the
 excluded ones), and an unselective filter costs about what an unfiltered query costs.
@@ -45,8 +45,9 @@ from amazon_visual.retrieval.layout import normalize
 
 FILTER_NAMES = ("category", "brand", "min_price", "max_price", "min_rating")
 MAX_RATING = 5.0
-# the exact scan is planned when the matching rows are at most this many times the ANN's candidates (measured at
-# 1,000,000 x 128: 10,000 rows gathered and scored in 4.0 ms of CPU, 8,000 Annoy candidates in 6.2 ms)
+# the exact scan is planned when the matching rows are at most this many times the ANN's candidates. Measured at
+# 1,000,000 x 128 (BENCHMARKS.md, "Filtered search"): 10,000 rows gathered and scored in 4.0-4.1 ms of CPU (p50),
+# 8,000 Annoy candidates in 4.3-6.2 ms, so 1.3 to 1.9 rows cost one candidate; 2 leans to the exact path (recall 1)
 EXACT_ROWS_PER_CANDIDATE = 2.0
 CANDIDATE_MARGIN = 2.0  # ANN candidates asked = margin * k / selectivity (the first try)
 MASK_CACHE = 32  # recent filters' masks kept per loaded index
