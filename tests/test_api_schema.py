@@ -19,7 +19,7 @@ from serve_helpers import uvicorn_server
 from test_index import retrieval_world
 
 #: examples per route: the whole run stays well under a minute on 2 shared cores
-EXAMPLES = 25
+EXAMPLES = 20
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
