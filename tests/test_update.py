@@ -254,3 +254,31 @@ def test_a_running_server_reloads_the_update_and_serves_its_thumbnails(world, tm
         assert client.get("/thumbs/P010.jpg").content == before.content  # reused: the same thumbnail, linked
         similar = client.get("/v1/products/P031/similar", params={"k": 5})
         assert similar.status_code == 200 and len(similar.json()["results"]) == 5
+
+
+# ------------------------------------------------------------------ a backbone with random weights
+def test_a_random_weights_backbone_index_updates_with_its_own_kept_model(world, tmp_path):
+    """Random weights cannot be drawn again: the update embeds with the model kept in the index, and each
+    generation keeps its copy (the top-level one goes with generation 1)."""
+    from amazon_visual.retrieval.index import build_index, load_index
+    from amazon_visual.retrieval.recommend import Recommender
+
+    out = str(tmp_path / "bb")
+    kw = {"backbone": "mobilenet_v3_small", "weights": "none", "image_size": SIZE}
+    first = build_index(world["old"], out, trees=5, batch_size=8, progress=False, **kw)
+    old = load_index(out)
+    old_vectors = {a: old.vector(i) for i, a in enumerate(old.items["asin"])}
+    old.close()
+    m = _update(world, out, run_dir=None, **kw)
+    assert m["fingerprint"] == first["fingerprint"] and m["update"]["full_build"] is None
+    assert m["update"]["embedded"] == 7 and m["embedder_file"] == "gen-000002/embedder.keras"
+    m = _update(world, out, run_dir=None, **kw)
+    assert m["generation"] == 3 and m["update"]["embedded"] == 0 and m["update"]["reused"] == 31
+    assert m["embedder_file"] == "gen-000003/embedder.keras" and not os.path.exists(os.path.join(out, "embedder.keras"))
+    rec = Recommender.load(out)
+    for i, a in enumerate(rec.index.items["asin"]):
+        if a in old_vectors and a not in PHOTO:
+            np.testing.assert_allclose(rec.index.vector(i), old_vectors[a], atol=1e-6)
+    asin = rec.index.items["asin"].iloc[0]
+    assert rec.recommend(asin=asin, k=3)["results"]
+    rec.close()
