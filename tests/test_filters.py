@@ -214,6 +214,35 @@ def test_ann_that_runs_out_is_finished_exactly(rec, monkeypatch):
     assert ids.tolist() == brute_force(rec, q, sel.mask, 10) and calls
 
 
+@pytest.mark.parametrize("force_ann", [False, True])
+def test_planner_on_an_hnsw_index(rec, tmp_path, monkeypatch, force_ann):
+    """The same guarantees on the HNSW backend (its ef is the effort; the list still grows)."""
+    pytest.importorskip("hnswlib")
+    from amazon_visual.retrieval import backends
+    from amazon_visual.retrieval import filters as F
+    from amazon_visual.retrieval.index import Index
+
+    x = np.asarray(rec.index.embeddings)
+    B = backends.HnswBackend
+    params = B.params()
+    st = B.build(backends.iter_blocks(x), N, DIM, str(tmp_path / "index.hnsw"), params, n_jobs=1)
+    manifest = {"n_items": N, "embedding_dim": DIM, "backend": "hnsw", **params}
+    searcher = B.open(str(tmp_path / "index.hnsw"), DIM, N, {**manifest, "index_size_bytes": st["size_bytes"]})
+    index = Index(str(tmp_path), manifest, rec.index.items, x, searcher)
+    if force_ann:
+        monkeypatch.setattr(F, "EXACT_ROWS_PER_CANDIDATE", 0)
+    sel = F.select(index, {"min_price": 50, "min_rating": 2})
+    found = 0
+    for q in _queries(10):
+        ids, _ = F.filtered_search(index, q, 10, allowed=sel)
+        assert len(ids) == 10 and sel.mask[ids].all()
+        found += len(set(ids.tolist()) & set(brute_force(rec, q, sel.mask, 10)))
+    assert found >= 95
+    solo = F.select(index, {"brand": "Solo"})
+    assert F.filtered_search(index, _queries(1)[0], 10, allowed=solo)[0].tolist() == [UNIQUE]
+    index.close()
+
+
 def test_one_in_ten_thousand_and_one_in_a_thousand(rec):
     from amazon_visual.retrieval.filters import filtered_search, select
 
