@@ -195,6 +195,24 @@ def test_planner_is_right_and_complete_on_both_paths(rec, monkeypatch, force_ann
     assert found / total >= 0.95
 
 
+def test_repeated_filters_scan_kept_rows_within_the_budget(rec, monkeypatch):
+    from amazon_visual.retrieval import filters as F
+
+    cols = F.columns(rec.index)
+    a, b = F.select(rec.index, {"min_price": 97}), F.select(rec.index, {"min_price": 98})
+    block_a = cols.rows(rec.index.embeddings, a)
+    assert block_a.flags.c_contiguous and cols.rows(rec.index.embeddings, a) is block_a  # kept
+    np.testing.assert_array_equal(block_a, np.asarray(rec.index.embeddings)[a.ids])
+    monkeypatch.setattr(F, "ROWS_CACHE_BYTES", block_a.nbytes + 1)
+    cols.rows(rec.index.embeddings, b)  # over the budget: the older block goes
+    assert cols.rows(rec.index.embeddings, a) is not block_a and cols._rows_bytes <= block_a.nbytes + 1
+    q = _queries(1)[0]
+    for sel in (a, b, a & np.ones(N, bool)):  # a mask of no filter (key None) is gathered each time
+        exclude = [int(sel.ids[1])]
+        ids, _ = F.filtered_search(rec.index, q, 10, allowed=sel, exclude=exclude)
+        assert ids.tolist() == brute_force(rec, q, sel.mask, 10, exclude=exclude)
+
+
 def test_ann_that_runs_out_is_finished_exactly(rec, monkeypatch):
     """An ANN that returns fewer candidates than asked (e.g. a tiny search_k) still gives k matching results."""
     from amazon_visual.retrieval import filters as F

@@ -24,7 +24,9 @@ number ``m`` of the ``n`` items the filter allows, per query:
   items are found; when the ANN runs out (it returned fewer than asked), an exact scan
   finishes the query;
 - the exact path: a scan of the matching rows' stored embeddings (float32, L2-normalised, so
-  cosine is a dot product; the rows are gathered from the memory map);
+  cosine is a dot product; the rows are gathered from the memory map, and kept as one block for
+  the most recent filters, up to ``ROWS_CACHE_BYTES`` per loaded index: a repeated filter only
+  scans);
 - the cheaper one by cost: exact when ``m <= EXACT_ROWS_PER_CANDIDATE x`` the ANN's candidates
   (Annoy: its ``search_k``; HNSW: ``ef`` x ``M``, not measured). Measured on 128-d vectors
   (``benchmarks/index_bench.py --filtered``, BENCHMARKS.md "Filtered search"): gathering and
@@ -51,6 +53,9 @@ MAX_RATING = 5.0
 EXACT_ROWS_PER_CANDIDATE = 2.0
 CANDIDATE_MARGIN = 2.0  # ANN candidates asked = margin * k / selectivity (the first try)
 MASK_CACHE = 32  # recent filters' masks kept per loaded index
+# the exact path's gathered rows of recent filters, kept per loaded index (a repeated filter scans one contiguous
+# block instead of gathering its rows from the memory map again): at most this many bytes in all
+ROWS_CACHE_BYTES = 128 << 20
 
 
 # --------------------------------------------------------------------------
@@ -147,7 +152,9 @@ def parse_filters(spec):
 # columns and masks
 # --------------------------------------------------------------------------
 class Selection:
-    """The items a filter allows: ``mask`` (bool, one per item), ``count``, and ``ids`` (sorted, on first use)."""
+    """The items a filter allows: ``mask`` (bool, one per item), ``count``, and ``ids`` (sorted, on first use).
+    ``key``: the Filters of a selection made by :meth:`Columns.select` (None for any other mask)."""
+    key = None
 
     def __init__(self, mask, count=None):
         self.mask = mask
@@ -184,6 +191,7 @@ class Columns:
         self.rating = self._numeric(items, "average_rating", n)
         self.rating_number = self._numeric(items, "rating_number", n)
         self._cache = OrderedDict()
+        self._rows, self._rows_bytes = OrderedDict(), 0
         self._lock = threading.Lock()
 
     @staticmethod
@@ -234,11 +242,32 @@ class Columns:
                 return hit
         sel = Selection(self._mask(filters))
         sel.mask.flags.writeable = False
+        sel.key = filters
         with self._lock:
             self._cache[filters] = sel
             while len(self._cache) > MASK_CACHE:
                 self._cache.popitem(last=False)
         return sel
+
+    def rows(self, embeddings, sel):
+        """The embeddings of ``sel.ids`` as one contiguous float32 array; kept for a selection made by
+        :meth:`select` (the most recent ones, up to ``ROWS_CACHE_BYTES`` in all)."""
+        key = sel.key
+        if key is not None:
+            with self._lock:
+                block = self._rows.get(key)
+                if block is not None:
+                    self._rows.move_to_end(key)
+                    return block
+        block = np.asarray(embeddings[sel.ids], dtype=np.float32)
+        if key is not None and block.nbytes <= ROWS_CACHE_BYTES:
+            with self._lock:
+                if key not in self._rows:
+                    self._rows[key] = block
+                    self._rows_bytes += block.nbytes
+                    while self._rows_bytes > ROWS_CACHE_BYTES:
+                        self._rows_bytes -= self._rows.popitem(last=False)[1].nbytes
+        return block
 
     def summary(self, top_brands=200):
         """Which attributes the index has: brands with counts (most frequent first), price range, ratings
@@ -285,13 +314,18 @@ def select(index, filters):
 # --------------------------------------------------------------------------
 # the planner
 # --------------------------------------------------------------------------
-def exact_scan(index, q, k, ids, exclude=None):
-    """Exact top-k among the item ``ids`` (sorted int64) by dot product with the normalised query ``q``."""
-    if exclude is not None and exclude.size and ids.size:
-        ids = ids[~np.isin(ids, exclude)]
+def exact_scan(index, q, k, ids, exclude=None, rows=None):
+    """Exact top-k among the item ``ids`` (sorted int64) by dot product with the normalised query ``q``;
+    ``rows``: their embeddings, when already gathered."""
     if ids.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    sims = np.asarray(index.embeddings[ids], dtype=np.float32) @ q
+    sims = (np.asarray(index.embeddings[ids], dtype=np.float32) if rows is None else rows) @ q
+    if exclude is not None and exclude.size:
+        keep = ~np.isin(ids, exclude)
+        if not keep.all():
+            ids, sims = ids[keep], sims[keep]
+            if ids.size == 0:
+                return np.zeros(0, np.int64), np.zeros(0, np.float32)
     if ids.size > k:
         top = np.argpartition(-sims, k - 1)[:k]
         ids, sims = ids[top], sims[top]
@@ -359,7 +393,8 @@ def filtered_search(index, vector, k, allowed=None, exclude=(), search_k=None):
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     count = n if allowed is None else allowed.count
     if allowed is not None and plan(index, count, k, excl.size, search_k) == "exact":
-        return exact_scan(index, q, k, allowed.ids, excl)
+        rows = columns(index).rows(index.embeddings, allowed) if allowed.key is not None else None
+        return exact_scan(index, q, k, allowed.ids, excl, rows)
     return _ann(index, q, k, allowed, count, excl, search_k)
 
 
