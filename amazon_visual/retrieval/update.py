@@ -244,11 +244,20 @@ def start_update(data_dir, index_dir, run_dir=None, backbone=None, weights="imag
     state = {"update_of": [manifest.get("items_file"), manifest.get("updated") or manifest.get("created"),
                            manifest.get("n_items")], "reuse": reason is None, "thumbnails": thumbnails,
              **E.partial_state(desc.get("fingerprint"), data_dir, splits, counts, chunk, thumbnails)}
+    emb_path = index_path(index_dir, manifest, "embeddings_file", EMBEDDINGS)
+    try:
+        old_emb = np.load(emb_path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{emb_path} is missing or unreadable ({e}): rebuild the index with amazon-visual index "
+                        "--overwrite") from None
+    if old_emb.shape != (old.n, int(manifest["embedding_dim"])):
+        raise UserError(f"{emb_path} holds {old_emb.shape} vectors for {old.n} items: rebuild the index with "
+                        "amazon-visual index --overwrite")
     partial = _open_generation(gen_dir, state)
     if thumbnails:
         os.makedirs(os.path.join(gen_dir, THUMBS), exist_ok=True)
     return {"index_dir": os.fspath(index_dir), "data_dir": os.fspath(data_dir), "manifest": manifest,
-            "old_emb": np.load(index_path(index_dir, manifest, "embeddings_file", EMBEDDINGS), mmap_mode="r"),
+            "old_emb": old_emb,
             "old": old, "reuse": reason is None, "full_build_reason": reason, "embedder": embedder,
             "embedder_kept_in_index": kept, "generation": number + 1, "gen": target, "gen_dir": gen_dir,
             "current": current, "partial": partial, "ranges": ranges, "counts": counts, "total": total,
