@@ -21,8 +21,8 @@ def _photo(rng, c, size=48):
     """Colour of class ``c`` plus a few random rectangles: each photo distinct, its class plain."""
     from PIL import Image, ImageDraw
 
-    img = rng.integers(0, 70, size=(size, size, 3)).astype(np.int32)
-    img[..., c] += 140
+    img = rng.integers(0, 40, size=(size, size, 3)).astype(np.int32)
+    img[..., c] += 170
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     for _ in range(4):
@@ -88,6 +88,8 @@ def _read(path):
 
 
 def test_finds_the_injected_duplicate_and_the_moved_label(world):
+    from amazon_visual.audit.duplicates import DEFAULTS
+
     out = world["out"]
     dup = _read(os.path.join(out, "duplicates.csv"))
     assert dup[0] == ["group", "asin", "split", "similarity", "representative", "kind"]
@@ -114,7 +116,7 @@ def test_finds_the_injected_duplicate_and_the_moved_label(world):
     s = json.load(open(os.path.join(out, "audit.json")))
     assert s["duplicates"]["groups"] == 1 and s["duplicates"]["to_exclude"] == 1
     assert s["misfiled"]["flagged"] == len(mis) - 1
-    assert s["thresholds"]["near_aligned"] == 0.90 and s["photos"] == "dataset"
+    assert s["thresholds"]["near_aligned"] == DEFAULTS["near_aligned"] and s["photos"] == "dataset"
     assert set(s["timings"]) >= {"candidates", "photos", "second_look", "misfiled", "total"}
     run = s["leaks"]["run"]
     assert run["test_items"] == sum(1 for _ in open(os.path.join(world["index"], "items.csv"))

@@ -1,9 +1,10 @@
 """Duplicate listings: candidate pairs from the ANN, a second look at each, connected groups.
 
 1. :func:`candidate_pairs`: each item's ``k`` nearest neighbours by the index's ANN (never all
-   pairs), rescored exactly from the stored embeddings; pairs under ``cosine_gate`` are dropped;
-   ``mutual`` says whether each is among the other's neighbours. Photos with the same bytes
-   (``image_sha256``) are paired too, whatever the ANN says.
+   pairs), rescored exactly from the stored embeddings; a pair stays when each is among the
+   other's ``rank_gate`` nearest at cosine ``cosine_floor`` or more, or at ``cosine_gate`` or more
+   whatever its rank; ``mutual`` says whether each is among the other's neighbours. Photos with
+   the same bytes (``image_sha256``) are paired too, whatever the ANN says.
 2. :func:`decide`: the photos of the surviving pairs get a second look (:mod:`.photos`): a pair
    is a duplicate when the photo bytes are equal, or when one photo placed inside the other
    correlates at ``near_aligned`` or more and their colour histograms agree (``colour`` or more);
@@ -18,7 +19,8 @@ import os
 
 import numpy as np
 
-DEFAULTS = {"k": 10, "cosine_gate": 0.80, "near_aligned": 0.90, "colour": 0.60, "exact_phash": 8}
+DEFAULTS = {"k": 10, "rank_gate": 4, "cosine_floor": 0.60, "cosine_gate": 0.90, "near_aligned": 0.60,
+            "colour": 0.60, "exact_phash": 8}
 METADATA = ("title", "brand", "price", "average_rating", "rating_number", "category")
 
 
@@ -62,28 +64,42 @@ def pair_cosines(embeddings, i, j, chunk=65536):
     return out
 
 
-def candidate_pairs(index, k=DEFAULTS["k"], cosine_gate=DEFAULTS["cosine_gate"], search_k=None, nbrs=None):
-    """Dict of arrays ``i < j``, ``cosine``, ``mutual``, ``same_bytes``: the pairs worth a second look."""
+def candidate_pairs(index, k=DEFAULTS["k"], cosine_gate=DEFAULTS["cosine_gate"], rank_gate=DEFAULTS["rank_gate"],
+                    cosine_floor=DEFAULTS["cosine_floor"], search_k=None, nbrs=None, **_):
+    """Dict of arrays ``i < j``, ``cosine``, ``rank``, ``mutual``, ``same_bytes``: the pairs worth a second look.
+
+    A pair is kept when each is among the other's ``rank_gate`` nearest (mutual neighbours) at
+    cosine >= ``cosine_floor`` (a copy is its original's first or second neighbour, at a cosine
+    that can be low: 0.68 for a re-encode at half size), or when one is among the other's ``k``
+    nearest at cosine >= ``cosine_gate`` (groups of more copies), or when the photo bytes are the same.
+    ``rank``: the worse of the two ranks (``k + 1`` when only one side lists the other)."""
     nbrs = neighbours(index, k, search_k) if nbrs is None else nbrs
     n, width = nbrs.shape
     rows = np.repeat(np.arange(n, dtype=np.int64), width)
     cols = nbrs.reshape(-1)
-    keep = (cols >= 0) & (cols != rows)
-    a, b = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
-    key = a * n + b
-    key, counts = np.unique(key, return_counts=True)  # a pair seen from both sides is mutual
-    a, b, mutual = key // n, key % n, counts > 1
+    valid = (cols >= 0) & (cols != rows)
+    rank = valid.reshape(n, width).cumsum(1).reshape(-1)[valid]
+    a, b = np.minimum(rows[valid], cols[valid]), np.maximum(rows[valid], cols[valid])
+    key, inverse = np.unique(a * n + b, return_inverse=True)
+    forward, backward = np.full(len(key), width, np.int64), np.full(len(key), width, np.int64)
+    side = rows[valid] == a  # i -> j seen from the smaller id
+    np.minimum.at(forward, inverse[side], rank[side])
+    np.minimum.at(backward, inverse[~side], rank[~side])
+    best = np.maximum(forward, backward)  # the rank each has in the other's list, the worse of the two
+    a, b, mutual = key // n, key % n, best < width  # a pair seen from both sides is mutual
     same = _same_bytes_pairs(index)
     if len(same):
         extra = np.setdiff1d(same[:, 0] * n + same[:, 1], key)
         a = np.concatenate([a, extra // n])
         b = np.concatenate([b, extra % n])
         mutual = np.concatenate([mutual, np.ones(len(extra), bool)])
+        best = np.concatenate([best, np.full(len(extra), width, np.int64)])
     cos = pair_cosines(index.embeddings, a, b)
     code = _sha_codes(index)
     same_bytes = (code[a] >= 0) & (code[a] == code[b])
-    keep = (cos >= cosine_gate) | same_bytes
-    return {"i": a[keep], "j": b[keep], "cosine": cos[keep], "mutual": mutual[keep], "same_bytes": same_bytes[keep]}
+    keep = (cos >= cosine_gate) | ((best <= rank_gate) & (cos >= cosine_floor)) | same_bytes
+    return {"i": a[keep], "j": b[keep], "cosine": cos[keep], "rank": best[keep], "mutual": mutual[keep],
+            "same_bytes": same_bytes[keep]}
 
 
 def _sha_codes(index):
@@ -106,16 +122,22 @@ def _same_bytes_pairs(index):
     return np.array(pairs, np.int64).reshape(-1, 2)
 
 
-def second_look(pairs, looks):
-    """Adds ``phash``, ``colour``, ``aligned`` arrays to ``pairs`` (NaN where a photo is missing)."""
-    from amazon_visual.audit.photos import pair_scores
+def second_look(pairs, looks, colour_min=None):
+    """Adds ``phash``, ``colour``, ``aligned`` arrays to ``pairs`` (NaN where a photo is missing).
+
+    ``colour_min``: pairs whose colours differ more are not aligned (``aligned`` NaN: rejected),
+    the costly part skipped."""
+    from amazon_visual.audit.photos import aligned_correlation, colour_similarity
 
     m = len(pairs["i"])
     ph, col, al = np.full(m, np.nan), np.full(m, np.nan), np.full(m, np.nan)
     for t, (x, y) in enumerate(zip(pairs["i"], pairs["j"])):
-        if int(x) in looks and int(y) in looks:
-            s = pair_scores(looks[int(x)], looks[int(y)])
-            ph[t], col[t], al[t] = s["phash"], s["colour"], s["aligned"]
+        a, b = looks.get(int(x)), looks.get(int(y))
+        if a is None or b is None:
+            continue
+        ph[t], col[t] = a.phash - b.phash, colour_similarity(a.hist, b.hist)
+        if colour_min is None or col[t] >= colour_min:
+            al[t] = aligned_correlation(a, b)
     return {**pairs, "phash": ph, "colour": col, "aligned": al}
 
 

@@ -9,10 +9,13 @@ real copies). Each photo of a candidate pair is therefore reduced to a :class:`L
 - ``hist``: a colour histogram (12 hue bins of the chromatic pixels, one bin for the grey ones,
   the near-white background left out): pHash ignores colour, so the same cut in another colour
   passes pHash but not this;
-- ``gray``: the grey photo at :data:`LOOK` px (longer side) for :func:`aligned_correlation`: the
-  best normalised cross-correlation of one photo placed inside the other over scales of 76-100 %
-  and every offset. It is invariant to brightness and contrast, finds a crop inside its original,
-  and a text overlay costs it only the covered pixels.
+- ``gray``: the detail of the grey photo at :data:`LOOK` px (longer side; the photo minus its
+  blur) for :func:`aligned_correlation`: the best normalised cross-correlation of one photo
+  placed inside the other over scales of 76-100 % and every offset. It is invariant to
+  brightness and contrast, finds a crop inside its original, and a text overlay costs it only
+  the covered pixels. On the plain grey photo, different garments photographed on the same
+  bedsheet in the same pose correlate at 0.95 (measured, the packaged sample); on the detail they
+  stay under 0.56 while re-encodes and near copies score 0.66-1.0.
 
 :func:`pair_scores` gives the three numbers for a pair; :mod:`.duplicates` decides.
 """
@@ -20,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-LOOK = 64  # longer side (px) of the grey photo the alignment compares
+LOOK = 96  # longer side (px) of the grey photo the alignment compares
+DETAIL_SIGMA = 1.5  # the alignment compares the grey photo minus its Gaussian blur of this radius (px)
 SCALES = tuple(np.round(np.arange(0.76, 1.0001, 0.03), 2))  # template height / search height
 HUE_BINS = 12
 
@@ -41,8 +45,17 @@ def look(image):
     rgb = image.convert("RGB")
     small = rgb.copy()
     small.thumbnail((LOOK, LOOK))
-    gray = np.asarray(small.convert("L"), dtype=np.float32)
-    return Look(phash=imagehash.phash(rgb), hist=colour_histogram(small), gray=gray, size=rgb.size)
+    return Look(phash=imagehash.phash(rgb), hist=colour_histogram(small), gray=detail(small), size=rgb.size)
+
+
+def detail(small):
+    """The grey photo minus its blur: the print, seams and folds, without the silhouette and background
+    that make different products photographed the same way correlate (measured: 0.95 on the raw grey)."""
+    from PIL import ImageFilter
+
+    gray = small.convert("L")
+    return (np.asarray(gray, dtype=np.float32)
+            - np.asarray(gray.filter(ImageFilter.GaussianBlur(DETAIL_SIGMA)), dtype=np.float32))
 
 
 def colour_histogram(small):

@@ -54,18 +54,18 @@ def find_duplicates(index, data_dir, settings, timings, progress):
     from amazon_visual.audit.photos import look
 
     t0 = time.perf_counter()
-    pairs = duplicates.candidate_pairs(index, settings["k"], settings["cosine_gate"])
+    pairs = duplicates.candidate_pairs(index, **settings)
     timings["candidates"] = round(time.perf_counter() - t0, 3)
     ids = np.unique(np.concatenate([pairs["i"], pairs["j"]]))
-    _say(progress, f"{len(pairs['i'])} candidate pairs over {len(ids)} items (ANN k={settings['k']}, "
-                   f"cosine >= {settings['cosine_gate']}); a second look at their photos")
+    _say(progress, f"{len(pairs['i'])} candidate pairs over {len(ids)} items (ANN k={settings['k']}); "
+                   "a second look at their photos")
     t0 = time.perf_counter()
     if data_dir is None and len(ids) and not index.manifest.get("thumbnails", True):
         raise UserError(f"{index.index_dir} has no thumbnails: pass --data DATA_DIR so the audit can look at the photos")
     looks = {i: look(img) for i, img in inputs.photos(index, ids, data_dir).items()}
     timings["photos"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
-    pairs = duplicates.second_look(pairs, looks)
+    pairs = duplicates.second_look(pairs, looks, colour_min=settings["colour"])
     accepted, exact = duplicates.decide(pairs, **settings)
     rows, n_groups = duplicates.groups(index, pairs, accepted, exact, {i: lk.size for i, lk in looks.items()})
     timings["second_look"] = round(time.perf_counter() - t0, 3)
@@ -74,7 +74,7 @@ def find_duplicates(index, data_dir, settings, timings, progress):
     return rows, n_groups, counts, pairs
 
 
-def audit(index_dir, out_dir, data_dir=None, run_dir=None, folds=5, cut="count", progress=True, **thresholds):
+def audit(index_dir, out_dir, data_dir=None, run_dir=None, folds=5, cut="confidence", progress=True, **thresholds):
     """Audit INDEX_DIR into AUDIT_DIR = ``out_dir``; returns the summary written to ``audit.json``.
 
     ``thresholds``: any of :data:`amazon_visual.audit.duplicates.DEFAULTS` (None = the default)."""
