@@ -40,8 +40,9 @@ SCRATCH = {"model": "vgg16_bn", "image_size": 64, "epochs": 18, "batch_size": 32
 #: with ImageNet weights: MobileNetV2, 25 epochs of the head on cached features, then 3 of fine-tuning
 #: (docs "Transfer learning")
 PRETRAINED = {"model": "mobilenet_v2", "image_size": 224, "epochs": 28, "head_epochs": 25, "model_kwargs": {}}
-#: seconds on a quiet 2-core laptop CPU, for the expected time printed up front: the stages other than
-#: training (with the feature cache of the head phase), and one training epoch (BENCHMARKS.md "The demo")
+#: seconds on a quiet 2-core CPU, for the expected time printed up front: the stages other than training
+#: (with the head phase's feature cache), one head epoch on cached features, one training epoch; estimated
+#: from the quiet runs of the 1.5-minute budget (BENCHMARKS.md "The demo", "The demo, a fixed amount of work")
 EXPECTED = {"vgg16_bn": {"other": 20.0, "head_epoch": 0.0, "epoch": 5.0},
             "mobilenet_v2": {"other": 80.0, "head_epoch": 0.3, "epoch": 15.0}}
 #: train / validation / test fractions: enough test products (about 60) for a steady accuracy
