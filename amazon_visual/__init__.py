@@ -7,6 +7,7 @@ so ``import amazon_visual`` and ``amazon-visual --help`` stay fast.
 One subpackage per stage (see README, "Layout"): ``models``, ``training``, ``evaluation``,
 ``retrieval``, ``web``; ``data``, ``demo`` and ``cli`` beside them.
 """
+
 import importlib
 import importlib.abc
 import importlib.util

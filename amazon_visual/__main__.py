@@ -1,4 +1,5 @@
 """``python -m amazon_visual``: the ``amazon-visual`` command."""
+
 import sys
 
 from amazon_visual.cli import main

@@ -23,6 +23,7 @@ The train stage does a fixed amount of work (the presets' epochs), not a time bu
 demo ends with the same model on a quiet or a busy machine; only the time differs. The
 expected time is printed up front; ``minutes`` (``--minutes``) still sets a budget when asked.
 """
+
 import contextlib
 import json
 import os
@@ -43,8 +44,10 @@ PRETRAINED = {"model": "mobilenet_v2", "image_size": 224, "epochs": 28, "head_ep
 #: seconds on a quiet 2-core CPU, for the expected time printed up front: the stages other than training
 #: (with the head phase's feature cache), one head epoch on cached features, one training epoch; estimated
 #: from the quiet runs of the 1.5-minute budget (BENCHMARKS.md "The demo", "The demo, a fixed amount of work")
-EXPECTED = {"vgg16_bn": {"other": 20.0, "head_epoch": 0.0, "epoch": 5.0},
-            "mobilenet_v2": {"other": 80.0, "head_epoch": 0.3, "epoch": 15.0}}
+EXPECTED = {
+    "vgg16_bn": {"other": 20.0, "head_epoch": 0.0, "epoch": 5.0},
+    "mobilenet_v2": {"other": 80.0, "head_epoch": 0.3, "epoch": 15.0},
+}
 #: train / validation / test fractions: enough test products (about 60) for a steady accuracy
 SPLITS = (0.7, 0.15, 0.15)
 STAGES = ("build-data", "train", "evaluate", "index", "recommend", "report")
@@ -67,8 +70,10 @@ def _check_out(out_dir):
     if not os.path.isdir(parent):
         raise UserError(f"--out {out_dir}: its parent folder {parent} does not exist: create it first")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, DEMO_MARKER)):
-        raise UserError(f"--out {out_dir} is not empty and is not a demo folder: "
-                        "choose a new or empty folder (the demo never overwrites other files)")
+        raise UserError(
+            f"--out {out_dir} is not empty and is not a demo folder: "
+            "choose a new or empty folder (the demo never overwrites other files)"
+        )
     return out_dir
 
 
@@ -117,9 +122,11 @@ def _check_pretrained(model, image_size, weights, model_kwargs):
     """Fail early, with what to do, when Keras cannot get explicitly asked-for weights."""
     problem = _pretrained_problem(model, image_size, weights, model_kwargs)
     if problem:
-        raise UserError(f"--weights {weights}: Keras could not load the pretrained {model} weights "
-                        f"({problem}): rerun with --weights none to train from scratch, "
-                        "or pass a downloaded weights file with --weights PATH")
+        raise UserError(
+            f"--weights {weights}: Keras could not load the pretrained {model} weights "
+            f"({problem}): rerun with --weights none to train from scratch, "
+            "or pass a downloaded weights file with --weights PATH"
+        )
 
 
 def _choose_weights(weights, model):
@@ -132,8 +139,10 @@ def _choose_weights(weights, model):
     problem = _pretrained_problem(name, size, "imagenet", {})
     if problem is None:
         return "imagenet"
-    _say(f"ImageNet weights for {name} are not available (offline and not in Keras's cache: {problem[:90]}): "
-         f"training VGG16-BN from scratch instead")
+    _say(
+        f"ImageNet weights for {name} are not available (offline and not in Keras's cache: {problem[:90]}): "
+        f"training VGG16-BN from scratch instead"
+    )
     return "none"
 
 
@@ -156,8 +165,10 @@ def _say_expected(seconds, minutes):
     elif seconds is None:
         _say("expected time: not measured for this model and image size (the presets take about 2 minutes)")
     else:
-        _say(f"expected time: about {seconds / 60:.1f} minutes on a quiet 2-core laptop CPU; a busy or slower "
-             "machine takes longer and ends with the same model (a fixed number of epochs)")
+        _say(
+            f"expected time: about {seconds / 60:.1f} minutes on a quiet 2-core laptop CPU; a busy or slower "
+            "machine takes longer and ends with the same model (a fixed number of epochs)"
+        )
 
 
 def _rel(path, base):
@@ -182,9 +193,10 @@ def recommend_samples(index_dir, out_dir, queries=4, k=5):
             rs = [dict(r, thumb=_rel(r.get("thumb"), out_dir)) for r in results]
             same = [r.get("label") == query.get("label") for r in results]
             saved.append({"query": q, "results": rs, "precision_at_k": sum(same) / k})
-    _write_json(os.path.join(out_dir, RECOMMENDATIONS_FILE), {
-        "index_dir": os.path.abspath(index_dir), "k": k, "queries": saved,
-        "precision_at_k": precision_at_k(saved)})
+    _write_json(
+        os.path.join(out_dir, RECOMMENDATIONS_FILE),
+        {"index_dir": os.path.abspath(index_dir), "k": k, "queries": saved, "precision_at_k": precision_at_k(saved)},
+    )
     return saved
 
 
@@ -193,8 +205,20 @@ def precision_at_k(saved):
     return sum(q["precision_at_k"] for q in saved) / len(saved) if saved else None
 
 
-def run_demo(out_dir=DEFAULT_OUT, model=None, weights="auto", epochs=None, image_size=None, queries=4, k=5,
-             quick=False, batch_size=None, seed=0, progress=True, minutes=None):
+def run_demo(
+    out_dir=DEFAULT_OUT,
+    model=None,
+    weights="auto",
+    epochs=None,
+    image_size=None,
+    queries=4,
+    k=5,
+    quick=False,
+    batch_size=None,
+    seed=0,
+    progress=True,
+    minutes=None,
+):
     """Run the whole chain on the embedded sample catalog into ``out_dir``; returns a summary dict.
 
     ``weights``: ``"auto"`` (the default) starts from ImageNet weights when Keras can get
@@ -225,14 +249,24 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="auto", epochs=None, image
     if epochs < 1:
         raise UserError(f"--epochs {epochs}: give at least 1")
     if minutes is not None and not minutes > 0:
-        raise UserError(f"--minutes {minutes}: give a positive number of minutes, or leave it out "
-                        "(the demo then trains its fixed number of epochs)")
+        raise UserError(
+            f"--minutes {minutes}: give a positive number of minutes, or leave it out "
+            "(the demo then trains its fixed number of epochs)"
+        )
     if queries < 1 or k < 1:
         raise UserError("--queries and -k must be at least 1")
-    options = {"model": model, "weights": weights_n if weights_n in (None, "imagenet") else os.path.abspath(weights_n),
-               "epochs": epochs, "image_size": image_size, "batch_size": batch_size, "seed": seed,
-               "queries": queries, "k": k, "model_kwargs": model_kwargs,
-               "minutes": float(minutes) if minutes else None}
+    options = {
+        "model": model,
+        "weights": weights_n if weights_n in (None, "imagenet") else os.path.abspath(weights_n),
+        "epochs": epochs,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "seed": seed,
+        "queries": queries,
+        "k": k,
+        "model_kwargs": model_kwargs,
+        "minutes": float(minutes) if minutes else None,
+    }
     out_dir, state = _prepare(out_dir, options)
     paths = {key: os.path.join(out_dir, sub) for key, sub in DEMO_LAYOUT.items()}
     marker = os.path.join(out_dir, DEMO_MARKER)
@@ -246,13 +280,17 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="auto", epochs=None, image
 
     products = len(sample.products())
     if scratch:
-        _say(f"training {model} FROM SCRATCH (random weights) at {image_size} px for {epochs} epochs "
-             f"on the embedded sample ({products} products, {len(sample.class_names())} classes); "
-             "pass --weights imagenet to start from pretrained weights")
+        _say(
+            f"training {model} FROM SCRATCH (random weights) at {image_size} px for {epochs} epochs "
+            f"on the embedded sample ({products} products, {len(sample.class_names())} classes); "
+            "pass --weights imagenet to start from pretrained weights"
+        )
     else:
-        _say(f"transfer learning: {model} from {options['weights']} weights at {image_size} px (head on cached "
-             f"features, then fine-tuning) on the embedded sample ({products} products); --weights none trains "
-             "from scratch")
+        _say(
+            f"transfer learning: {model} from {options['weights']} weights at {image_size} px (head on cached "
+            f"features, then fine-tuning) on the embedded sample ({products} products); --weights none trains "
+            "from scratch"
+        )
     _say(f"output folder: {out_dir}")
     _say_expected(expected_seconds(model, image_size, epochs, head_epochs), options["minutes"])
 
@@ -270,28 +308,54 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="auto", epochs=None, image
                 shutil.rmtree(paths["data"])
             # the photos are kept at their size (<= 160 px) so the galleries' thumbnails stay sharp;
             # training resizes them to image_size on the fly
-            rep = build_data(sample.metadata_path(), paths["data"], images_dir=sample.images_dir(),
-                             categories=sample.class_names(), image_size=max(image_size, 160), seed=seed, splits=SPLITS,
-                             workers=1, progress=progress)  # 1,000 small photos: no process pool needed
-            finish("build-data", seconds=round(time.time() - t, 1),
-                   totals=rep.get("totals") if isinstance(rep, dict) else None)
+            rep = build_data(
+                sample.metadata_path(),
+                paths["data"],
+                images_dir=sample.images_dir(),
+                categories=sample.class_names(),
+                image_size=max(image_size, 160),
+                seed=seed,
+                splits=SPLITS,
+                workers=1,
+                progress=progress,
+            )  # 1,000 small photos: no process pool needed
+            finish(
+                "build-data",
+                seconds=round(time.time() - t, 1),
+                totals=rep.get("totals") if isinstance(rep, dict) else None,
+            )
         else:
             _say(f"[1/{n}] build-data: done before, kept {paths['data']}")
 
         if "train" not in done:
-            _say(f"[2/{n}] train: {model} ({'from scratch' if scratch else 'pretrained ' + str(options['weights'])}),"
-                 f" {epochs} epochs" + (f", {options['minutes']:g} minutes at most" if options["minutes"] else ""))
+            _say(
+                f"[2/{n}] train: {model} ({'from scratch' if scratch else 'pretrained ' + str(options['weights'])}),"
+                f" {epochs} epochs" + (f", {options['minutes']:g} minutes at most" if options["minutes"] else "")
+            )
             from amazon_visual.training import train
 
             t = time.time()
-            summ = train(paths["data"], model=model, out=paths["run"], weights=weights_n or "none",
-                         image_size=image_size, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size,
-                         seed=seed,
-                         early_stopping=0, max_minutes=options["minutes"],
-                         model_kwargs=model_kwargs or None,
-                         quiet=not progress)
-            finish("train", seconds=round(time.time() - t, 1), epochs_run=summ.get("epochs_run"),
-                   best_val_accuracy=summ.get("best_val_accuracy"))
+            summ = train(
+                paths["data"],
+                model=model,
+                out=paths["run"],
+                weights=weights_n or "none",
+                image_size=image_size,
+                epochs=epochs,
+                head_epochs=head_epochs,
+                batch_size=batch_size,
+                seed=seed,
+                early_stopping=0,
+                max_minutes=options["minutes"],
+                model_kwargs=model_kwargs or None,
+                quiet=not progress,
+            )
+            finish(
+                "train",
+                seconds=round(time.time() - t, 1),
+                epochs_run=summ.get("epochs_run"),
+                best_val_accuracy=summ.get("best_val_accuracy"),
+            )
         else:
             _say(f"[2/{n}] train: done before, kept {paths['run']}")
 
@@ -302,8 +366,13 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="auto", epochs=None, image
             t = time.time()
             ev = evaluate(paths["run"], paths["data"], split="test")
             compare([paths["run"]], paths["data"], out=paths["compare"], write_evaluations=False)
-            finish("evaluate", seconds=round(time.time() - t, 1), test_accuracy=ev["accuracy"],
-                   n_test=ev.get("n"), chance_accuracy=1.0 / max(1, len(ev.get("labels") or [])))
+            finish(
+                "evaluate",
+                seconds=round(time.time() - t, 1),
+                test_accuracy=ev["accuracy"],
+                n_test=ev.get("n"),
+                chance_accuracy=1.0 / max(1, len(ev.get("labels") or [])),
+            )
             _say(f"test accuracy {ev['accuracy']:.3f} (chance {1.0 / max(1, len(ev.get('labels') or [])):.3f})")
         else:
             _say(f"[3/{n}] evaluate: done before")
@@ -313,8 +382,7 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="auto", epochs=None, image
             from amazon_visual.retrieval.index import build_index
 
             t = time.time()
-            man = build_index(paths["data"], paths["index"], run_dir=paths["run"], overwrite=True,
-                              progress=progress)
+            man = build_index(paths["data"], paths["index"], run_dir=paths["run"], overwrite=True, progress=progress)
             finish("index", seconds=round(time.time() - t, 1), n_items=man.get("n_items"))
         else:
             _say(f"[4/{n}] index: done before, kept {paths['index']}")
@@ -323,10 +391,17 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="auto", epochs=None, image
             _say(f"[5/{n}] recommend: {k} look-alikes for {queries} test products")
             t = time.time()
             saved = recommend_samples(paths["index"], paths["recommendations"], queries=queries, k=k)
-            finish("recommend", seconds=round(time.time() - t, 1), queries=[q["query"]["asin"] for q in saved],
-                   precision_at_k=precision_at_k(saved), k=k)
-            _say(f"precision@{k} of the demo's queries: {precision_at_k(saved):.2f} "
-                 f"(share of look-alikes in the query's class)")
+            finish(
+                "recommend",
+                seconds=round(time.time() - t, 1),
+                queries=[q["query"]["asin"] for q in saved],
+                precision_at_k=precision_at_k(saved),
+                k=k,
+            )
+            _say(
+                f"precision@{k} of the demo's queries: {precision_at_k(saved):.2f} "
+                f"(share of look-alikes in the query's class)"
+            )
         else:
             _say(f"[5/{n}] recommend: done before")
 
@@ -345,16 +420,29 @@ def run_demo(out_dir=DEFAULT_OUT, model=None, weights="auto", epochs=None, image
     _write_json(marker, state)
     ev = results.get("evaluate", {})
     recs = os.path.join(paths["recommendations"], RECOMMENDATIONS_FILE)
-    galleries = sorted(os.path.join(paths["recommendations"], f) for f in os.listdir(paths["recommendations"])
-                       if f.endswith(".html"))
+    galleries = sorted(
+        os.path.join(paths["recommendations"], f) for f in os.listdir(paths["recommendations"]) if f.endswith(".html")
+    )
     _say(f"finished in {seconds:.0f} s")
     return {
-        "out_dir": out_dir, "report": report, "model": model, "weights": options["weights"] or "none",
-        "trained_from_scratch": scratch, "image_size": image_size, "epochs": epochs,
+        "out_dir": out_dir,
+        "report": report,
+        "model": model,
+        "weights": options["weights"] or "none",
+        "trained_from_scratch": scratch,
+        "image_size": image_size,
+        "epochs": epochs,
         "epochs_run": results.get("train", {}).get("epochs_run"),
-        "test_accuracy": ev.get("test_accuracy"), "chance_accuracy": ev.get("chance_accuracy"),
-        "precision_at_k": results.get("recommend", {}).get("precision_at_k"), "k": k,
-        "data_dir": paths["data"], "run_dir": paths["run"], "compare_dir": paths["compare"],
-        "index_dir": paths["index"], "recommendations": recs, "galleries": galleries,
-        "stage_seconds": {s: results.get(s, {}).get("seconds") for s in STAGES}, "seconds": round(seconds, 1),
+        "test_accuracy": ev.get("test_accuracy"),
+        "chance_accuracy": ev.get("chance_accuracy"),
+        "precision_at_k": results.get("recommend", {}).get("precision_at_k"),
+        "k": k,
+        "data_dir": paths["data"],
+        "run_dir": paths["run"],
+        "compare_dir": paths["compare"],
+        "index_dir": paths["index"],
+        "recommendations": recs,
+        "galleries": galleries,
+        "stage_seconds": {s: results.get(s, {}).get("seconds") for s in STAGES},
+        "seconds": round(seconds, 1),
     }

@@ -5,6 +5,7 @@ inputs generated from ``/openapi.json`` for every route, a bounded number of exa
 no answer may be a 5xx, every status code must be one the route declares, and every JSON
 body must match the schema declared for its status.
 """
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -39,8 +40,15 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 def test_the_schema_lists_every_route(api_schema):
     paths = set(api_schema.raw_schema["paths"])
-    for p in ("/v1/search", "/v1/products", "/v1/products/{asin}", "/v1/products/{asin}/similar",
-              "/v1/categories", "/healthz", "/readyz"):
+    for p in (
+        "/v1/search",
+        "/v1/products",
+        "/v1/products/{asin}",
+        "/v1/products/{asin}/similar",
+        "/v1/categories",
+        "/healthz",
+        "/readyz",
+    ):
         assert p in paths, sorted(paths)
 
 

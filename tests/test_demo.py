@@ -3,6 +3,7 @@
 The demo runs once per test session (``demo_output``, shared with test_browser.py).
 CI shrinks only the training (``--epochs 1``); every stage still runs.
 """
+
 import gzip
 import json
 import os
@@ -34,10 +35,22 @@ def demo_output(tmp_path_factory):
         # offline and no Keras cache (a proxy that refuses, an empty KERAS_HOME): the demo says so
         # in one line and trains from scratch -- the path a user without network takes
         off = "http://127.0.0.1:9"
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_HOME=str(tmp_path_factory.mktemp("keras-home")),
-                   HTTPS_PROXY=off, HTTP_PROXY=off, https_proxy=off, http_proxy=off)
-        r = subprocess.run(_command() + ["demo", "--out", out, "--epochs", "1", "--json"],
-                           capture_output=True, text=True, env=env, timeout=600)
+        env = dict(
+            os.environ,
+            TF_CPP_MIN_LOG_LEVEL="2",
+            KERAS_HOME=str(tmp_path_factory.mktemp("keras-home")),
+            HTTPS_PROXY=off,
+            HTTP_PROXY=off,
+            https_proxy=off,
+            http_proxy=off,
+        )
+        r = subprocess.run(
+            _command() + ["demo", "--out", out, "--epochs", "1", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert r.returncode == 0, r.stderr[-4000:]
         _DEMO.update(dir=out, stdout=r.stdout, stderr=r.stderr)
     return _DEMO["dir"]
@@ -70,7 +83,7 @@ def test_sample_catalog_is_installed_and_consistent():
             assert max(im.size) <= 160 and im.format == "JPEG"
     for f in files:
         total += os.path.getsize(os.path.join(sample.images_dir(), f))
-    assert total < 8 * 2 ** 20  # a few MB
+    assert total < 8 * 2**20  # a few MB
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
@@ -113,9 +126,13 @@ def test_choose_queries_spreads_over_classes():
 
     from amazon_visual.web.report import choose_queries
 
-    items = pd.DataFrame({"asin": [f"B0{i:08d}" for i in range(12)],
-                          "label": ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "f", "f"],
-                          "split": ["test", "train"] * 6})
+    items = pd.DataFrame(
+        {
+            "asin": [f"B0{i:08d}" for i in range(12)],
+            "label": ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "f", "f"],
+            "split": ["test", "train"] * 6,
+        }
+    )
     q = choose_queries(items, 3)
     assert q == ["B000000000", "B000000004", "B000000008"]
     assert len(choose_queries(items, 50)) == 6
@@ -146,8 +163,16 @@ def test_demo_end_to_end_writes_every_artifact(tmp_path_factory):
 
     # run, evaluation, compare
     r = summary["run_dir"]
-    for f in ("model.keras", "config.json", "labels.json", "history.csv", "learning_curves.png",
-              "eval_test/metrics.json", "eval_test/confusion_matrix.png", "eval_test/classification_report.txt"):
+    for f in (
+        "model.keras",
+        "config.json",
+        "labels.json",
+        "history.csv",
+        "learning_curves.png",
+        "eval_test/metrics.json",
+        "eval_test/confusion_matrix.png",
+        "eval_test/classification_report.txt",
+    ):
         assert os.path.isfile(os.path.join(r, f)), f
     metrics = _load(os.path.join(r, "eval_test", "metrics.json"))
     assert 0.0 <= metrics["accuracy"] <= 1.0 and len(metrics["confusion_matrix"]) == 10
@@ -181,8 +206,12 @@ def test_demo_end_to_end_writes_every_artifact(tmp_path_factory):
         page = f.read()
     for anchor in ('id="data"', 'id="compare"', 'id="run-1"', 'id="recommendations"'):
         assert anchor in page
-    for alt in ("examples per class and split", "loss and accuracy per epoch", "misclassified examples (test)",
-                "confusion matrix (test)"):
+    for alt in (
+        "examples per class and split",
+        "loss and accuracy per epoch",
+        "misclassified examples (test)",
+        "confusion matrix (test)",
+    ):
         assert f'alt="{alt}' in page, alt
     assert page.count("<img") >= 4 + 4 * 6  # 4 figures, 4 galleries of a query and 5 look-alikes
     assert page.count('class="av-gallery"') == 4
@@ -192,7 +221,8 @@ def test_demo_end_to_end_writes_every_artifact(tmp_path_factory):
     assert f"precision@5 of these 4 queries: <strong>{shown}</strong>" in page
     assert page.count("\u2014 precision@5 ") == 4
     assert summary["precision_at_k"] == pytest.approx(
-        sum(sum(r["label"] == q["query"]["label"] for r in q["results"]) / 5 for q in recs["queries"]) / 4)
+        sum(sum(r["label"] == q["query"]["label"] for r in q["results"]) / 5 for q in recs["queries"]) / 4
+    )
 
     # a report for the run alone, with galleries queried live from the index (no TensorFlow)
     from amazon_visual.web.report import write_report

@@ -4,6 +4,7 @@ the landing page's promises and the generated CLI reference of the docs.
 (CI builds the wheel itself, installs it alone in a fresh virtual environment and runs the demo
 and the service from it: ``.ci/run``.)
 """
+
 import configparser
 import importlib.util
 import os
@@ -42,16 +43,19 @@ def test_one_version_everywhere():
     cfg.read(os.path.join(ROOT, "setup.cfg"))
     assert cfg["metadata"]["version"].strip() == "attr: amazon_visual.__version__"
     assert re.fullmatch(r"\d+\.\d+\.\d+([ab]|rc)?\d*", amazon_visual.__version__)
-    for cmd in ([sys.executable, "-m", "amazon_visual", "--version"],
-                [sys.executable, "-m", "amazon_visual.cli", "--version"]):
+    for cmd in (
+        [sys.executable, "-m", "amazon_visual", "--version"],
+        [sys.executable, "-m", "amazon_visual.cli", "--version"],
+    ):
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and r.stdout.strip() == f"amazon-visual {amazon_visual.__version__}", r
     assert f"## [{amazon_visual.__version__}]" in _read("CHANGELOG.md")
 
 
 def test_python_m_amazon_visual_runs_the_cli():
-    r = subprocess.run([sys.executable, "-m", "amazon_visual", "no-such-command"], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "amazon_visual", "no-such-command"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2 and "invalid choice" in r.stderr
 
 
@@ -95,8 +99,12 @@ def test_readme_is_a_landing_page_that_links_every_command_to_the_docs():
     _hook()
     rows = [line for line in readme.splitlines() if line.startswith("| `amazon-visual ")]
     for name in _subcommands():
-        row = [r for r in rows if re.search(rf"`amazon-visual {re.escape(name)}\b", r)
-               or re.search(rf"`amazon-visual [^|]*`{re.escape(name)}`", r)]
+        row = [
+            r
+            for r in rows
+            if re.search(rf"`amazon-visual {re.escape(name)}\b", r)
+            or re.search(rf"`amazon-visual [^|]*`{re.escape(name)}`", r)
+        ]
         assert row and "](docs/" in row[0], f"README: no row linking `amazon-visual {name}` to its docs page"
     for link in re.findall(r"\]\((docs/[^)#]+)", readme):
         assert os.path.isfile(os.path.join(ROOT, link)), f"README links to {link}, which does not exist"

@@ -4,6 +4,7 @@
 section per subcommand (its description, usage line and a table of its options), read from
 the very parser ``amazon-visual`` runs, so the page cannot drift from the command.
 """
+
 import argparse
 import os
 
@@ -47,8 +48,11 @@ def section(name, parser, level=2):
     if parser.description:
         out += [_escape(parser.description), ""]
     out += ["```text", parser.format_usage().strip(), "```", ""]
-    rows = [a for a in parser._actions if a.help != argparse.SUPPRESS
-            and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+    rows = [
+        a
+        for a in parser._actions
+        if a.help != argparse.SUPPRESS and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+    ]
     if rows:
         out += ["| argument | what |", "|---|---|"]
         out += [f"| {_option_names(a)} | {_help(parser, a) or '&nbsp;'} |" for a in rows]
