@@ -384,7 +384,8 @@ def report(res, args):
         print(json.dumps(res, indent=2))
         return
     print(f"index {res['index']}; server workers {res.get('workers', 1)}; "
-          f"concurrency {res['concurrency']}, k {res['k']}; load average before {res['load_before'][0]:.2f}, after {res['load_after'][0]:.2f}")
+          f"concurrency {res['concurrency']}, k {res['k']}; "
+          f"load average before {res['load_before'][0]:.2f}, after {res['load_after'][0]:.2f}")
     print(f"in process, batches of {res['concurrency']}: {res['in_process_img_per_s']:.1f} photos/s; one at a time: "
           f"{res['in_process_single_img_per_s']:.1f} photos/s")
     print(f"{'phase':<18}{'requests':>9}{'QPS':>8}{'errors':>7}{'srv CPU ms/req':>16}   per kind: QPS, p50 / p99 ms")
