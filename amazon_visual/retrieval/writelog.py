@@ -50,6 +50,7 @@ TEXT_ATTRIBUTES = ("title", "brand")
 NUMBER_ATTRIBUTES = {"price": (0.0, math.inf), "average_rating": (0.0, 5.0), "rating_number": (0.0, math.inf)}
 ATTRIBUTES = ("title", "category", "brand", "price", "average_rating", "rating_number")
 MAX_TEXT = 1000
+SCAN_BLOCK = 1024  # live rows per matrix-vector product of the overlay scan
 FEW_HIDDEN = 100  # under 1% of the index's items hidden: an unfiltered query drops them from the ANN's answer
 ASIN_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -660,7 +661,9 @@ class LiveIndex:
 
         def make():
             visible = snap.visible_base()
-            return F.Selection(visible) if allowed is None else allowed & visible
+            sel = F.Selection(visible) if allowed is None else allowed & visible
+            sel.key = ("live", self.overlay.log_id, snap.seq, filters or None)  # its rows kept until the next write
+            return sel
 
         return self._cached(snap, ("base", filters or None), make)
 
@@ -727,7 +730,10 @@ class LiveIndex:
         if n_ok == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         q = normalize(np.asarray(vector, np.float32).reshape(-1))
-        sims = snap.vecs @ q  # every slot (contiguous rows, no gather), then the masked ones dropped
+        # every slot (contiguous rows, no gather), then the masked ones dropped; in blocks, each under the size
+        # at which OpenBLAS splits a product over threads (measured: 9,000 x 128 in one product took 19 ms on a
+        # busy 2-core machine, in blocks of 1,024 rows 1.5 ms)
+        sims = np.concatenate([snap.vecs[i:i + SCAN_BLOCK] @ q for i in range(0, snap.n, SCAN_BLOCK)])
         sims[~mask] = -np.inf
         k = min(int(k), n_ok)
         top = np.argpartition(-sims, k - 1)[:k] if k < sims.size else np.arange(sims.size)
@@ -803,6 +809,7 @@ class FilterSelection(F.Selection):
     def __init__(self, sel, filters):
         super().__init__(sel.mask, sel.count)
         self._sel, self.filters = sel, filters
+        self.key = sel.key  # the exact path's kept rows are the index's selection's
 
     @property
     def ids(self):
