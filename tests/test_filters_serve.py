@@ -145,9 +145,11 @@ def test_page_filter_controls_in_chromium(browser, index_dir):  # noqa: F811
         page.fill("#max-price", "40")
         page.dispatch_event("#max-price", "change")
         page.select_option("#min-rating", "4")
+        # the grid of the last query (brand, price and rating), not of one still on its way
         page.wait_for_function("""() => { const t = Array.from(document.querySelectorAll('#results .attrs'))
-            .map(a => a.textContent); return t.length === 12 && t.every(s => /^\\$\\d/.test(s) && (s.includes('Zed') ||
-            s.includes('Other'))); }""", timeout=20000)
+            .map(a => a.textContent.split(' \u00b7 ')); return t.length === 12 && t.every(p => p.length === 3 &&
+            parseFloat(p[0].slice(1)) <= 40 && ['Zed', 'Other'].includes(p[1]) && parseFloat(p[2]) >= 4); }""",
+                               timeout=20000)
         lines = page.evaluate("() => Array.from(document.querySelectorAll('#results .attrs')).map(a => a.textContent)")
         for line in lines:
             price, brand, rating = line.split(" \u00b7 ")

@@ -3,7 +3,7 @@
 (function () {
   "use strict";
   const $ = (id) => document.getElementById(id);
-  const state = { last: null, page: 1, pages: 1, queryUrl: null };
+  const state = { last: null, page: 1, pages: 1, queryUrl: null, seq: 0 };
 
   function params() {
     const p = new URLSearchParams({ k: $("k").value });
@@ -75,15 +75,17 @@
 
   async function run(request, describe) {
     state.last = { request, describe };
+    const seq = ++state.seq;  // filters change quickly: only the latest query's answer is shown
     setStatus("Searching…");
     let resp, body;
     try {
       resp = await request();
       body = await resp.json();
     } catch (err) {
-      setStatus("The server did not answer: " + err, true);
+      if (seq === state.seq) setStatus("The server did not answer: " + err, true);
       return;
     }
+    if (seq !== state.seq) return;
     if (!resp.ok) {
       const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
       setStatus("Error " + resp.status + ": " + detail, true);
