@@ -17,6 +17,9 @@ from amazon_visual.models.heads import DEFAULT_DROPOUT, DEFAULT_EMBEDDING_DIM, c
 from amazon_visual.models.layers import Preprocess
 
 STAGES = ((32, 2), (64, 2), (128, 2), (256, 2))
+# Layers keep at least 16 filters: with 8 (width 0.25) in this network, TensorFlow 2.21's oneDNN CPU kernels
+# corrupted memory (the process aborted) on a batch smaller than the ones before it.
+MIN_FILTERS = 16
 
 
 def _conv_bn(x, filters, kernel, strides, name, bn_momentum, relu=True, zero_gamma=False):
@@ -41,7 +44,7 @@ def basic_block(x, filters, strides, name, bn_momentum=0.9):
 def build_resnet_small(num_classes, image_size=64, width=1.0, embedding_dim=DEFAULT_EMBEDDING_DIM,
                        dropout=DEFAULT_DROPOUT, bn_momentum=0.9, name="resnet_small"):
     def w(n):
-        return max(4, int(round(n * width)))
+        return max(MIN_FILTERS, int(round(n * width)))
 
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = Preprocess("unit", name="preprocess")(inputs)
