@@ -189,6 +189,40 @@ def test_bad_inputs_are_one_line(world, tmp_path, capsys):
     assert "is a file" in _one_line_error(capsys, ["audit", world["index"], "--out", str(tmp_path / "file")])
 
 
+def test_search_collapses_duplicate_groups(world, tmp_path):
+    """collapse_duplicates: one product per group (none of the query's own), k results still; 400 without groups."""
+    import shutil
+
+    from serve_helpers import client_for
+
+    from amazon_visual.errors import UserError
+    from amazon_visual.retrieval.recommend import Recommender
+
+    index = str(tmp_path / "index")
+    shutil.copytree(world["index"], index)
+    shutil.copyfile(os.path.join(world["out"], "duplicates.csv"), os.path.join(index, "duplicates.csv"))
+    n = 3 * PER_CLASS + 1
+    with Recommender.load(index) as rec:
+        plain = [r["asin"] for r in rec.similar_to_asin(ORIGINAL, k=n)]
+        assert COPY in plain and len(plain) == n - 1
+        own = [r["asin"] for r in rec.recommend(asin=ORIGINAL, k=n, collapse_duplicates=True)["results"]]
+        assert COPY not in own and len(own) == n - 2
+        other = "A020001"
+        both = [r["asin"] for r in rec.recommend(asin=other, k=n, collapse_duplicates=True)["results"]]
+        assert len(both) == n - 2 and len({ORIGINAL, COPY} & set(both)) == 1
+        top = rec.recommend(asin=other, k=3, collapse_duplicates=True)
+        assert len(top["results"]) == 3 and top["query"]["collapse_duplicates"] is True
+    with client_for(index) as client:
+        r = client.get(f"/v1/products/{ORIGINAL}/similar", params={"k": n, "collapse_duplicates": "true"})
+        assert r.status_code == 200 and COPY not in [x["asin"] for x in r.json()["results"]]
+        assert r.json()["query"]["collapse_duplicates"] is True
+    with client_for(world["index"]) as client:
+        r = client.get(f"/v1/products/{ORIGINAL}/similar", params={"collapse_duplicates": "true"})
+        assert r.status_code == 400 and "duplicates.csv" in r.json()["detail"]
+    with Recommender.load(world["index"]) as rec, pytest.raises(UserError, match="no duplicates.csv"):
+        rec.recommend(asin=ORIGINAL, collapse_duplicates=True)
+
+
 def test_page_renders_in_chromium(world, browser):  # noqa: F811
     from test_browser import BUILD
 

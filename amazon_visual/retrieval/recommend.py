@@ -41,6 +41,7 @@ import numpy as np
 from amazon_visual.errors import UserError
 from amazon_visual.retrieval import filters as F
 from amazon_visual.retrieval import writelog
+from amazon_visual.retrieval.collapse import collapsed_search, group_ids
 from amazon_visual.retrieval.index import check_manifest, load_index
 
 
@@ -130,18 +131,23 @@ class Recommender:
         emb, probs, arrays = self.embedder.embed_images([img])
         return emb[0], (None if probs is None else probs[0]), arrays[0]
 
-    def recommend(self, image=None, asin=None, k=10, min_similarity=None, same_category=False, filters=None):
+    def recommend(self, image=None, asin=None, k=10, min_similarity=None, same_category=False, filters=None,
+                  collapse_duplicates=False):
         """One query by ``image`` or ``asin``: ``{"query": {...}, "results": [...], "query_image": array|None}``.
 
         ``query`` describes the query (kind, asin/title/label or the image's predicted
         category, the category used by ``same_category``, the ``filters`` applied).
         ``filters``: a mapping or :class:`~amazon_visual.retrieval.filters.Filters` (checked
-        before the model runs: bad filters raise :class:`UserError`).
+        before the model runs: bad filters raise :class:`UserError`). ``collapse_duplicates``: one
+        product of each duplicate group (:mod:`.collapse`; INDEX_DIR's ``duplicates.csv``), and none
+        of the query product's own group.
         """
         if (image is None) == (asin is None):
             raise UserError("give either an image or an ASIN to query")
         filters = F.parse_filters(filters)
         F.columns(self.index).select(filters)  # an unknown category fails before the model runs
+        if collapse_duplicates:
+            group_ids(self.index)  # no duplicates.csv fails before the model runs too
         k = int(k)
         if k < 1:
             raise UserError(f"k must be at least 1, not {k}")
@@ -187,7 +193,9 @@ class Recommender:
             query["same_category"] = keep_label
         if filters:
             query["filters"] = filters.to_dict()
-        results = self._search(vec, k, min_similarity, keep_label, exclude, filters)
+        if collapse_duplicates:
+            query["collapse_duplicates"] = True
+        results = self._search(vec, k, min_similarity, keep_label, exclude, filters, collapse_duplicates)
         return {"query": query, "results": results, "query_image": query_image}
 
     # ------------------------------------------------------------------ internals
@@ -201,7 +209,7 @@ class Recommender:
             score[lab] = score.get(lab, 0.0) + max(float(s), 0.0) + 1e-6
         return max(score, key=score.get)
 
-    def _search(self, vec, k, min_similarity, keep_label, exclude, filters=F.Filters()):
+    def _search(self, vec, k, min_similarity, keep_label, exclude, filters=F.Filters(), collapse_duplicates=False):
         """The results of one query: the items allowed by ``filters`` AND ``keep_label`` nearest ``vec``."""
         cols = F.columns(self.index)
         if keep_label is not None and filters.category in (None, keep_label) and cols.has_label(keep_label):
@@ -209,7 +217,10 @@ class Recommender:
         elif keep_label is not None:  # a category no item has, or two different ones: nothing matches
             return []
         allowed = cols.select(filters)
-        ids, sims = self._candidates(vec, k, allowed, exclude)
+        if collapse_duplicates:
+            ids, sims = collapsed_search(lambda n: self._candidates(vec, n, allowed, exclude), self.index, k, exclude)
+        else:
+            ids, sims = self._candidates(vec, k, allowed, exclude)
         if min_similarity is not None:
             keep = sims >= float(min_similarity)
             ids, sims = ids[keep], sims[keep]

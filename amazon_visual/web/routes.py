@@ -27,6 +27,8 @@ BRAND = Query(None, max_length=200, description="keep this brand (repeat the par
 MIN_PRICE = Query(None, description="keep products with a price >= this (a product without a price never matches)")
 MAX_PRICE = Query(None, description="keep products with a price <= this (a product without a price never matches)")
 MIN_RATING = Query(None, description="keep products with an average rating >= this (0 to 5; unrated never matches)")
+COLLAPSE = Query(False, description="one product of each duplicate group (groups: the duplicates.csv of amazon-visual "
+                                    "audit copied into INDEX_DIR; 400 when there is none)")
 ASIN = Path(..., min_length=1, max_length=64)
 
 #: the error answers of the API, declared in its OpenAPI schema: every one is JSON {"detail": ...}, a line
@@ -89,6 +91,8 @@ def query_json(q):
         out["filtered_category"] = q["same_category"]
     if q.get("filters"):
         out["filters"] = q["filters"]
+    if q.get("collapse_duplicates"):
+        out["collapse_duplicates"] = True
     return out
 
 
@@ -129,21 +133,23 @@ def _answer(out, t0, gen):
                          "took_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
 
-def _asin_search(request, asin, k, min_similarity, category, same_category, filters=None):
+def _asin_search(request, asin, k, min_similarity, category, same_category, filters=None, collapse=False):
     t0 = time.perf_counter()
     gen = request.app.state.holder.generation
     rec = gen.rec
     if asin not in rec.index.asin_to_id:
         raise HTTPException(404, f"ASIN {asin} is not in the index: query an indexed ASIN or a photo")
     out = rec.recommend(asin=asin, k=k, min_similarity=min_similarity,
-                        same_category=_filters(gen, category, same_category), filters=filters)
+                        same_category=_filters(gen, category, same_category), filters=filters,
+                        collapse_duplicates=collapse)
     return _answer(out, t0, gen)
 
 
-def _photo_search(gen, data, k, min_similarity, keep, max_pixels, name, filters=None):
+def _photo_search(gen, data, k, min_similarity, keep, max_pixels, name, filters=None, collapse=False):
     t0 = time.perf_counter()
     image = read_image(data, max_pixels, name)
-    out = gen.rec.recommend(image=image, k=k, min_similarity=min_similarity, same_category=keep, filters=filters)
+    out = gen.rec.recommend(image=image, k=k, min_similarity=min_similarity, same_category=keep, filters=filters,
+                            collapse_duplicates=collapse)
     return _answer(out, t0, gen)
 
 
@@ -172,12 +178,13 @@ async def _read_query(request):
 async def search(request: Request, k: int = K, min_similarity: Optional[float] = MIN_SIM,
                  category: Optional[str] = CATEGORY, same_category: bool = SAME,
                  brand: Optional[list[str]] = BRAND, min_price: Optional[float] = MIN_PRICE,
-                 max_price: Optional[float] = MAX_PRICE, min_rating: Optional[float] = MIN_RATING):
+                 max_price: Optional[float] = MAX_PRICE, min_rating: Optional[float] = MIN_RATING,
+                 collapse_duplicates: bool = COLLAPSE):
     filters = attribute_filters(request, brand, min_price, max_price, min_rating)
     query = await _read_query(request)
     state = request.app.state
     if query[0] == "asin":
-        return _asin_search(request, query[1], k, min_similarity, category, same_category, filters)
+        return _asin_search(request, query[1], k, min_similarity, category, same_category, filters, collapse_duplicates)
     gen = state.holder.generation
     keep = _filters(gen, category, same_category)
     if query[0] == "url":
@@ -189,7 +196,7 @@ async def search(request: Request, k: int = K, min_similarity: Optional[float] =
     else:
         data, name = query[1], query[2]
     return await run_in_threadpool(_photo_search, gen, data, k, min_similarity, keep, state.settings.max_pixels, name,
-                                   filters)
+                                   filters, collapse_duplicates)
 
 
 @router.get("/v1/products/{asin}", summary="one indexed product")
@@ -207,9 +214,10 @@ async def product(request: Request, asin: str = ASIN):
 async def similar(request: Request, asin: str = ASIN, k: int = K, min_similarity: Optional[float] = MIN_SIM,
                   category: Optional[str] = CATEGORY, same_category: bool = SAME,
                   brand: Optional[list[str]] = BRAND, min_price: Optional[float] = MIN_PRICE,
-                  max_price: Optional[float] = MAX_PRICE, min_rating: Optional[float] = MIN_RATING):
+                  max_price: Optional[float] = MAX_PRICE, min_rating: Optional[float] = MIN_RATING,
+                  collapse_duplicates: bool = COLLAPSE):
     filters = attribute_filters(request, brand, min_price, max_price, min_rating)
-    return _asin_search(request, asin, k, min_similarity, category, same_category, filters)
+    return _asin_search(request, asin, k, min_similarity, category, same_category, filters, collapse_duplicates)
 
 
 @router.get("/v1/products", summary="browse the catalog: by category, title words, page by page")
