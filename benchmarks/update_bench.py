@@ -87,6 +87,21 @@ def catalogs(root, n, change, repriced, classes, px):
             "added": len(added), "changed": len(photo), "removed": len(removed), "repriced": len(priced)}
 
 
+def backbone_run(run_dir, name, image_size, data_dir):
+    """A RUN_DIR whose embedding is a keras.applications backbone with random weights (the cost of a real model's
+    embedding without downloading its weights): its ``embedding`` layer is the pooled features."""
+    from amazon_visual import data, models
+
+    model = models.build_embedder(name, image_size=image_size, weights=None)
+    os.makedirs(run_dir, exist_ok=True)
+    model.save(os.path.join(run_dir, "model.keras"))
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump({"model": name, "image_size": image_size, "embedding_layer": "embedding", "objective": "retrieval",
+                   "embedding_dim": int(model.outputs[0].shape[-1]), "weights": "none", "resize": "pad"}, f)
+    with open(os.path.join(run_dir, "labels.json"), "w") as f:
+        json.dump(data.class_names(data_dir), f)
+
+
 def same_index(a, b):
     """(equal, detail): the two INDEX_DIRs hold the same items and attributes in the same order, embeddings 1e-5."""
     from amazon_visual.retrieval.index import load_index
@@ -112,10 +127,13 @@ def main(argv=None):
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--px", type=int, default=32)
     ap.add_argument("--work", default="/tmp/av_update")
+    ap.add_argument("--backbone", default=None, help="embed with this keras.applications backbone (random "
+                    "weights, --image-size) instead of growth.py's small trained model")
+    ap.add_argument("--image-size", type=int, default=96, help="the backbone's input size")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
-    root = os.path.join(args.work, f"n{args.n}")
+    root = os.path.join(args.work, f"n{args.n}" + (f"-{args.backbone}" if args.backbone else ""))
     if os.path.isdir(root):
         shutil.rmtree(root)
     os.makedirs(root)
@@ -132,8 +150,14 @@ def main(argv=None):
                          "--image-size", str(args.px), "--workers", "2", "--no-progress", "--out", d[name])
         rows.append({"stage": f"build-data ({name})", **growth.measure(cmd, log)})
         print(json.dumps(rows[-1]), flush=True)
-    rows.append({"stage": "train (5 steps)", **growth.measure([sys.executable, "-c", TRAIN, d["old-data"], d["run"]],
-                                                               log)})
+    if args.backbone:
+        t0 = time.perf_counter()
+        backbone_run(d["run"], args.backbone, args.image_size, d["old-data"])
+        rows.append({"stage": f"run of {args.backbone} at {args.image_size} px (random weights)",
+                     "wall_s": round(time.perf_counter() - t0, 2)})
+    else:
+        rows.append({"stage": "train (5 steps)",
+                     **growth.measure([sys.executable, "-c", TRAIN, d["old-data"], d["run"]], log)})
     rows.append({"stage": "index (old catalog)",
                  **growth.measure(growth.cli("index", d["run"], "--data", d["old-data"], "--out", d["index"]), log)})
     print(json.dumps(rows[-1]), flush=True)
