@@ -94,7 +94,7 @@ def test_finds_the_injected_duplicate_and_the_moved_label(world):
     dup = _read(os.path.join(out, "duplicates.csv"))
     assert dup[0] == ["group", "asin", "split", "similarity", "representative", "kind"]
     groups = {}
-    for g, asin, split, sim, rep, kind in dup[1:]:
+    for g, asin, _split, sim, rep, kind in dup[1:]:
         groups.setdefault(g, []).append((asin, rep, kind, float(sim)))
     assert len(groups) == 1, groups  # the one injected copy, and no other product
     members = next(iter(groups.values()))
@@ -124,7 +124,8 @@ def test_finds_the_injected_duplicate_and_the_moved_label(world):
 
 
 def test_build_data_applies_the_reviewed_csvs(world, tmp_path):
-    """The round trip: duplicates.csv as --exclude-file drops the copy, misfiled.csv as --relabel-file moves the label."""
+    """The round trip: duplicates.csv as --exclude-file drops the copy, misfiled.csv as --relabel-file moves
+    the label."""
     from amazon_visual import data
     from tfrecords_builder.build import build_data
 
@@ -166,9 +167,8 @@ def _one_line_error(capsys, argv):
 def test_bad_inputs_are_one_line(world, tmp_path, capsys):
     import shutil
 
-    from helpers_training import tiny_dataset
-
     from amazon_visual import data
+    from helpers_training import tiny_dataset
 
     other = os.path.join(world["root"], "other")
     other_data = tiny_dataset(other, classes=("cyan", "magenta"), per_class=6, size=40)
@@ -193,10 +193,9 @@ def test_search_collapses_duplicate_groups(world, tmp_path):
     """collapse_duplicates: one product per group (none of the query's own), k results still; 400 without groups."""
     import shutil
 
-    from serve_helpers import client_for
-
     from amazon_visual.errors import UserError
     from amazon_visual.retrieval.recommend import Recommender
+    from serve_helpers import client_for
 
     index = str(tmp_path / "index")
     shutil.copytree(world["index"], index)

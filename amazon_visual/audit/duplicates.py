@@ -166,13 +166,13 @@ def groups(index, pairs, accepted, exact, sizes):
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    n = index.n_items
     i, j = pairs["i"][accepted], pairs["j"][accepted]
     if not len(i):
         return [], 0
     nodes = np.unique(np.concatenate([i, j]))
     pos = {int(x): t for t, x in enumerate(nodes)}
-    li = np.array([pos[int(x)] for x in i]); lj = np.array([pos[int(x)] for x in j])
+    li = np.array([pos[int(x)] for x in i])
+    lj = np.array([pos[int(x)] for x in j])
     graph = coo_matrix((np.ones(len(li)), (li, lj)), shape=(len(nodes), len(nodes)))
     _, comp = connected_components(graph, directed=False)
     ex = exact[accepted]

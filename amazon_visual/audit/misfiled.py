@@ -71,7 +71,8 @@ def find(labels, probs, cut="confidence", max_filed_probability=MAX_FILED_PROBAB
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
     estimate = int(num_label_issues(labels, probs, estimation_method="off_diagonal_calibrated"))
     if cut == "filter":
-        return np.asarray(find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")), quality, estimate
+        flagged = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+        return np.asarray(flagged), quality, estimate
     ranked = np.argsort(quality, kind="stable")
     ranked = ranked[probs[ranked].argmax(1) != labels[ranked]]
     if cut == "count":

@@ -61,7 +61,8 @@ def find_duplicates(index, data_dir, settings, timings, progress):
                    "a second look at their photos")
     t0 = time.perf_counter()
     if data_dir is None and len(ids) and not index.manifest.get("thumbnails", True):
-        raise UserError(f"{index.index_dir} has no thumbnails: pass --data DATA_DIR so the audit can look at the photos")
+        raise UserError(f"{index.index_dir} has no thumbnails: pass --data DATA_DIR so the audit can look at the "
+                        "photos")
     looks = {i: look(img) for i, img in inputs.photos(index, ids, data_dir).items()}
     timings["photos"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
