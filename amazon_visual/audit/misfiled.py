@@ -97,7 +97,10 @@ def audit(index, groups=None, folds=5, cut="confidence", seed=0, max_train=50_00
     """The misfiled finding of a loaded index: ``(rows, summary dict)``."""
     items = index.items
     labels = items["label_id"].to_numpy()
-    names = index.manifest.get("class_names") or sorted(set(items["label"]))
+    names = index.manifest.get("class_names")
+    if not names:  # an index without class names: each label id's label, as the items table has it
+        named = dict(zip(items["label_id"].tolist(), items["label"].tolist()))
+        names = [str(named.get(c, c)) for c in range(int(labels.max()) + 1)]
     known = labels >= 0
     if known.sum() < 2 * folds or len(np.unique(labels[known])) < 2:
         return [], {"skipped": "fewer than two classes or too few labelled items"}
