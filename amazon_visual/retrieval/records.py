@@ -205,10 +205,10 @@ def embed_records(predict, serialized, features, image_size, resize, thumbnails,
         emb = normalize(np.asarray(predict(batch.pop("pixels")), np.float32))
         embs.append(emb.reshape(len(emb), -1))
         fields.extend({k: v[j] for k, v in batch.items()} for j in range(len(emb)))
-    for f, record in zip(fields, serialized):
-        f["image_sha256"] = image_sha256(record)
         if on_batch is not None:
             on_batch(len(emb))
+    for f, record in zip(fields, serialized):
+        f["image_sha256"] = image_sha256(record)
     return np.concatenate(embs), fields
 
 
