@@ -448,3 +448,20 @@ def test_update_folds_the_log_and_keeps_live_writes(world, tmp_path):
     m = update_index(world["data"], index_dir, run_dir=world["run"], batch_size=8, progress=False)
     assert m["update"]["log_entries_compacted"] == 1
     assert [e["seq"] for e in writelog.read_entries(index_dir)] == [2, 3, 4]
+
+
+def test_a_writable_build_killed_before_its_manifest_resumes(tmp_path):
+    """The empty log is written just before the manifest: a kill in between leaves it beside .partial,
+    and the same command must still be allowed to resume (not asked for --overwrite)."""
+    from amazon_visual.errors import UserError
+    from amazon_visual.retrieval.index import _prepare_out
+    from amazon_visual.retrieval.writelog import LOG_FILE
+
+    out = tmp_path / "idx"
+    (out / ".partial").mkdir(parents=True)
+    for name in (LOG_FILE, f"{LOG_FILE}-wal", f"{LOG_FILE}-shm"):
+        (out / name).write_bytes(b"")
+    assert _prepare_out(out, overwrite=False) == str(out)
+    (out / "somebody-elses.txt").write_text("x")
+    with pytest.raises(UserError, match="not empty"):
+        _prepare_out(out, overwrite=False)

@@ -310,7 +310,11 @@ def _alive(pid):
 
 def _prepare_out(out_dir, overwrite):
     out_dir = os.fspath(out_dir)
-    files = {INDEX_FILE, backends.HnswBackend.index_file, EMBEDDINGS, ITEMS, THUMBS, EMBEDDER_FILE}
+    from amazon_visual.retrieval.writelog import LOG_FILE
+
+    # a writable build writes its (empty) log just before the manifest: a kill in between leaves it
+    files = {INDEX_FILE, backends.HnswBackend.index_file, EMBEDDINGS, ITEMS, THUMBS, EMBEDDER_FILE,
+             LOG_FILE, f"{LOG_FILE}-wal", f"{LOG_FILE}-shm"}
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         # an interrupted build (no manifest yet, only files of ours) resumes; anything else needs --overwrite
         resumable = os.path.isdir(os.path.join(out_dir, PARTIAL)) and not os.path.exists(
