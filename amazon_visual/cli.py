@@ -727,7 +727,7 @@ def add_audit(sub):
                    help=f"aligned photo correlation that makes a near copy (default {DEFAULTS['near_aligned']})")
     p.add_argument("--folds", type=int, default=5, metavar="N", help="folds of the out-of-fold model (default 5)")
     p.add_argument("--misfiled-cut", default="confidence", choices=["confidence", "count", "filter"],
-                   help="confidence (default): the filed class's out-of-fold probability under 0.005; count: as "
+                   help="confidence (default): the filed class's out-of-fold probability under 0.02; count: as "
                         "many of the worst ranked as cleanlab estimates; filter: cleanlab's default find_label_issues")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print audit.json")
