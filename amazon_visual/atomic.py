@@ -3,6 +3,7 @@
 A reader never sees a half-written file, and a killed process leaves at most a
 ``*.tmp-<pid>`` file behind, never a corrupt target.
 """
+
 import json
 import os
 

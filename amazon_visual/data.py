@@ -11,6 +11,7 @@ stage needs::
     data.class_names("data/clothing")      # ['dress', 'hat', ...]
     data.num_examples("data/clothing", "test")
 """
+
 import functools
 import json
 import os
@@ -115,9 +116,21 @@ def resize_image(image, image_size, method="pad"):
     return out
 
 
-def load(data_dir, split="train", image_size=None, batch_size=None, shuffle=False,
-         as_supervised=False, resize="pad", shuffle_buffer=2048, seed=None,
-         repeat=False, prefetch=True, drop_remainder=False, cache=False):
+def load(
+    data_dir,
+    split="train",
+    image_size=None,
+    batch_size=None,
+    shuffle=False,
+    as_supervised=False,
+    resize="pad",
+    shuffle_buffer=2048,
+    seed=None,
+    repeat=False,
+    prefetch=True,
+    drop_remainder=False,
+    cache=False,
+):
     """A ``tf.data.Dataset`` of one split of DATA_DIR.
 
     Args:

@@ -16,6 +16,7 @@
 Images are resized the way the index does it (:func:`amazon_visual.retrieval.embeddings.prepare_image`)
 before they are given to any of these.
 """
+
 import importlib.util
 import os
 import shutil
@@ -58,8 +59,10 @@ def export_run(run_dir, format="saved_model", out=None, overwrite=False):
         raise UserError("--out is required: the folder (saved_model) or file (.tflite, .onnx) to write")
     out = os.path.abspath(os.fspath(out))
     if format == "onnx" and importlib.util.find_spec("tf2onnx") is None:
-        raise UserError("ONNX export needs the packages tf2onnx and onnx (Keras's model.export uses them with "
-                        "TensorFlow): pip install tf2onnx onnx, or export --format saved_model / tflite")
+        raise UserError(
+            "ONNX export needs the packages tf2onnx and onnx (Keras's model.export uses them with "
+            "TensorFlow): pip install tf2onnx onnx, or export --format saved_model / tflite"
+        )
     _check_out(out, format, overwrite)
     model, labels, size = export_model(run_dir)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=os.path.dirname(out)) as tmp:
@@ -71,8 +74,14 @@ def export_run(run_dir, format="saved_model", out=None, overwrite=False):
         else:
             model.export(os.path.join(tmp, "model.onnx"), format="onnx", verbose=False)
             _move_into_place(os.path.join(tmp, "model.onnx"), out)
-    return {"format": format, "path": out, "signatures": list(SIGNATURES) if format != "onnx" else
-            ["embedding", "probabilities"], "image_size": size, "labels": labels, "run_dir": os.path.abspath(run_dir)}
+    return {
+        "format": format,
+        "path": out,
+        "signatures": list(SIGNATURES) if format != "onnx" else ["embedding", "probabilities"],
+        "image_size": size,
+        "labels": labels,
+        "run_dir": os.path.abspath(run_dir),
+    }
 
 
 def _check_out(out, format, overwrite):
@@ -103,15 +112,17 @@ def _write_saved_model(model, labels, size, path, with_labels):
     archive = keras.export.ExportArchive()
     archive.track(model)
     spec = [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")]
-    archive.add_endpoint("embed", lambda images: {"embedding": model(images, training=False)["embedding"]},
-                         input_signature=spec)
+    archive.add_endpoint(
+        "embed", lambda images: {"embedding": model(images, training=False)["embedding"]}, input_signature=spec
+    )
     table = None
     if with_labels:
         labels_file = os.path.join(os.path.dirname(path), "labels.txt")
         with open(labels_file, "w", encoding="utf-8") as f:
             f.write("".join(f"{name}\n" for name in labels))
-        init = tf.lookup.TextFileInitializer(labels_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
-                                             tf.string, tf.lookup.TextFileIndex.WHOLE_LINE)
+        init = tf.lookup.TextFileInitializer(
+            labels_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE
+        )
         table = tf.lookup.StaticHashTable(init, default_value="")
         archive.track(table)
 

@@ -27,6 +27,7 @@ moved) in an INDEX_DIR with an Annoy index; timed: the duplicate stage without p
 neighbours, candidate pairs, groups) and the misfiled stage. The second look's cost per pair
 is measured on the real photos above.
 """
+
 import argparse
 import csv
 import io
@@ -53,8 +54,10 @@ RE, NEAR = "re", "near"
 def clothing_small():
     src = os.path.join(SHARED, "datasets", "clothing-small")
     with open(os.path.join(src, "labels.csv"), newline="", encoding="utf-8") as f:
-        return [(os.path.splitext(r["image"])[0], r["label"], os.path.join(src, "images", r["image"]))
-                for r in csv.DictReader(f)]
+        return [
+            (os.path.splitext(r["image"])[0], r["label"], os.path.join(src, "images", r["image"]))
+            for r in csv.DictReader(f)
+        ]
 
 
 def packaged_sample():
@@ -86,8 +89,11 @@ def near_copy(img, rng):
     img = ImageEnhance.Brightness(img.crop((x, y, x + w, y + h))).enhance(rng.uniform(0.8, 1.2))
     draw = ImageDraw.Draw(img)
     text = rng.choice(["SALE -30%", "NEW", "BEST PRICE", "www.shop.example", "2 FOR 1"])
-    draw.text((rng.randint(2, max(3, w // 3)), rng.randint(2, max(3, h - 16))), text,
-              fill=rng.choice([(255, 0, 0), (0, 0, 0), (255, 255, 255), (20, 60, 200)]))
+    draw.text(
+        (rng.randint(2, max(3, w // 3)), rng.randint(2, max(3, h - 16))),
+        text,
+        fill=rng.choice([(255, 0, 0), (0, 0, 0), (255, 255, 255), (20, 60, 200)]),
+    )
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
@@ -102,10 +108,13 @@ def inject(items, folder, seed, share_re=0.03, share_near=0.03, share_moved=0.05
     classes = sorted({lab for _, lab, _ in items})
     order = list(range(len(items)))
     rng.shuffle(order)
-    n_re, n_near, n_moved = (round(share_re * len(items)), round(share_near * len(items)),
-                             round(share_moved * len(items)))
-    copied_re, copied_near = order[:n_re], order[n_re:n_re + n_near]
-    moved = set(order[n_re + n_near:n_re + n_near + n_moved])
+    n_re, n_near, n_moved = (
+        round(share_re * len(items)),
+        round(share_near * len(items)),
+        round(share_moved * len(items)),
+    )
+    copied_re, copied_near = order[:n_re], order[n_re : n_re + n_near]
+    moved = set(order[n_re + n_near : n_re + n_near + n_moved])
     rows, truth = [], {"copies": {}, "moved": {}}
     for t, (asin, label, path) in enumerate(items):
         name = f"{asin}{os.path.splitext(path)[1]}"
@@ -137,18 +146,41 @@ def build(work, name, rows, folder, image_size):
     meta = os.path.join(work, f"{name}-meta.jsonl")
     with open(meta, "w", encoding="utf-8") as f:
         for asin, label, file_name in rows:
-            f.write(json.dumps({"asin": asin, "title": f"{label} {asin}",
-                                "category": ["Clothing, Shoes & Jewelry", "Clothing", label],
-                                "imageURL": [file_name]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "asin": asin,
+                        "title": f"{label} {asin}",
+                        "category": ["Clothing, Shoes & Jewelry", "Clothing", label],
+                        "imageURL": [file_name],
+                    }
+                )
+                + "\n"
+            )
     data_dir, index_dir = os.path.join(work, f"{name}-data"), os.path.join(work, f"{name}-index")
     t0 = time.perf_counter()
     if not os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
-        build_data(meta, data_dir, images_dir=folder, categories=sorted({r[1] for r in rows}), image_size=224,
-                   seed=0, progress=False)
+        build_data(
+            meta,
+            data_dir,
+            images_dir=folder,
+            categories=sorted({r[1] for r in rows}),
+            image_size=224,
+            seed=0,
+            progress=False,
+        )
     t1 = time.perf_counter()
     if not os.path.isfile(os.path.join(index_dir, "manifest.json")):
-        build_index(data_dir, index_dir, backbone="mobilenet_v2", weights="imagenet", image_size=image_size,
-                    batch_size=32, progress=False, overwrite=True)
+        build_index(
+            data_dir,
+            index_dir,
+            backbone="mobilenet_v2",
+            weights="imagenet",
+            image_size=image_size,
+            batch_size=32,
+            progress=False,
+            overwrite=True,
+        )
     return data_dir, index_dir, {"build_data_s": round(t1 - t0, 1), "index_s": round(time.perf_counter() - t1, 1)}
 
 
@@ -166,18 +198,26 @@ def score_pairs(pairs, truth, grouped=None):
     for kind in (RE, NEAR):
         copies = [a for a, c in truth["copies"].items() if c["kind"] == kind]
         if grouped is not None:
-            hit = [grouped.get(a) is not None and grouped.get(a) == grouped.get(truth["copies"][a]["original"])
-                   for a in copies]
+            hit = [
+                grouped.get(a) is not None and grouped.get(a) == grouped.get(truth["copies"][a]["original"])
+                for a in copies
+            ]
         else:
             hit = [tuple(sorted((a, truth["copies"][a]["original"]))) in pairs for a in copies]
         touching = [p for p in pairs if any(truth["copies"].get(x, {}).get("kind") == kind for x in p)]
         right = sum(source(a, truth) == source(b, truth) for a, b in touching)
-        out[kind] = {"precision": round(right / len(touching), 4) if touching else None,
-                     "recall": round(sum(hit) / len(copies), 4) if copies else None, "pairs": len(touching)}
+        out[kind] = {
+            "precision": round(right / len(touching), 4) if touching else None,
+            "recall": round(sum(hit) / len(copies), 4) if copies else None,
+            "pairs": len(touching),
+        }
     right = sum(source(a, truth) == source(b, truth) for a, b in pairs)
     clean = [p for p in pairs if not any(x in truth["copies"] for x in p)]
-    out["all"] = {"pairs": len(pairs), "precision": round(right / len(pairs), 4) if pairs else None,
-                  "clean_set_pairs": len(clean)}
+    out["all"] = {
+        "pairs": len(pairs),
+        "precision": round(right / len(pairs), 4) if pairs else None,
+        "clean_set_pairs": len(clean),
+    }
     return out
 
 
@@ -185,7 +225,7 @@ def group_pairs(dup_rows):
     groups = {}
     for r in dup_rows:
         groups.setdefault(r["group"], []).append(r["asin"])
-    pairs = {tuple(sorted((a, b))) for m in groups.values() for i, a in enumerate(m) for b in m[i + 1:]}
+    pairs = {tuple(sorted((a, b))) for m in groups.values() for i, a in enumerate(m) for b in m[i + 1 :]}
     return pairs, {r["asin"]: r["group"] for r in dup_rows}
 
 
@@ -195,10 +235,12 @@ def baseline_pairs(index, looks_all, truth):
     hashes = np.array([int(str(looks_all[i].phash), 16) for i in range(len(asins))], dtype=np.uint64)
     emb = np.asarray(index.embeddings, np.float32)
     out = {}
-    for name, mask_fn in (("phash<=4", lambda lo, hi: _ham(hashes, lo, hi) <= 4),
-                          ("phash<=10", lambda lo, hi: _ham(hashes, lo, hi) <= 10),
-                          ("cosine>=0.90", lambda lo, hi: emb[lo:hi] @ emb.T >= 0.90),
-                          ("cosine>=0.95", lambda lo, hi: emb[lo:hi] @ emb.T >= 0.95)):
+    for name, mask_fn in (
+        ("phash<=4", lambda lo, hi: _ham(hashes, lo, hi) <= 4),
+        ("phash<=10", lambda lo, hi: _ham(hashes, lo, hi) <= 10),
+        ("cosine>=0.90", lambda lo, hi: emb[lo:hi] @ emb.T >= 0.90),
+        ("cosine>=0.95", lambda lo, hi: emb[lo:hi] @ emb.T >= 0.95),
+    ):
         pairs = set()
         for lo in range(0, len(asins), 512):
             hi = min(len(asins), lo + 512)
@@ -225,9 +267,15 @@ def sweep(index, pairs, truth):
             rows, _ = duplicates.groups(index, pairs, acc, ex, {})
             p, g = group_pairs(rows)
             s = score_pairs(p, truth, g)
-            out.append({"near_aligned": near, "colour": colour, **{f"{k}_{m}": s[k][m] for k in (RE, NEAR)
-                                                                  for m in ("precision", "recall")},
-                        "all_precision": s["all"]["precision"], "clean_pairs": s["all"]["clean_set_pairs"]})
+            out.append(
+                {
+                    "near_aligned": near,
+                    "colour": colour,
+                    **{f"{k}_{m}": s[k][m] for k in (RE, NEAR) for m in ("precision", "recall")},
+                    "all_precision": s["all"]["precision"],
+                    "clean_pairs": s["all"]["clean_set_pairs"],
+                }
+            )
     return out
 
 
@@ -243,7 +291,7 @@ def misfiled_scores(index, truth, groups):
     for cut in ("confidence", "count", "filter"):
         flagged, quality, est = misfiled.find(labels, probs, cut)
         out[cut] = _pr(set(asins[flagged]), moved) | {"estimated": est}
-    oracle = np.argsort(quality, kind="stable")[:len(moved)]
+    oracle = np.argsort(quality, kind="stable")[: len(moved)]
     out["oracle_top_n"] = _pr(set(asins[oracle]), moved)
     out["oof_accuracy"] = round(float((probs.argmax(1) == labels).mean()), 4)
     return out
@@ -251,8 +299,11 @@ def misfiled_scores(index, truth, groups):
 
 def _pr(found, true):
     right = len(found & true)
-    return {"flagged": len(found), "precision": round(right / len(found), 4) if found else None,
-            "recall": round(right / len(true), 4) if true else None}
+    return {
+        "flagged": len(found),
+        "precision": round(right / len(found), 4) if found else None,
+        "recall": round(right / len(true), 4) if true else None,
+    }
 
 
 # --------------------------------------------------------------------------
@@ -273,14 +324,28 @@ def quality(work, name, items, seed, image_size):
         dup_rows = [{**r, "group": int(r["group"])} for r in csv.DictReader(f)]
     pairs, grouped = group_pairs(dup_rows)
     injected = [c["kind"] for c in truth["copies"].values()]
-    result = {"dataset": name, "items": summary["n_items"], "injected_re": injected.count(RE),
-              "injected_near": injected.count(NEAR), "moved": len(truth["moved"]),
-              **build_t, "audit_s": round(audit_s, 1), "timings": summary["timings"],
-              "thresholds": summary["thresholds"], "audit": score_pairs(pairs, truth, grouped)}
+    result = {
+        "dataset": name,
+        "items": summary["n_items"],
+        "injected_re": injected.count(RE),
+        "injected_near": injected.count(NEAR),
+        "moved": len(truth["moved"]),
+        **build_t,
+        "audit_s": round(audit_s, 1),
+        "timings": summary["timings"],
+        "thresholds": summary["thresholds"],
+        "audit": score_pairs(pairs, truth, grouped),
+    }
     kinds = {r["asin"]: r["kind"] for r in dup_rows}
-    result["kind_right"] = {k: round(np.mean([kinds.get(a) == ("exact" if k == RE else "near")
-                                              for a, c in truth["copies"].items() if c["kind"] == k]), 4)
-                            for k in (RE, NEAR)}
+    result["kind_right"] = {
+        k: round(
+            np.mean(
+                [kinds.get(a) == ("exact" if k == RE else "near") for a, c in truth["copies"].items() if c["kind"] == k]
+            ),
+            4,
+        )
+        for k in (RE, NEAR)
+    }
     result["clean_set_pairs"] = sorted(p for p in pairs if not any(x in truth["copies"] for x in p))
     # baselines and the sweep: every photo looked at once
     index = inputs.open_index(index_dir)
@@ -295,7 +360,7 @@ def quality(work, name, items, seed, image_size):
     result["candidate_pairs"] = len(cand["i"])
     result["candidate_recall"] = _candidate_recall(index, cand, truth)
     result["sweep"] = sweep(index, looked, truth)
-    group_of = np.arange(index.n_items) + 10 ** 7
+    group_of = np.arange(index.n_items) + 10**7
     ids = {a: t for t, a in enumerate(index.items["asin"].tolist())}
     for r in dup_rows:
         group_of[ids[r["asin"]]] = r["group"]
@@ -337,8 +402,10 @@ def synthetic_index(folder, n, dim, classes=20, seed=0):
         hi = min(n, lo + 100_000)
         emb[lo:hi] = normalize(centres[y[lo:hi]] + 1.6 * rng.normal(size=(hi - lo, dim)).astype(np.float32))
     copies = rng.choice(n, n // 100, replace=False)
-    emb[copies[: len(copies) // 2]] = normalize(emb[copies[len(copies) // 2:]] + 0.01 * rng.normal(
-        size=(len(copies) - len(copies) // 2, dim)).astype(np.float32))
+    emb[copies[: len(copies) // 2]] = normalize(
+        emb[copies[len(copies) // 2 :]]
+        + 0.01 * rng.normal(size=(len(copies) - len(copies) // 2, dim)).astype(np.float32)
+    )
     filed = y.copy()
     moved = rng.choice(n, n // 20, replace=False)
     filed[moved] = (y[moved] + rng.integers(1, classes, len(moved))) % classes
@@ -346,18 +413,44 @@ def synthetic_index(folder, n, dim, classes=20, seed=0):
     import pandas as pd
 
     names = [f"class{c:02d}" for c in range(classes)]
-    pd.DataFrame({"asin": [f"S{i:08d}" for i in range(n)], "title": "", "category": "",
-                  "label": [names[c] for c in filed], "label_id": filed, "image_url": "",
-                  "split": np.where(rng.random(n) < 0.8, "train", "test"), "thumb": "", "brand": "", "price": "",
-                  "average_rating": "", "rating_number": "", "image_sha256": ""}).to_csv(
-        os.path.join(folder, "items.csv"), index=False)
+    pd.DataFrame(
+        {
+            "asin": [f"S{i:08d}" for i in range(n)],
+            "title": "",
+            "category": "",
+            "label": [names[c] for c in filed],
+            "label_id": filed,
+            "image_url": "",
+            "split": np.where(rng.random(n) < 0.8, "train", "test"),
+            "thumb": "",
+            "brand": "",
+            "price": "",
+            "average_rating": "",
+            "rating_number": "",
+            "image_sha256": "",
+        }
+    ).to_csv(os.path.join(folder, "items.csv"), index=False)
     stats = build_annoy(emb, os.path.join(folder, "index.ann"), trees=10)
-    write_json(os.path.join(folder, "manifest.json"), {
-        "format_version": 1, "source": "synthetic", "metric": "angular", "backend": "annoy", "n_items": n,
-        "embedding_dim": dim, "trees": 10, "search_k": -1, "index_file": "index.ann",
-        "index_size_bytes": stats["size_bytes"], "index_sample_sha256": stats["sample_sha256"],
-        "embeddings_file": "embeddings.npy", "thumbnails": False, "class_names": names,
-        "splits": ["train", "test"]})
+    write_json(
+        os.path.join(folder, "manifest.json"),
+        {
+            "format_version": 1,
+            "source": "synthetic",
+            "metric": "angular",
+            "backend": "annoy",
+            "n_items": n,
+            "embedding_dim": dim,
+            "trees": 10,
+            "search_k": -1,
+            "index_file": "index.ann",
+            "index_size_bytes": stats["size_bytes"],
+            "index_sample_sha256": stats["sample_sha256"],
+            "embeddings_file": "embeddings.npy",
+            "thumbnails": False,
+            "class_names": names,
+            "splits": ["train", "test"],
+        },
+    )
     return folder
 
 
@@ -379,9 +472,17 @@ def scale(work, n, dim):
     found, summary = misfiled.audit(index, group_of)
     t3 = time.perf_counter()
     index.close()
-    return {"n": n, "dim": dim, "ann_neighbours_s": round(t1 - t0, 1), "pairs_and_groups_s": round(t2 - t1, 1),
-            "misfiled_s": round(t3 - t2, 1), "total_s": round(t3 - t0, 1), "candidate_pairs": len(pairs["i"]),
-            "groups": n_groups, "flagged": len(found)}
+    return {
+        "n": n,
+        "dim": dim,
+        "ann_neighbours_s": round(t1 - t0, 1),
+        "pairs_and_groups_s": round(t2 - t1, 1),
+        "misfiled_s": round(t3 - t2, 1),
+        "total_s": round(t3 - t0, 1),
+        "candidate_pairs": len(pairs["i"]),
+        "groups": n_groups,
+        "flagged": len(found),
+    }
 
 
 def main():

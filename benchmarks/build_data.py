@@ -25,6 +25,7 @@ before reduced-scale decoding -- against :func:`tfrecords_builder.images.normali
 (reduced-scale decoding), in the same number of processes, and ``build_data`` on the
 set. The ratio plain / reduced should be 2 or more.
 """
+
 import argparse
 import csv
 import json
@@ -36,8 +37,9 @@ import sys
 import tempfile
 import time
 
-DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets",
-                            "clothing-small")
+DEFAULT_DATA = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets", "clothing-small"
+)
 
 
 def prepare(data, workdir, limit=None):
@@ -53,8 +55,12 @@ def prepare(data, workdir, limit=None):
         for r in rows:
             asin = os.path.splitext(r["image"])[0]
             os.symlink(os.path.abspath(os.path.join(data, "images", r["image"])), os.path.join(img, r["image"]))
-            rec = {"asin": asin, "title": f"{r['label']} {asin[:8]}", "imUrl": f"http://example.com/{asin}.jpg",
-                   "categories": [["Clothing, Shoes & Jewelry", "Clothing", r["label"]]]}
+            rec = {
+                "asin": asin,
+                "title": f"{r['label']} {asin[:8]}",
+                "imUrl": f"http://example.com/{asin}.jpg",
+                "categories": [["Clothing, Shoes & Jewelry", "Clothing", r["label"]]],
+            }
             f.write(repr(rec) + "\n")
     classes = sorted({r["label"] for r in rows})
     paths = [os.path.join(img, r["image"]) for r in rows]
@@ -175,36 +181,51 @@ def large_main(args, work):
     for _ in range(args.repeats):  # interleaved, so load changes hit both
         plain.append(timed_map(_plain_item, tasks, args.workers))
         reduced.append(timed_map(_reduced_item, tasks, args.workers))
-        t, report = builder(meta, img, None, os.path.join(work, "out-large"), args.image_size, args.workers,
-                            top=2)
+        t, report = builder(meta, img, None, os.path.join(work, "out-large"), args.image_size, args.workers, top=2)
         builds.append(t)
     p, r, b = min(plain), min(reduced), min(builds)
     n = len(paths)
     return {
-        "photos": n, "megapixels": [round(w * h / 1e6, 1) for w, h in sizes], "total_megapixels": round(total_mp, 1),
-        "file_mb": round(file_bytes / 1e6, 1), "written": report["totals"]["all"],
-        "failures": report["failure_reasons"], "workers": args.workers, "image_size": args.image_size,
-        "plain_decode_floor_s": round(p, 3), "reduced_scale_s": round(r, 3), "builder_s": round(b, 3),
-        "ratio_plain_over_reduced": round(p / r, 2), "ratio_plain_over_builder": round(p / b, 2),
-        "all_plain_s": [round(x, 3) for x in plain], "all_reduced_s": [round(x, 3) for x in reduced],
-        "all_builder_s": [round(x, 3) for x in builds], "cpu_count": os.cpu_count(),
+        "photos": n,
+        "megapixels": [round(w * h / 1e6, 1) for w, h in sizes],
+        "total_megapixels": round(total_mp, 1),
+        "file_mb": round(file_bytes / 1e6, 1),
+        "written": report["totals"]["all"],
+        "failures": report["failure_reasons"],
+        "workers": args.workers,
+        "image_size": args.image_size,
+        "plain_decode_floor_s": round(p, 3),
+        "reduced_scale_s": round(r, 3),
+        "builder_s": round(b, 3),
+        "ratio_plain_over_reduced": round(p / r, 2),
+        "ratio_plain_over_builder": round(p / b, 2),
+        "all_plain_s": [round(x, 3) for x in plain],
+        "all_reduced_s": [round(x, 3) for x in reduced],
+        "all_builder_s": [round(x, 3) for x in builds],
+        "cpu_count": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
 def print_large(res):
     n, mp = res["photos"], res["total_megapixels"]
-    print(f"large photos: {n} JPEGs of {min(res['megapixels'])}-{max(res['megapixels'])} MP ({mp} MP, "
-          f"{res['file_mb']} MB), image size {res['image_size']}, workers {res['workers']}, {res['cpu_count']} CPUs")
+    print(
+        f"large photos: {n} JPEGs of {min(res['megapixels'])}-{max(res['megapixels'])} MP ({mp} MP, "
+        f"{res['file_mb']} MB), image size {res['image_size']}, workers {res['workers']}, {res['cpu_count']} CPUs"
+    )
     print(f"{'':34} {'wall s':>8} {'photos/s':>9} {'MP/s':>8}")
-    for name, key in [("plain decode floor (full size)", "plain_decode_floor_s"),
-                      ("reduced-scale decode (normalize)", "reduced_scale_s"),
-                      ("builder (build_data, whole run)", "builder_s")]:
+    for name, key in [
+        ("plain decode floor (full size)", "plain_decode_floor_s"),
+        ("reduced-scale decode (normalize)", "reduced_scale_s"),
+        ("builder (build_data, whole run)", "builder_s"),
+    ]:
         t = res[key]
         print(f"{name:34} {t:8.2f} {n / t:9.2f} {mp / t:8.1f}")
     print(f"written {res['written']} of {n}, failures: {res['failures'] or 'none'}")
-    print(f"ratio plain floor / reduced-scale (best wall times): {res['ratio_plain_over_reduced']:.2f}x "
-          f"(2x or more expected)")
+    print(
+        f"ratio plain floor / reduced-scale (best wall times): {res['ratio_plain_over_reduced']:.2f}x "
+        f"(2x or more expected)"
+    )
     print(f"ratio plain floor / whole builder run: {res['ratio_plain_over_builder']:.2f}x")
     print(f"load average during the run: {res['load_average'][0]:.2f} on {res['cpu_count']} CPUs")
 
@@ -215,8 +236,16 @@ def builder(meta, img, classes, out, image_size, workers, top=None):
     if os.path.exists(out):
         shutil.rmtree(out)
     t = time.perf_counter()
-    report = build_data(meta, out, images_dir=img, categories=classes, top_categories=top, image_size=image_size,
-                        workers=workers, progress=False)
+    report = build_data(
+        meta,
+        out,
+        images_dir=img,
+        categories=classes,
+        top_categories=top,
+        image_size=image_size,
+        workers=workers,
+        progress=False,
+    )
     return time.perf_counter() - t, report
 
 
@@ -228,8 +257,13 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, help="use the first N images only")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each; the best time counts")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--large-photos", type=int, default=0, metavar="N",
-                    help="benchmark N generated 8-100 MP JPEGs against the plain full-size decode instead")
+    ap.add_argument(
+        "--large-photos",
+        type=int,
+        default=0,
+        metavar="N",
+        help="benchmark N generated 8-100 MP JPEGs against the plain full-size decode instead",
+    )
     args = ap.parse_args(argv)
     if not os.path.isfile(os.path.join(args.data, "labels.csv")):
         sys.exit(f"build_data benchmark: {args.data} has no labels.csv: pass --data DIR")
@@ -263,20 +297,34 @@ def main(argv=None):
         cf, cb = min(cpu_floor), min(cpu_build)
         n = len(paths)
         result = {
-            "images": n, "written": report["totals"]["all"], "workers": args.workers,
-            "image_size": args.image_size, "cpu_count": os.cpu_count(),
-            "floor_s": round(f, 3), "builder_s": round(b, 3),
-            "floor_img_per_s": round(n / f, 1), "builder_img_per_s": round(n / b, 1),
-            "ratio": round(f / b, 3), "floor_warm_s": round(fw, 3), "ratio_vs_warm_floor": round(fw / b, 3), "builder_build_phase_s": report["timings"]["build_s"],
-            "floor_cpu_s": round(cf, 3), "builder_cpu_s": round(cb, 3), "cpu_ratio": round(cf / cb, 3),
+            "images": n,
+            "written": report["totals"]["all"],
+            "workers": args.workers,
+            "image_size": args.image_size,
+            "cpu_count": os.cpu_count(),
+            "floor_s": round(f, 3),
+            "builder_s": round(b, 3),
+            "floor_img_per_s": round(n / f, 1),
+            "builder_img_per_s": round(n / b, 1),
+            "ratio": round(f / b, 3),
+            "floor_warm_s": round(fw, 3),
+            "ratio_vs_warm_floor": round(fw / b, 3),
+            "builder_build_phase_s": report["timings"]["build_s"],
+            "floor_cpu_s": round(cf, 3),
+            "builder_cpu_s": round(cb, 3),
+            "cpu_ratio": round(cf / cb, 3),
             "load_average": [round(x, 2) for x in os.getloadavg()],
-            "all_floor_s": [round(x, 3) for x in floors], "all_floor_warm_s": [round(x, 3) for x in warm_floors], "all_builder_s": [round(x, 3) for x in builds],
+            "all_floor_s": [round(x, 3) for x in floors],
+            "all_floor_warm_s": [round(x, 3) for x in warm_floors],
+            "all_builder_s": [round(x, 3) for x in builds],
         }
         if args.json:
             print(json.dumps(result, indent=2))
         else:
-            print(f"images {n} (written {result['written']}), workers {args.workers}, "
-                  f"image size {args.image_size}, {os.cpu_count()} CPUs")
+            print(
+                f"images {n} (written {result['written']}), workers {args.workers}, "
+                f"image size {args.image_size}, {os.cpu_count()} CPUs"
+            )
             print(f"{'':10} {'wall s':>8} {'images/s':>9} {'CPU s':>8}")
             print(f"{'floor':10} {f:8.2f} {n / f:9.1f} {cf:8.2f}")
             print(f"{'floor warm':10} {fw:8.2f} {n / fw:9.1f} {'':>8}")

@@ -16,6 +16,7 @@ The equivalent CLI for one row::
 
 Prints the table (Markdown) and JSON with each run's epochs, minutes and phases.
 """
+
 import argparse
 import json
 import os
@@ -35,11 +36,26 @@ def train_one(name, data_dir, work, size, weights, minutes, epochs):
 
     run_dir = os.path.join(work, "runs", f"{name}-{size}")
     t = time.time()
-    s = training.train(data_dir, model=name, out=run_dir, weights=weights, image_size=size, epochs=epochs,
-                       max_minutes=minutes, verbose=2)
-    info = {"model": name, "image_size": size, "weights": weights, "epochs_run": s["epochs_run"],
-            "phases": s["phases"], "minutes": round(s["seconds"] / 60, 2), "wall_minutes": round((time.time() - t) / 60, 2),
-            "stopped_by_time_budget": s["stopped_by_time_budget"]}
+    s = training.train(
+        data_dir,
+        model=name,
+        out=run_dir,
+        weights=weights,
+        image_size=size,
+        epochs=epochs,
+        max_minutes=minutes,
+        verbose=2,
+    )
+    info = {
+        "model": name,
+        "image_size": size,
+        "weights": weights,
+        "epochs_run": s["epochs_run"],
+        "phases": s["phases"],
+        "minutes": round(s["seconds"] / 60, 2),
+        "wall_minutes": round((time.time() - t) / 60, 2),
+        "stopped_by_time_budget": s["stopped_by_time_budget"],
+    }
     print(json.dumps(info), flush=True)
     return run_dir, info
 
@@ -48,14 +64,22 @@ def table(rows):
     def f(v):
         return "-" if v is None else f"{v:.3f}"
 
-    lines = ["| Model | Weights | Image size | Training acc. | Validation acc. | Test acc. | Train-test gap | "
-             "Epochs | Minutes | Load before / after |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| Model | Weights | Image size | Training acc. | Validation acc. | Test acc. | Train-test gap | "
+        "Epochs | Minutes | Load before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        gap = None if r["training_accuracy"] is None or r["test_accuracy"] is None else \
-            r["training_accuracy"] - r["test_accuracy"]
-        lines.append(f"| {r['model']} | {r['weights']} | {r['image_size']} | {f(r['training_accuracy'])} | "
-                     f"{f(r['validation_accuracy'])} | {f(r['test_accuracy'])} | {f(gap)} | {r['epochs_run']} | "
-                     f"{r['minutes']} | {' / '.join(str(x) for x in r.get('load_1min') or [])} |")
+        gap = (
+            None
+            if r["training_accuracy"] is None or r["test_accuracy"] is None
+            else r["training_accuracy"] - r["test_accuracy"]
+        )
+        lines.append(
+            f"| {r['model']} | {r['weights']} | {r['image_size']} | {f(r['training_accuracy'])} | "
+            f"{f(r['validation_accuracy'])} | {f(r['test_accuracy'])} | {f(gap)} | {r['epochs_run']} | "
+            f"{r['minutes']} | {' / '.join(str(x) for x in r.get('load_1min') or [])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -80,22 +104,29 @@ def main(argv=None):
         import benchmark_env
 
         benchmark_env.seed_keras_home(args.work)
-        data[args.pretrained_size] = helpers_training.clothing_small(os.path.join(args.work, "data"),
-                                                                     args.pretrained_size)
+        data[args.pretrained_size] = helpers_training.clothing_small(
+            os.path.join(args.work, "data"), args.pretrained_size
+        )
     rows = []
     for name in models:
         pretrained = name not in SCRATCH
         size = args.pretrained_size if pretrained else args.image_size
         load_before = os.getloadavg()[0]
-        run_dir, info = train_one(name, data[size], args.work, size, "imagenet" if pretrained else "none",
-                                  args.minutes, args.epochs)
+        run_dir, info = train_one(
+            name, data[size], args.work, size, "imagenet" if pretrained else "none", args.minutes, args.epochs
+        )
         info["load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # before / after training
-        result = evaluation.compare([run_dir], data[size], out=os.path.join(args.work, "compare", name),
-                                    train_limit=args.train_limit)
+        result = evaluation.compare(
+            [run_dir], data[size], out=os.path.join(args.work, "compare", name), train_limit=args.train_limit
+        )
         row = dict(result["rows"][0], **info)
         rows.append(row)
-        print(json.dumps({k: row[k] for k in ("model", "training_accuracy", "validation_accuracy",
-                                              "test_accuracy", "load_1min")}), flush=True)
+        print(
+            json.dumps(
+                {k: row[k] for k in ("model", "training_accuracy", "validation_accuracy", "test_accuracy", "load_1min")}
+            ),
+            flush=True,
+        )
     md = table(rows)
     print(md)
     out = os.path.join(args.work, "compare_five.json")

@@ -10,6 +10,7 @@ weights and trains VGG16-BN from scratch at 64 px. Prints, for each: the whole d
 test accuracy, the precision@5 of the demo's queries and the machine's load, against the
 targets (pretrained >= 0.75 in < 3 minutes; from scratch >= 0.40).
 """
+
 import argparse
 import json
 import os
@@ -33,11 +34,19 @@ def run(out, env):
         sys.exit(f"demo failed ({r.returncode}): {r.stderr[-2000:]}")
     s = json.loads(r.stdout)
     fallback = [line for line in r.stderr.splitlines() if "not available" in line]
-    return {"wall_seconds": round(wall, 1), "demo_seconds": s["seconds"], "model": s["model"],
-            "weights": s["weights"], "image_size": s["image_size"], "epochs_run": s["epochs_run"],
-            "test_accuracy": s["test_accuracy"], "precision_at_5": s["precision_at_k"],
-            "stage_seconds": s["stage_seconds"], "load_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
-            "fallback_line": fallback[0] if fallback else None}
+    return {
+        "wall_seconds": round(wall, 1),
+        "demo_seconds": s["seconds"],
+        "model": s["model"],
+        "weights": s["weights"],
+        "image_size": s["image_size"],
+        "epochs_run": s["epochs_run"],
+        "test_accuracy": s["test_accuracy"],
+        "precision_at_5": s["precision_at_k"],
+        "stage_seconds": s["stage_seconds"],
+        "load_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
+        "fallback_line": fallback[0] if fallback else None,
+    }
 
 
 def main(argv=None):
@@ -51,11 +60,19 @@ def main(argv=None):
     seeded = benchmark_env.seed_keras_home(os.path.join(args.work, "seeded"))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     off = "http://127.0.0.1:9"
-    offline = dict(env, KERAS_HOME=os.path.join(args.work, "empty-keras-home"), HTTPS_PROXY=off, HTTP_PROXY=off,
-                   https_proxy=off, http_proxy=off)
+    offline = dict(
+        env,
+        KERAS_HOME=os.path.join(args.work, "empty-keras-home"),
+        HTTPS_PROXY=off,
+        HTTP_PROXY=off,
+        https_proxy=off,
+        http_proxy=off,
+    )
     os.makedirs(offline["KERAS_HOME"])
-    rows = {"pretrained": run(os.path.join(args.work, "pretrained"), dict(env, KERAS_HOME=seeded)),
-            "offline": run(os.path.join(args.work, "offline"), offline)}
+    rows = {
+        "pretrained": run(os.path.join(args.work, "pretrained"), dict(env, KERAS_HOME=seeded)),
+        "offline": run(os.path.join(args.work, "offline"), offline),
+    }
     print(json.dumps(rows, indent=2))
     print("| demo | model | test accuracy | precision@5 | whole demo (s) | load before / after | target |")
     print("|---|---|---|---|---|---|---|")
@@ -63,9 +80,11 @@ def main(argv=None):
     for name, r in rows.items():
         acc, limit = targets[name]
         ok = r["test_accuracy"] >= acc and (limit is None or r["wall_seconds"] < limit)
-        print(f"| {name} | {r['model']} {r['image_size']} px, {r['weights']} | {r['test_accuracy']:.3f} | "
-              f"{r['precision_at_5']:.2f} | {r['wall_seconds']} | {r['load_1min'][0]} / {r['load_1min'][1]} | "
-              f">= {acc}{f' in < {limit} s' if limit else ''}: {'met' if ok else 'MISSED'} |")
+        print(
+            f"| {name} | {r['model']} {r['image_size']} px, {r['weights']} | {r['test_accuracy']:.3f} | "
+            f"{r['precision_at_5']:.2f} | {r['wall_seconds']} | {r['load_1min'][0]} / {r['load_1min'][1]} | "
+            f">= {acc}{f' in < {limit} s' if limit else ''}: {'met' if ok else 'MISSED'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ embeddings. Usage::
     python benchmarks/growth.py --sizes 10000,30000,100000 --work /tmp/av_growth --json-out growth.json
     python benchmarks/growth.py --sizes 1000 --work /tmp/av_growth_quick          # a smoke run
 """
+
 import argparse
 import itertools
 import json
@@ -45,9 +46,11 @@ SERVE_REQUESTS, SERVE_CLIENTS = 1000, 8
 OPT_IN = {"build-data (1 GB buffer)"}  # run only when named in --stages: the baseline of the shuffle buffer
 
 BEAM = "--direct_num_workers=2 --direct_running_mode=multi_processing"
-TRAIN = ("import sys; from amazon_visual import training; "
-         "training.train(sys.argv[1], model='alexnet', out=sys.argv[2], image_size=32, epochs=1, batch_size=64, "
-         "model_kwargs={'width': 0.25, 'fc_units': 64}, augment=False, early_stopping=0, quiet=True)")
+TRAIN = (
+    "import sys; from amazon_visual import training; "
+    "training.train(sys.argv[1], model='alexnet', out=sys.argv[2], image_size=32, epochs=1, batch_size=64, "
+    "model_kwargs={'width': 0.25, 'fc_units': 64}, augment=False, early_stopping=0, quiet=True)"
+)
 
 
 def measure(cmd, log, interval=0.2):
@@ -80,12 +83,20 @@ def measure(cmd, log, interval=0.2):
     wall = time.perf_counter() - t0
     if rc != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {rc}); see {log}")
-    return {"wall_s": round(wall, 2), "peak_rss_tree_mb": round(peak_tree / 2**20, 1),
-            "peak_rss_one_mb": round(peak_one / 2**20, 1), "load_1min": round((load0 + os.getloadavg()[0]) / 2, 2)}
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_tree_mb": round(peak_tree / 2**20, 1),
+        "peak_rss_one_mb": round(peak_one / 2**20, 1),
+        "load_1min": round((load0 + os.getloadavg()[0]) / 2, 2),
+    }
 
 
 def du(path):
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs) if os.path.exists(path) else 0
+    return (
+        sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+        if os.path.exists(path)
+        else 0
+    )
 
 
 def cli(*args):
@@ -98,7 +109,9 @@ def same_index(a, b):
         return False
     from amazon_visual.retrieval.shards import iter_npy_blocks
 
-    for x, y in zip(iter_npy_blocks(os.path.join(a, "embeddings.npy")), iter_npy_blocks(os.path.join(b, "embeddings.npy"))):
+    for x, y in zip(
+        iter_npy_blocks(os.path.join(a, "embeddings.npy")), iter_npy_blocks(os.path.join(b, "embeddings.npy"))
+    ):
         if x.shape != y.shape or not np.allclose(x, y, atol=1e-5):
             return False
     return True
@@ -129,21 +142,82 @@ def stages(n, d, args):
     meta, classes, images = d["metadata"], d["classes"], d["images_dir"]
     common = ["--metadata", meta, "--categories-file", classes, "--image-size", str(args.px), "--no-progress"]
     out = []
-    out.append(("build-data", cli("build-data", *common, "--images-dir", images, "--workers", "2",
-                                  "--out", d["data"]), n, d["data"]))
-    out.append(("build-data (1 GB buffer)", cli("build-data", *common, "--images-dir", images, "--workers", "2",
-                                                "--shuffle-buffer-mb", "1000", "--out", d["data_1gb"]), n, d["data_1gb"]))
-    out.append(("build-data --beam", cli("build-data", *common, "--images-dir", images, "--beam",
-                                         f"--beam-options={BEAM}", "--out", d["data_beam"]), n, d["data_beam"]))
+    out.append(
+        (
+            "build-data",
+            cli("build-data", *common, "--images-dir", images, "--workers", "2", "--out", d["data"]),
+            n,
+            d["data"],
+        )
+    )
+    out.append(
+        (
+            "build-data (1 GB buffer)",
+            cli(
+                "build-data",
+                *common,
+                "--images-dir",
+                images,
+                "--workers",
+                "2",
+                "--shuffle-buffer-mb",
+                "1000",
+                "--out",
+                d["data_1gb"],
+            ),
+            n,
+            d["data_1gb"],
+        )
+    )
+    out.append(
+        (
+            "build-data --beam",
+            cli(
+                "build-data",
+                *common,
+                "--images-dir",
+                images,
+                "--beam",
+                f"--beam-options={BEAM}",
+                "--out",
+                d["data_beam"],
+            ),
+            n,
+            d["data_beam"],
+        )
+    )
     if args.download_stage:
-        out.append(("build-data --download", cli("build-data", *common, "--download", "--workers", "2",
-                                                 "--cache-dir", d["cache"], "--out", d["data_dl"]), n, d["data_dl"]))
+        out.append(
+            (
+                "build-data --download",
+                cli(
+                    "build-data",
+                    *common,
+                    "--download",
+                    "--workers",
+                    "2",
+                    "--cache-dir",
+                    d["cache"],
+                    "--out",
+                    d["data_dl"],
+                ),
+                n,
+                d["data_dl"],
+            )
+        )
     out.append(("train (1 epoch)", [sys.executable, "-c", TRAIN, d["data"], d["run"]], None, d["run"]))
     out.append(("index", cli("index", d["run"], "--data", d["data"], "--out", d["index"]), n, d["index"]))
-    out.append(("index --beam", cli("index", d["run"], "--data", d["data"], "--out", d["index_beam"], "--beam",
-                                    f"--beam-options={BEAM}"), n, d["index_beam"]))
-    out.append(("eval-retrieval", cli("eval-retrieval", d["index"], "--queries", "test", "-k", "10", "--json"),
-                None, None))
+    out.append(
+        (
+            "index --beam",
+            cli("index", d["run"], "--data", d["data"], "--out", d["index_beam"], "--beam", f"--beam-options={BEAM}"),
+            n,
+            d["index_beam"],
+        )
+    )
+    out.append(
+        ("eval-retrieval", cli("eval-retrieval", d["index"], "--queries", "test", "-k", "10", "--json"), None, None)
+    )
     return out
 
 
@@ -152,6 +226,7 @@ def serve_stage(n, d):
     QPS, p50/p99 per kind, errors, and the server's RSS once loaded and after the load."""
     import pandas as pd
     import psutil
+
     import serve_load as sl
 
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2")
@@ -167,12 +242,23 @@ def serve_stage(n, d):
         res = sl.run_load(server, sl.jobs_of("mixed", SERVE_REQUESTS, asins, photos), SERVE_CLIENTS, 10)
         rss_after = proc.memory_info().rss
     peak_mb = round(max(rss_loaded, rss_after) / 2**20, 1)  # one process: the tree is the process
-    return {"stage": "serve (short load)", "n": n, "items": res["requests"], "wall_s": res["seconds"],
-            "items_per_s": res["qps"], "errors": res["errors"], "ready_s": round(ready_s, 1),
-            "asin_p50_ms": res.get("asin", {}).get("p50_ms"), "asin_p99_ms": res.get("asin", {}).get("p99_ms"),
-            "photo_p50_ms": res.get("photo", {}).get("p50_ms"), "photo_p99_ms": res.get("photo", {}).get("p99_ms"),
-            "peak_rss_tree_mb": peak_mb, "peak_rss_one_mb": peak_mb,
-            "rss_loaded_mb": round(rss_loaded / 2**20, 1), "load_1min": round((load0 + os.getloadavg()[0]) / 2, 2)}
+    return {
+        "stage": "serve (short load)",
+        "n": n,
+        "items": res["requests"],
+        "wall_s": res["seconds"],
+        "items_per_s": res["qps"],
+        "errors": res["errors"],
+        "ready_s": round(ready_s, 1),
+        "asin_p50_ms": res.get("asin", {}).get("p50_ms"),
+        "asin_p99_ms": res.get("asin", {}).get("p99_ms"),
+        "photo_p50_ms": res.get("photo", {}).get("p50_ms"),
+        "photo_p99_ms": res.get("photo", {}).get("p99_ms"),
+        "peak_rss_tree_mb": peak_mb,
+        "peak_rss_one_mb": peak_mb,
+        "rss_loaded_mb": round(rss_loaded / 2**20, 1),
+        "load_1min": round((load0 + os.getloadavg()[0]) / 2, 2),
+    }
 
 
 def run_size(n, args):
@@ -181,10 +267,20 @@ def run_size(n, args):
     root = os.path.join(args.work, f"n{n}")
     if os.path.isdir(root):
         shutil.rmtree(root)
-    d = {k: os.path.join(root, v) for k, v in {"catalog": "catalog", "data": "data", "data_beam": "data-beam",
-                                                "data_dl": "data-download", "data_1gb": "data-1gb",
-                                                "cache": "image-cache", "run": "run",
-                                                "index": "index", "index_beam": "index-beam"}.items()}
+    d = {
+        k: os.path.join(root, v)
+        for k, v in {
+            "catalog": "catalog",
+            "data": "data",
+            "data_beam": "data-beam",
+            "data_dl": "data-download",
+            "data_1gb": "data-1gb",
+            "cache": "image-cache",
+            "run": "run",
+            "index": "index",
+            "index_beam": "index-beam",
+        }.items()
+    }
     log = os.path.join(root, "stages.log")
     os.makedirs(root)
     server, url = sc.serve(args.classes, args.px)
@@ -201,12 +297,20 @@ def run_size(n, args):
             if items is None:
                 items = avdata.num_examples(d["data"], "test")
             m = measure(cmd, log)
-            row = {"stage": name, "n": n, "items": items, **m, "items_per_s": round(items / m["wall_s"], 1),
-                   "disk_mb": round(du(folder) / 2**20, 1) if folder else None}
+            row = {
+                "stage": name,
+                "n": n,
+                "items": items,
+                **m,
+                "items_per_s": round(items / m["wall_s"], 1),
+                "disk_mb": round(du(folder) / 2**20, 1) if folder else None,
+            }
             if name.startswith("build-data"):  # what TFDS's writer holds in memory to shuffle (up to 1 GB)
-                row["train_split_mb"] = round(sum(
-                    os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if "-train.tfrecord" in f)
-                    / 2**20, 1)
+                row["train_split_mb"] = round(
+                    sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if "-train.tfrecord" in f)
+                    / 2**20,
+                    1,
+                )
             rows.append(row)
             print(json.dumps(row), flush=True)
         if (wanted is None or "serve (short load)" in wanted) and os.path.isdir(d["index"]):
@@ -218,7 +322,9 @@ def run_size(n, args):
         rows.append({"stage": "check", "n": n, "beam_index_equals_local": same_index(d["index"], d["index_beam"])})
         print(json.dumps(rows[-1]), flush=True)
     if os.path.isdir(d["data"]) and os.path.isdir(d["data_1gb"]):
-        rows.append({"stage": "check", "n": n, "same_dataset_whatever_the_buffer": same_shards(d["data"], d["data_1gb"])})
+        rows.append(
+            {"stage": "check", "n": n, "same_dataset_whatever_the_buffer": same_shards(d["data"], d["data_1gb"])}
+        )
         print(json.dumps(rows[-1]), flush=True)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
@@ -240,18 +346,24 @@ def summary(rows, sizes):
     lo, hi = min(sizes), max(sizes)
     by = {(r["stage"], r["n"]): r for r in rows if "wall_s" in r}
     names = [r["stage"] for r in rows if r["n"] == lo and "wall_s" in r]
-    print("\n| stage | size | items | wall s | items/s | peak RSS, process tree MiB | largest process MiB | "
-          "output on disk MiB | load |")
+    print(
+        "\n| stage | size | items | wall s | items/s | peak RSS, process tree MiB | largest process MiB | "
+        "output on disk MiB | load |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for s in names:
         for n in sizes:
             r = by.get((s, n))
             if r:
-                print(f"| {s} | {n:,} | {r['items']:,} | {r['wall_s']:.1f} | {r.get('items_per_s', 0):.0f} | "
-                      f"{r.get('peak_rss_tree_mb', 0):.0f} | {r.get('peak_rss_one_mb', 0):.0f} | "
-                      f"{'-' if r.get('disk_mb') is None else round(r['disk_mb'])} | {r.get('load_1min', '-')} |")
-    print(f"\n| stage | items/s {hi:,} / {lo:,} | fitted fixed cost s | fitted marginal items/s | "
-          f"peak RSS {hi:,} / {lo:,} | RSS growth MiB per 1,000 items |")
+                print(
+                    f"| {s} | {n:,} | {r['items']:,} | {r['wall_s']:.1f} | {r.get('items_per_s', 0):.0f} | "
+                    f"{r.get('peak_rss_tree_mb', 0):.0f} | {r.get('peak_rss_one_mb', 0):.0f} | "
+                    f"{'-' if r.get('disk_mb') is None else round(r['disk_mb'])} | {r.get('load_1min', '-')} |"
+                )
+    print(
+        f"\n| stage | items/s {hi:,} / {lo:,} | fitted fixed cost s | fitted marginal items/s | "
+        f"peak RSS {hi:,} / {lo:,} | RSS growth MiB per 1,000 items |"
+    )
     print("|---|---|---|---|---|---|")
     out = {}
     for s in names:
@@ -263,10 +375,17 @@ def summary(rows, sizes):
         fixed, rate = fit([(by[(s, n)]["items"], by[(s, n)]["wall_s"]) for n in sizes if (s, n) in by])
         ratio = b["items_per_s"] / a["items_per_s"]
         grow = (b["peak_rss_tree_mb"] - a["peak_rss_tree_mb"]) / max(1, b["items"] - a["items"]) * 1000
-        out[s] = {"items_per_s_ratio": ratio, "fixed_s": fixed, "marginal_items_per_s": rate,
-                  "peak_rss_ratio": b["peak_rss_tree_mb"] / a["peak_rss_tree_mb"], "rss_mb_per_1000_items": grow}
-        print(f"| {s} | {ratio:.2f} | {'-' if fixed is None else f'{fixed:.1f}'} | "
-              f"{'-' if rate is None else f'{rate:.0f}'} | {out[s]['peak_rss_ratio']:.2f} | {grow:.2f} |")
+        out[s] = {
+            "items_per_s_ratio": ratio,
+            "fixed_s": fixed,
+            "marginal_items_per_s": rate,
+            "peak_rss_ratio": b["peak_rss_tree_mb"] / a["peak_rss_tree_mb"],
+            "rss_mb_per_1000_items": grow,
+        }
+        print(
+            f"| {s} | {ratio:.2f} | {'-' if fixed is None else f'{fixed:.1f}'} | "
+            f"{'-' if rate is None else f'{rate:.0f}'} | {out[s]['peak_rss_ratio']:.2f} | {grow:.2f} |"
+        )
     return out
 
 
@@ -279,8 +398,11 @@ def main(argv=None):
     ap.add_argument("--download-stage", action="store_true", help="also build-data --download from the loopback server")
     ap.add_argument("--keep", action="store_true", help="keep each size's folders")
     ap.add_argument("--json-out", default=None)
-    ap.add_argument("--stages", default=None,
-                    help="only these stages, comma-separated names as printed (e.g. 'build-data,build-data --beam')")
+    ap.add_argument(
+        "--stages",
+        default=None,
+        help="only these stages, comma-separated names as printed (e.g. 'build-data,build-data --beam')",
+    )
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     os.makedirs(args.work, exist_ok=True)

@@ -35,6 +35,7 @@ baseline: the ANN's top candidates filtered, the list grown 4x until k match, as
 forced, to place the threshold). A mode stops after ``--cell-seconds`` (the queries measured are
 reported). Goal: recall@10 >= 0.99 and p99 < 10 ms at every selectivity.
 """
+
 import argparse
 import json
 import os
@@ -67,7 +68,7 @@ def generate(n, dim, clusters, intrinsic, spread, noise, seed, chunk=8192, out=N
         z = rng.standard_normal((m, intrinsic)).astype(np.float32) / np.sqrt(intrinsic)
         pts = centers[lab] + spread * np.einsum("nij,nj->ni", bases[lab], z)
         pts += noise * rng.standard_normal((m, dim)).astype(np.float32) / np.sqrt(dim)
-        x[s:s + m] = normalize(pts)
+        x[s : s + m] = normalize(pts)
     return x
 
 
@@ -76,7 +77,7 @@ def exact_topk(x, q, k, chunk=65536):
     best_s = np.full((len(q), k), -np.inf, np.float32)
     best_i = np.zeros((len(q), k), np.int64)
     for s in range(0, len(x), chunk):
-        sims = q @ x[s:s + chunk].T
+        sims = q @ x[s : s + chunk].T
         kk = min(k, sims.shape[1])
         part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
         cand_s = np.concatenate([best_s, np.take_along_axis(sims, part, 1)], 1)
@@ -110,10 +111,16 @@ def run_queries(searcher, emb, queries, truth, k, effort, passes=1):
             cpu[i] = time.thread_time() - c0
             hits += len(set(ids.tolist()) & set(truth[i].tolist()))
         total = time.perf_counter() - t_all
-    return {"effort": effort, "recall": hits / (len(queries) * k), "p50_ms": 1e3 * float(np.percentile(lat, 50)),
-            "p99_ms": 1e3 * float(np.percentile(lat, 99)), "qps": len(queries) / total,
-            "cpu_p50_ms": 1e3 * float(np.percentile(cpu, 50)), "cpu_p99_ms": 1e3 * float(np.percentile(cpu, 99)),
-            "loadavg_1min": round((load0 + os.getloadavg()[0]) / 2, 2)}
+    return {
+        "effort": effort,
+        "recall": hits / (len(queries) * k),
+        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+        "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+        "qps": len(queries) / total,
+        "cpu_p50_ms": 1e3 * float(np.percentile(cpu, 50)),
+        "cpu_p99_ms": 1e3 * float(np.percentile(cpu, 99)),
+        "loadavg_1min": round((load0 + os.getloadavg()[0]) / 2, 2),
+    }
 
 
 # a fresh process opens the index as a server does (amazon_visual.retrieval.backends) and serves the queries
@@ -128,8 +135,11 @@ def mem():
     for line in open("/proc/self/status"):
         if line.startswith(("RssAnon", "RssFile")):
             st[line.split(":")[0]] = int(line.split(":")[1].split()[0]) * 1024
-    return {"rss_mb": round(m.rss / 2**20, 1), "uss_mb": round(m.uss / 2**20, 1), "pss_mb": round(m.pss / 2**20, 1),
-            "rss_anon_mb": round(st.get("RssAnon", 0) / 2**20, 1), "rss_file_mb": round(st.get("RssFile", 0) / 2**20, 1)}
+    return {
+        "rss_mb": round(m.rss / 2**20, 1),
+        "uss_mb": round(m.uss / 2**20, 1),
+        "pss_mb": round(m.pss / 2**20, 1),
+        "rss_anon_mb": round(st.get("RssAnon", 0) / 2**20, 1), "rss_file_mb": round(st.get("RssFile", 0) / 2**20, 1)}
 base = mem()
 searcher = backends.get(name).open(path, dim, n, {"index_size_bytes": size, "search_k": effort})
 emb = np.load(emb_path, mmap_mode="r")
@@ -154,10 +164,18 @@ def exact_baseline(x, q, k, single):
         top = np.argpartition(-s, k)[:k]
         top[np.argsort(-s[top])]
         lat[i] = time.perf_counter() - t1
-    exact = {"recall": 1.0, "p50_ms": 1e3 * float(np.percentile(lat, 50)), "p99_ms": 1e3 * float(np.percentile(lat, 99)),
-             "qps_single": 1.0 / float(lat.mean()), "qps_batched": len(q) / batch_s}
-    print(f"exact: p50 {exact['p50_ms']:.2f} ms  p99 {exact['p99_ms']:.2f} ms  QPS single {exact['qps_single']:.1f}  "
-          f"QPS batched {exact['qps_batched']:.1f}", flush=True)
+    exact = {
+        "recall": 1.0,
+        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+        "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+        "qps_single": 1.0 / float(lat.mean()),
+        "qps_batched": len(q) / batch_s,
+    }
+    print(
+        f"exact: p50 {exact['p50_ms']:.2f} ms  p99 {exact['p99_ms']:.2f} ms  QPS single {exact['qps_single']:.1f}  "
+        f"QPS batched {exact['qps_batched']:.1f}",
+        flush=True,
+    )
     return truth, exact
 
 
@@ -167,8 +185,11 @@ def build(name, n, args, emb_path, workdir):
     from amazon_visual.retrieval.shards import iter_npy_blocks
 
     B = backends.get(name)
-    params = B.params(trees=args.trees) if name == "annoy" else B.params(hnsw_m=args.hnsw_m,
-                                                                         ef_construction=args.ef_construction)
+    params = (
+        B.params(trees=args.trees)
+        if name == "annoy"
+        else B.params(hnsw_m=args.hnsw_m, ef_construction=args.ef_construction)
+    )
     tag = f"t{args.trees}" if name == "annoy" else f"m{args.hnsw_m}-efc{args.ef_construction}"
     path = os.path.join(workdir, f"index_{n}_{args.dim}_{tag}.{name}")
     stats_path = path + ".json"
@@ -190,15 +211,19 @@ def sweep(B, path, n, x, q, truth, args, efforts):
     for e in efforts:
         r = run_queries(searcher, x, q, truth, args.k, e)
         rows.append(r)
-        print(f"  {B.name} effort {e:>7}: recall@{args.k} {r['recall']:.4f}  p50 {r['p50_ms']:.3f} ms  "
-              f"p99 {r['p99_ms']:.3f} ms  (CPU p50 {r['cpu_p50_ms']:.3f}, p99 {r['cpu_p99_ms']:.3f} ms)  "
-              f"QPS {r['qps']:.0f}  load {r['loadavg_1min']}", flush=True)
+        print(
+            f"  {B.name} effort {e:>7}: recall@{args.k} {r['recall']:.4f}  p50 {r['p50_ms']:.3f} ms  "
+            f"p99 {r['p99_ms']:.3f} ms  (CPU p50 {r['cpu_p50_ms']:.3f}, p99 {r['cpu_p99_ms']:.3f} ms)  "
+            f"QPS {r['qps']:.0f}  load {r['loadavg_1min']}",
+            flush=True,
+        )
         if chosen is None and r["recall"] >= args.target_recall:
             chosen = r
         if r["recall"] >= 0.999 or r["cpu_p99_ms"] > 20:
             break
-    chosen = run_queries(searcher, x, q, truth, args.k, (chosen or max(rows, key=lambda r: r["recall"]))["effort"],
-                         passes=2)
+    chosen = run_queries(
+        searcher, x, q, truth, args.k, (chosen or max(rows, key=lambda r: r["recall"]))["effort"], passes=2
+    )
     searcher.close()
     return chosen, rows
 
@@ -209,23 +234,50 @@ def bench_backend(name, n, args, emb_path, qpath, x, q, truth, workdir):
     print(f"{name} build: {shape}, {st['build_seconds']:.1f} s, {st['size_bytes'] / 2**20:.0f} MiB", flush=True)
     efforts = args.search_k if name == "annoy" else args.ef
     chosen, rows = sweep(B, path, n, x, q, truth, args, efforts)
-    child = subprocess.run([sys.executable, "-c", CHILD, name, path, emb_path, qpath, str(args.dim), str(n), str(args.k),
-                            str(chosen["effort"]), str(st["size_bytes"])], capture_output=True, text=True, check=True,
-                           env=dict(os.environ, PYTHONPATH=ROOT))
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            name,
+            path,
+            emb_path,
+            qpath,
+            str(args.dim),
+            str(n),
+            str(args.k),
+            str(chosen["effort"]),
+            str(st["size_bytes"]),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     mem = json.loads(child.stdout)
     ok = chosen["recall"] >= args.target_recall and chosen["cpu_p99_ms"] < args.target_cpu_p99_ms
-    print(f"{name} chosen: {shape}, effort {chosen['effort']}: recall@{args.k} {chosen['recall']:.4f}, "
-          f"p50 {chosen['p50_ms']:.3f} ms, p99 {chosen['p99_ms']:.3f} ms wall / {chosen['cpu_p99_ms']:.3f} ms CPU, "
-          f"QPS {chosen['qps']:.0f}, load {chosen['loadavg_1min']}; fresh process after load {mem['after_load']}, "
-          f"after queries {mem['after_queries']}; target {'met' if ok else 'NOT met'}", flush=True)
+    print(
+        f"{name} chosen: {shape}, effort {chosen['effort']}: recall@{args.k} {chosen['recall']:.4f}, "
+        f"p50 {chosen['p50_ms']:.3f} ms, p99 {chosen['p99_ms']:.3f} ms wall / {chosen['cpu_p99_ms']:.3f} ms CPU, "
+        f"QPS {chosen['qps']:.0f}, load {chosen['loadavg_1min']}; fresh process after load {mem['after_load']}, "
+        f"after queries {mem['after_queries']}; target {'met' if ok else 'NOT met'}",
+        flush=True,
+    )
     if not args.keep:
         for p_ in (path, path + ".json"):
             os.remove(p_)
-    return {"backend": name, "trees": args.trees if name == "annoy" else None,
-            "hnsw_m": args.hnsw_m if name == "hnsw" else None,
-            "ef_construction": args.ef_construction if name == "hnsw" else None,
-            "build_seconds": st["build_seconds"], "index_size_mb": round(st["size_bytes"] / 2**20, 1),
-            "chosen": chosen, "sweep": rows, "memory_fresh_process": mem, "meets_target": bool(ok)}
+    return {
+        "backend": name,
+        "trees": args.trees if name == "annoy" else None,
+        "hnsw_m": args.hnsw_m if name == "hnsw" else None,
+        "ef_construction": args.ef_construction if name == "hnsw" else None,
+        "build_seconds": st["build_seconds"],
+        "index_size_mb": round(st["size_bytes"] / 2**20, 1),
+        "chosen": chosen,
+        "sweep": rows,
+        "memory_fresh_process": mem,
+        "meets_target": bool(ok),
+    }
 
 
 def bench_size(n, args, workdir):
@@ -244,8 +296,13 @@ def bench_size(n, args, workdir):
         print(f"generated in {time.perf_counter() - t0:.1f}s", flush=True)
     x, q = np.load(emb_path, mmap_mode="r"), np.load(qpath)
     truth, exact = exact_baseline(x, q, args.k, args.exact_single)
-    res = {"n_items": n, "dim": args.dim, "exact": exact,
-           "embeddings_size_mb": round(os.path.getsize(emb_path) / 2**20, 1), "backends": {}}
+    res = {
+        "n_items": n,
+        "dim": args.dim,
+        "exact": exact,
+        "embeddings_size_mb": round(os.path.getsize(emb_path) / 2**20, 1),
+        "backends": {},
+    }
     for name in args.backends:
         r = bench_backend(name, n, args, emb_path, qpath, x, q, truth, workdir)
         r["latency_ratio_p50_exact_over_index"] = exact["p50_ms"] / r["chosen"]["p50_ms"]
@@ -258,32 +315,47 @@ def bench_size(n, args, workdir):
 
 
 def print_tables(results, args):
-    print(f"\n| items | backend | build params | effort | recall@{args.k} | p50 ms | p99 ms | p99 CPU ms | QPS | "
-          "build s | index MiB | fresh-process RSS after load / after queries MiB (anonymous) | target | load avg |")
+    print(
+        f"\n| items | backend | build params | effort | recall@{args.k} | p50 ms | p99 ms | p99 CPU ms | QPS | "
+        "build s | index MiB | fresh-process RSS after load / after queries MiB (anonymous) | target | load avg |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for name, b in r["backends"].items():
             c, m = b["chosen"], b["memory_fresh_process"]
             shape = f"{b['trees']} trees" if name == "annoy" else f"M {b['hnsw_m']}, efC {b['ef_construction']}"
-            print(f"| {r['n_items']:,} | {name} | {shape} | {c['effort']} | {c['recall']:.4f} | {c['p50_ms']:.3f} | "
-                  f"{c['p99_ms']:.3f} | {c['cpu_p99_ms']:.3f} | {c['qps']:.0f} | {b['build_seconds']:.1f} | "
-                  f"{b['index_size_mb']:.0f} | {m['after_load']['rss_mb']:.0f} / {m['after_queries']['rss_mb']:.0f} "
-                  f"({m['after_queries']['rss_anon_mb']:.0f}) | {'met' if b['meets_target'] else 'NOT met'} | "
-                  f"{c['loadavg_1min']} |")
-    print("\n| items | exact p50 ms | exact p99 ms | exact QPS single / batched | "
-          + " | ".join(f"{n} p50 speed-up" for n in args.backends) + " |")
+            print(
+                f"| {r['n_items']:,} | {name} | {shape} | {c['effort']} | {c['recall']:.4f} | {c['p50_ms']:.3f} | "
+                f"{c['p99_ms']:.3f} | {c['cpu_p99_ms']:.3f} | {c['qps']:.0f} | {b['build_seconds']:.1f} | "
+                f"{b['index_size_mb']:.0f} | {m['after_load']['rss_mb']:.0f} / {m['after_queries']['rss_mb']:.0f} "
+                f"({m['after_queries']['rss_anon_mb']:.0f}) | {'met' if b['meets_target'] else 'NOT met'} | "
+                f"{c['loadavg_1min']} |"
+            )
+    print(
+        "\n| items | exact p50 ms | exact p99 ms | exact QPS single / batched | "
+        + " | ".join(f"{n} p50 speed-up" for n in args.backends)
+        + " |"
+    )
     print("|---|---|---|---|" + "---|" * len(args.backends))
     for r in results:
         e = r["exact"]
-        print(f"| {r['n_items']:,} | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} | {e['qps_single']:.1f} / {e['qps_batched']:.0f} | "
-              + " | ".join(f"{r['backends'][n]['latency_ratio_p50_exact_over_index']:.0f}x" for n in args.backends)
-              + " |")
-    print("\nsweeps:\n| items | backend | effort | recall | p50 ms | p99 ms | p99 CPU ms | QPS |\n|---|---|---|---|---|---|---|---|")
+        print(
+            f"| {r['n_items']:,} | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} | "
+            f"{e['qps_single']:.1f} / {e['qps_batched']:.0f} | "
+            + " | ".join(f"{r['backends'][n]['latency_ratio_p50_exact_over_index']:.0f}x" for n in args.backends)
+            + " |"
+        )
+    print(
+        "\nsweeps:\n| items | backend | effort | recall | p50 ms | p99 ms | p99 CPU ms | QPS |"
+        "\n|---|---|---|---|---|---|---|---|"
+    )
     for r in results:
         for name, b in r["backends"].items():
             for s_ in b["sweep"]:
-                print(f"| {r['n_items']:,} | {name} | {s_['effort']} | {s_['recall']:.4f} | {s_['p50_ms']:.3f} | "
-                      f"{s_['p99_ms']:.3f} | {s_['cpu_p99_ms']:.3f} | {s_['qps']:.0f} |")
+                print(
+                    f"| {r['n_items']:,} | {name} | {s_['effort']} | {s_['recall']:.4f} | {s_['p50_ms']:.3f} | "
+                    f"{s_['p99_ms']:.3f} | {s_['cpu_p99_ms']:.3f} | {s_['qps']:.0f} |"
+                )
 
 
 # --------------------------------------------------------------------------
@@ -301,8 +373,16 @@ def filtered_index(n, args, emb_path, workdir):
     searcher = backends.AnnoyBackend.open(path, args.dim, n, {"index_size_bytes": st["size_bytes"]})
     price = np.empty(n, np.float64)
     price[np.random.default_rng(7).permutation(n)] = np.arange(n, dtype=np.float64)
-    items = pd.DataFrame({"asin": np.char.add("A", np.arange(n).astype(str)), "label": "c", "brand": "",
-                          "price": price, "average_rating": np.nan, "rating_number": np.nan})
+    items = pd.DataFrame(
+        {
+            "asin": np.char.add("A", np.arange(n).astype(str)),
+            "label": "c",
+            "brand": "",
+            "price": price,
+            "average_rating": np.nan,
+            "rating_number": np.nan,
+        }
+    )
     manifest = {"n_items": n, "embedding_dim": args.dim, "search_k": args.filter_search_k, "backend": "annoy"}
     return Index(workdir, manifest, items, np.load(emb_path, mmap_mode="r"), searcher), st
 
@@ -343,9 +423,14 @@ def time_mode(fn, queries, truth, k, seconds):
         if time.perf_counter() > t_end:
             break
     m = len(lat)
-    return {"queries": m, "recall": hits / want, "p50_ms": 1e3 * float(np.percentile(lat, 50)),
-            "p99_ms": 1e3 * float(np.percentile(lat, 99)), "cpu_p50_ms": 1e3 * float(np.percentile(cpu, 50)),
-            "cpu_p99_ms": 1e3 * float(np.percentile(cpu, 99))}
+    return {
+        "queries": m,
+        "recall": hits / want,
+        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+        "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+        "cpu_p50_ms": 1e3 * float(np.percentile(cpu, 50)),
+        "cpu_p99_ms": 1e3 * float(np.percentile(cpu, 99)),
+    }
 
 
 def bench_filtered_size(n, args, workdir):
@@ -363,25 +448,36 @@ def bench_filtered_size(n, args, workdir):
         assert ids.size == m, (ids.size, m)
         t0 = time.perf_counter()
         truth_local, _ = exact_topk(np.asarray(x[ids]) if m < n else x, queries, args.k)
-        truth = ids[truth_local[:, :min(args.k, m)]]  # fewer than k match: all of them
-        modes = {"planner": lambda q, sel=sel: F.filtered_search(index, q, args.k, allowed=sel)[0],
-                 "post-filter": lambda q, sel=sel: post_filter_search(index, q, args.k,
-                                                                     None if sel is None else sel.mask),
-                 "exact": lambda q, ids=ids: F.exact_scan(index, F.normalize(q), args.k, ids, none)[0],
-                 "ann": lambda q, sel=sel, m=m: F._ann(index, F.normalize(q), args.k, sel, m, none, None)[0]}
+        truth = ids[truth_local[:, : min(args.k, m)]]  # fewer than k match: all of them
+        modes = {
+            "planner": lambda q, sel=sel: F.filtered_search(index, q, args.k, allowed=sel)[0],
+            "post-filter": lambda q, sel=sel: post_filter_search(index, q, args.k, None if sel is None else sel.mask),
+            "exact": lambda q, ids=ids: F.exact_scan(index, F.normalize(q), args.k, ids, none)[0],
+            "ann": lambda q, sel=sel, m=m: F._ann(index, F.normalize(q), args.k, sel, m, none, None)[0],
+        }
         path = "ann" if sel is None else F.plan(index, m, args.k)
-        print(f"selectivity {s:.4%} ({m:,} items; truth in {time.perf_counter() - t0:.1f} s), planner: {path}",
-              flush=True)
+        print(
+            f"selectivity {s:.4%} ({m:,} items; truth in {time.perf_counter() - t0:.1f} s), planner: {path}", flush=True
+        )
         for mode in args.modes:
             r = time_mode(modes[mode], queries, truth, args.k, args.cell_seconds)
             r.update(n_items=n, selectivity=s, matching=m, mode=mode, plan=path, load=os.getloadavg()[0])
             rows.append(r)
-            print(f"  {mode:<12} recall@{args.k} {r['recall']:.4f}  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
-                  f"  (CPU p50 {r['cpu_p50_ms']:.3f}, p99 {r['cpu_p99_ms']:.3f} ms; {r['queries']} queries, "
-                  f"load {r['load']:.2f})", flush=True)
+            print(
+                f"  {mode:<12} recall@{args.k} {r['recall']:.4f}  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
+                f"  (CPU p50 {r['cpu_p50_ms']:.3f}, p99 {r['cpu_p99_ms']:.3f} ms; {r['queries']} queries, "
+                f"load {r['load']:.2f})",
+                flush=True,
+            )
     index.close()
-    return {"n_items": n, "dim": args.dim, "trees": args.trees, "search_k": args.filter_search_k,
-            "build_seconds": st["build_seconds"], "rows": rows}
+    return {
+        "n_items": n,
+        "dim": args.dim,
+        "trees": args.trees,
+        "search_k": args.filter_search_k,
+        "build_seconds": st["build_seconds"],
+        "rows": rows,
+    }
 
 
 def ensure_vectors(n, args, workdir):
@@ -397,9 +493,11 @@ def ensure_vectors(n, args, workdir):
 
 
 def print_filtered(results, args):
-    print(f"\n| items | selectivity | matching | planner path | planner recall@{args.k} | planner p50 / p99 ms "
-          f"(p99 CPU) | post-filter recall@{args.k} | post-filter p50 / p99 ms | p99 ratio post-filter / planner | "
-          "goal (p99 wall / CPU) |")
+    print(
+        f"\n| items | selectivity | matching | planner path | planner recall@{args.k} | planner p50 / p99 ms "
+        f"(p99 CPU) | post-filter recall@{args.k} | post-filter p50 / p99 ms | p99 ratio post-filter / planner | "
+        "goal (p99 wall / CPU) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for res in results:
         by = {(r["selectivity"], r["mode"]): r for r in res["rows"]}
@@ -409,20 +507,35 @@ def print_filtered(results, args):
                 continue
             ok = p["recall"] >= 0.99 and p["p99_ms"] < 10
             ok_cpu = p["recall"] >= 0.99 and p["cpu_p99_ms"] < 10
-            base = (f"{b['recall']:.4f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f}"
+            base = (
+                (
+                    f"{b['recall']:.4f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f}"
                     + (f" ({b['queries']} q.)" if b["queries"] < p["queries"] else "")
-                    + f" | {b['p99_ms'] / p['p99_ms']:.1f}x") if b else "- | - | -"
-            print(f"| {res['n_items']:,} | {s:.2%} | {p['matching']:,} | {p['plan']} | {p['recall']:.4f} | "
-                  f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} ({p['cpu_p99_ms']:.2f}) | {base} | "
-                  f"{'met' if ok else 'MISSED'} / {'met' if ok_cpu else 'MISSED'} |")
-    print("\nthe planner's two paths forced (where its threshold lies):\n| items | selectivity | matching | "
-          "exact recall | exact p50 / p99 ms | ann recall | ann p50 / p99 ms |\n|---|---|---|---|---|---|---|")
+                    + f" | {b['p99_ms'] / p['p99_ms']:.1f}x"
+                )
+                if b
+                else "- | - | -"
+            )
+            print(
+                f"| {res['n_items']:,} | {s:.2%} | {p['matching']:,} | {p['plan']} | {p['recall']:.4f} | "
+                f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} ({p['cpu_p99_ms']:.2f}) | {base} | "
+                f"{'met' if ok else 'MISSED'} / {'met' if ok_cpu else 'MISSED'} |"
+            )
+    print(
+        "\nthe planner's two paths forced (where its threshold lies):\n| items | selectivity | matching | "
+        "exact recall | exact p50 / p99 ms | ann recall | ann p50 / p99 ms |\n|---|---|---|---|---|---|---|"
+    )
+
+    def cell(r):
+        if not r:
+            return "- | -"
+        short = f" ({r['queries']} q.)" if r["queries"] < args.queries else ""
+        return f"{r['recall']:.4f} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f}" + short
+
     for res in results:
         by = {(r["selectivity"], r["mode"]): r for r in res["rows"]}
         for s in args.selectivities:
             e, a = by.get((s, "exact")), by.get((s, "ann"))
-            cell = lambda r: f"{r['recall']:.4f} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f}" + (  # noqa: E731
-                f" ({r['queries']} q.)" if r["queries"] < args.queries else "") if r else "- | -"
             if e or a:
                 print(f"| {res['n_items']:,} | {s:.2%} | {(e or a)['matching']:,} | {cell(e)} | {cell(a)} |")
 
@@ -430,7 +543,12 @@ def print_filtered(results, args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="100000,1000000")
-    ap.add_argument("--dim", type=int, default=512, help="embedding dim (512: the trained heads, models/heads.py; 2048: a resnet50 backbone)")
+    ap.add_argument(
+        "--dim",
+        type=int,
+        default=512,
+        help="embedding dim (512: the trained heads, models/heads.py; 2048: a resnet50 backbone)",
+    )
     ap.add_argument("--clusters", type=int, default=1000)
     ap.add_argument("--intrinsic", type=int, default=16)
     ap.add_argument("--spread", type=float, default=0.7)
@@ -468,8 +586,12 @@ def main(argv=None):
         mem = round(psutil.virtual_memory().total / 2**30, 1)
     except ImportError:
         cpus, mem = os.cpu_count(), None
-    print(f"machine: {platform.processor() or platform.machine()}, {cpus} CPUs, {mem} GiB RAM; python {platform.python_version()}; "
-          f"settings: {vars(args)}", flush=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {cpus} CPUs, {mem} GiB RAM; "
+        f"python {platform.python_version()}; "
+        f"settings: {vars(args)}",
+        flush=True,
+    )
     if args.filtered:
         args.selectivities = [float(v) for v in args.selectivities.split(",")]
         args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]

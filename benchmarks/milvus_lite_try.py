@@ -9,6 +9,7 @@ It inserts ``--n`` random 128-d vectors with a price and a brand into an HNSW co
 first filtered search, 20 more, how long one insert takes to be found, the resident memory; then
 opens the same file from a second process while the first holds it.
 """
+
 import argparse
 import multiprocessing
 import resource
@@ -34,8 +35,13 @@ def bench(db, n, dim=128):
     t = time.perf_counter()
     for s in range(0, n, 5000):
         x = rng.standard_normal((5000, dim)).astype(np.float32)
-        c.insert("items", [{"id": s + i, "vec": x[i].tolist(), "price": float(i % 100), "brand": f"b{i % 1000}"}
-                           for i in range(5000)])
+        c.insert(
+            "items",
+            [
+                {"id": s + i, "vec": x[i].tolist(), "price": float(i % 100), "brand": f"b{i % 1000}"}
+                for i in range(5000)
+            ],
+        )
     ins = time.perf_counter() - t
     print(f"inserted {n} in {ins:.2f} s ({n / ins:.0f} per second)", flush=True)
     q = rng.standard_normal(dim).astype(np.float32).tolist()

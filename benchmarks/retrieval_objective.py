@@ -36,6 +36,7 @@ with the test photos of the 2 others against the full gallery.
 head phase, on cached features of the photos as they are and one augmented view, then 1 epoch of
 fine_tune on augmented photos; ``--e2e-minutes`` budget), ``build_index``, ``evaluate_retrieval``.
 """
+
 import argparse
 import json
 import math
@@ -102,8 +103,9 @@ def _schedule(epochs, steps):
     from amazon_visual.training.recipes import RECIPES
 
     rec = RECIPES["pretrained"]
-    return WarmupCosine(rec["learning_rate"], total_steps=epochs * steps, warmup=rec["warmup"],
-                        min_factor=rec["min_lr_factor"])
+    return WarmupCosine(
+        rec["learning_rate"], total_steps=epochs * steps, warmup=rec["warmup"], min_factor=rec["min_lr_factor"]
+    )
 
 
 def train_classifier(train, val, num_classes, dim, epochs, seed=SEED):
@@ -121,9 +123,16 @@ def train_classifier(train, val, num_classes, dim, epochs, seed=SEED):
     present = counts > 0
     weights = {int(i): float(counts.sum() / (present.sum() * c)) for i, c in enumerate(counts) if c > 0}
     hot = np.eye(num_classes, dtype=np.float32)
-    model.fit(train[0], hot[train[1]], batch_size=32, epochs=epochs, validation_data=(val[0], hot[val[1]]),
-              class_weight=weights, verbose=0,
-              callbacks=[_schedule(epochs, math.ceil(len(train[1]) / 32)), _early_stop("val_accuracy")])
+    model.fit(
+        train[0],
+        hot[train[1]],
+        batch_size=32,
+        epochs=epochs,
+        validation_data=(val[0], hot[val[1]]),
+        class_weight=weights,
+        verbose=0,
+        callbacks=[_schedule(epochs, math.ceil(len(train[1]) / 32)), _early_stop("val_accuracy")],
+    )
     return keras.Model(inp, model.get_layer("embedding").output)
 
 
@@ -148,8 +157,14 @@ def train_retrieval(train, val, num_classes, dim, epochs, loss, seed=SEED):
     ds = pk_stream(tf.data.Dataset.from_tensor_slices(train), counts, p, k, seed=seed).batch(p * k)
     val_cb = RetrievalValidation(net, tf.data.Dataset.from_tensor_slices(val).batch(256))
     steps = math.ceil(len(train[1]) / (p * k))
-    fit_model.fit(ds, epochs=epochs, steps_per_epoch=steps, shuffle=False, verbose=0,
-                  callbacks=[_schedule(epochs, steps), val_cb, _early_stop("val_precision_at_10")])
+    fit_model.fit(
+        ds,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        shuffle=False,
+        verbose=0,
+        callbacks=[_schedule(epochs, steps), val_cb, _early_stop("val_precision_at_10")],
+    )
     return net
 
 
@@ -167,18 +182,31 @@ def measure(queries, q_labels, gallery, g_labels, k=10, trees=50):
     with tempfile.TemporaryDirectory() as tmp:
         st = build_annoy(g, os.path.join(tmp, "index.ann"), trees=trees)
         ann = open_annoy(os.path.join(tmp, "index.ann"), g.shape[1], len(g), st["size_bytes"])
-        index = Index(tmp, {"n_items": len(g), "embedding_dim": g.shape[1], "search_k": -1},
-                      pd.DataFrame({"asin": [str(i) for i in range(len(g))]}), g, ann, -1)
+        index = Index(
+            tmp,
+            {"n_items": len(g), "embedding_dim": g.shape[1], "search_k": -1},
+            pd.DataFrame({"asin": [str(i) for i in range(len(g))]}),
+            g,
+            ann,
+            -1,
+        )
         lat = []
         for v in q:
             t0 = time.perf_counter()
             index.search(v, k)
             lat.append(time.perf_counter() - t0)
         index.close()
-    return {"dim": int(g.shape[1]), "precision_at_10": float(prec.mean()), "map_at_10": float(aps.mean()),
-            "recall_at_1": float((g_labels[ids[:, 0]] == q_labels).mean()), "index_bytes": int(st["size_bytes"]),
-            "latency_ms_p50": 1e3 * float(np.median(lat)), "latency_ms_p99": 1e3 * float(np.percentile(lat, 99)),
-            "n_queries": int(len(q)), "n_gallery": int(len(g))}
+    return {
+        "dim": int(g.shape[1]),
+        "precision_at_10": float(prec.mean()),
+        "map_at_10": float(aps.mean()),
+        "recall_at_1": float((g_labels[ids[:, 0]] == q_labels).mean()),
+        "index_bytes": int(st["size_bytes"]),
+        "latency_ms_p50": 1e3 * float(np.median(lat)),
+        "latency_ms_p99": 1e3 * float(np.percentile(lat, 99)),
+        "n_queries": int(len(q)),
+        "n_gallery": int(len(g)),
+    }
 
 
 def _embed(model, x):
@@ -195,19 +223,33 @@ def seen_classes_table(feats, num_classes, dims, epochs, losses, seed=SEED):
     rows = [{"variant": "(a) raw backbone", **measure(test[0], test[1], gallery_x, gallery_y)}]
     for dim in dims:
         pca = PCA(dim, random_state=SEED).fit(gallery_x)
-        rows.append({"variant": f"(a) raw backbone, PCA {dim}",
-                     **measure(pca.transform(test[0]), test[1], pca.transform(gallery_x), gallery_y)})
+        rows.append(
+            {
+                "variant": f"(a) raw backbone, PCA {dim}",
+                **measure(pca.transform(test[0]), test[1], pca.transform(gallery_x), gallery_y),
+            }
+        )
     for dim in dims:
         t0 = time.time()
         m = train_classifier(train, val, num_classes, dim, epochs, seed)
-        rows.append({"variant": "(b) classifier", "train_seconds": round(time.time() - t0, 1),
-                     **measure(_embed(m, test[0]), test[1], _embed(m, gallery_x), gallery_y)})
+        rows.append(
+            {
+                "variant": "(b) classifier",
+                "train_seconds": round(time.time() - t0, 1),
+                **measure(_embed(m, test[0]), test[1], _embed(m, gallery_x), gallery_y),
+            }
+        )
         _log(f"(b) dim {dim}: {rows[-1]}")
         for loss in losses:
             t0 = time.time()
             m = train_retrieval(train, val, num_classes, dim, epochs, loss, seed)
-            rows.append({"variant": f"(c) retrieval, {loss}", "train_seconds": round(time.time() - t0, 1),
-                         **measure(_embed(m, test[0]), test[1], _embed(m, gallery_x), gallery_y)})
+            rows.append(
+                {
+                    "variant": f"(c) retrieval, {loss}",
+                    "train_seconds": round(time.time() - t0, 1),
+                    **measure(_embed(m, test[0]), test[1], _embed(m, gallery_x), gallery_y),
+                }
+            )
             _log(f"(c) {loss} dim {dim}: {rows[-1]}")
     return rows
 
@@ -229,13 +271,17 @@ def held_out_table(feats, names, holdout, dims, epochs, loss, seed=SEED):
     gallery_y = np.concatenate([train[1], val[1]])
     rows = [{"variant": "(a) raw backbone", **measure(test[0][q], test[1][q], gallery_x, gallery_y)}]
     for dim in dims:
-        for variant, fit in (("(b) classifier", lambda dim=dim: train_classifier(seen(train), seen(val), n_seen, dim,
-                                                                                   epochs, seed)),
-                             (f"(c) retrieval, {loss}", lambda dim=dim: train_retrieval(seen(train), seen(val), n_seen,
-                                                                                       dim, epochs, loss, seed))):
+        for variant, fit in (
+            ("(b) classifier", lambda dim=dim: train_classifier(seen(train), seen(val), n_seen, dim, epochs, seed)),
+            (
+                f"(c) retrieval, {loss}",
+                lambda dim=dim: train_retrieval(seen(train), seen(val), n_seen, dim, epochs, loss, seed),
+            ),
+        ):
             m = fit()
-            rows.append({"variant": variant, **measure(_embed(m, test[0][q]), test[1][q], _embed(m, gallery_x),
-                                                       gallery_y)})
+            rows.append(
+                {"variant": variant, **measure(_embed(m, test[0][q]), test[1][q], _embed(m, gallery_x), gallery_y)}
+            )
             _log(f"held-out {variant} dim {dim}: {rows[-1]}")
     return rows
 
@@ -247,21 +293,41 @@ def product_path(data_dir, image_size, work, epochs, minutes):
 
     run, index = os.path.join(work, "e2e-run"), os.path.join(work, "e2e-index")
     t0 = time.time()
-    summary = train(data_dir, model=MODEL, out=run, weights="imagenet", image_size=image_size, epochs=epochs,
-                    head_epochs=max(1, epochs - 1), objective="retrieval", embedding_dim=128, max_minutes=minutes,
-                    seed=SEED, verbose=2)
+    summary = train(
+        data_dir,
+        model=MODEL,
+        out=run,
+        weights="imagenet",
+        image_size=image_size,
+        epochs=epochs,
+        head_epochs=max(1, epochs - 1),
+        objective="retrieval",
+        embedding_dim=128,
+        max_minutes=minutes,
+        seed=SEED,
+        verbose=2,
+    )
     train_seconds = time.time() - t0
     if not os.path.isfile(os.path.join(index, "manifest.json")):
         build_index(data_dir, index, run_dir=run, trees=50, thumbnails=False, progress=False)
     r = evaluate_retrieval(index, queries="test", k=10, progress=False)
     r1 = evaluate_retrieval(index, queries="test", k=1, progress=False)
-    return {"variant": "(c) product path: train --objective retrieval", "dim": 128,
-            "precision_at_10": r["exact_precision_at_k"], "map_at_10": r["exact_map_at_k"],
-            "recall_at_1": r1["exact_precision_at_k"], "index_bytes": r["index_size_bytes"],
-            "latency_ms_p50": r["latency_ms_p50"], "latency_ms_p99": r["latency_ms_p99"],
-            "train_seconds": round(train_seconds, 1), "phases": summary["phases"],
-            "epochs_run": summary["epochs_run"], "stopped_by_time_budget": summary["stopped_by_time_budget"],
-            "n_queries": r["n_queries"], "n_gallery": r["n_indexed"]}
+    return {
+        "variant": "(c) product path: train --objective retrieval",
+        "dim": 128,
+        "precision_at_10": r["exact_precision_at_k"],
+        "map_at_10": r["exact_map_at_k"],
+        "recall_at_1": r1["exact_precision_at_k"],
+        "index_bytes": r["index_size_bytes"],
+        "latency_ms_p50": r["latency_ms_p50"],
+        "latency_ms_p99": r["latency_ms_p99"],
+        "train_seconds": round(train_seconds, 1),
+        "phases": summary["phases"],
+        "epochs_run": summary["epochs_run"],
+        "stopped_by_time_budget": summary["stopped_by_time_budget"],
+        "n_queries": r["n_queries"],
+        "n_gallery": r["n_indexed"],
+    }
 
 
 METRICS = ("precision_at_10", "map_at_10", "recall_at_1", "index_bytes", "latency_ms_p50", "latency_ms_p99")
@@ -283,15 +349,19 @@ def mean_over_seeds(rows):
 
 
 def markdown(rows, title):
-    head = (f"\n**{title}**\n\n| variant | dim | P@10 | mAP@10 | R@1 | index (KiB) | latency p50 / p99 (ms) "
-            "| P@10 by seed | mAP@10 by seed |\n|---|---:|---:|---:|---:|---:|---:|---|---|")
+    head = (
+        f"\n**{title}**\n\n| variant | dim | P@10 | mAP@10 | R@1 | index (KiB) | latency p50 / p99 (ms) "
+        "| P@10 by seed | mAP@10 by seed |\n|---|---:|---:|---:|---:|---:|---:|---|---|"
+    )
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['dim']} | {r['precision_at_10']:.3f} | {r['map_at_10']:.3f} | "
-                     f"{r['recall_at_1']:.3f} | {r['index_bytes'] / 1024:.0f} | "
-                     f"{r['latency_ms_p50']:.3f} / {r['latency_ms_p99']:.3f} | "
-                     f"{' / '.join(f'{v:.3f}' for v in r.get('precision_at_10_by_seed', [r['precision_at_10']]))} | "
-                     f"{' / '.join(f'{v:.3f}' for v in r.get('map_at_10_by_seed', [r['map_at_10']]))} |")
+        lines.append(
+            f"| {r['variant']} | {r['dim']} | {r['precision_at_10']:.3f} | {r['map_at_10']:.3f} | "
+            f"{r['recall_at_1']:.3f} | {r['index_bytes'] / 1024:.0f} | "
+            f"{r['latency_ms_p50']:.3f} / {r['latency_ms_p99']:.3f} | "
+            f"{' / '.join(f'{v:.3f}' for v in r.get('precision_at_10_by_seed', [r['precision_at_10']]))} | "
+            f"{' / '.join(f'{v:.3f}' for v in r.get('map_at_10_by_seed', [r['map_at_10']]))} |"
+        )
     return "\n".join(lines)
 
 
@@ -314,23 +384,32 @@ def verdicts(seen, held, dims, loss):
     out = []
     for dim in dims:
         pca = f"(a) raw backbone, PCA {dim}"
-        for base, b in (("(a) raw backbone", raw), (pca, _find(seen, pca, dim)),
-                        ("(b) classifier", _find(seen, "(b) classifier", dim))):
+        for base, b in (
+            ("(a) raw backbone", raw),
+            (pca, _find(seen, pca, dim)),
+            ("(b) classifier", _find(seen, "(b) classifier", dim)),
+        ):
             for m in ("precision_at_10", "map_at_10"):
                 d = _find(seen, c, dim)[m] - b[m]
                 verdict = "met" if d >= 0.03 else "MISSED"
-                out.append(f"dim {dim}: (c) - {base} on {m} = {d:+.3f} (target >= +0.03: {verdict})"
-                           + _by_seed(_find(seen, c, dim), b, m))
+                out.append(
+                    f"dim {dim}: (c) - {base} on {m} = {d:+.3f} (target >= +0.03: {verdict})"
+                    + _by_seed(_find(seen, c, dim), b, m)
+                )
     small, big = min(dims), max(dims)
     for m in ("precision_at_10", "map_at_10", "recall_at_1"):
         d = _find(seen, c, small)[m] - _find(seen, c, big)[m]
-        out.append(f"(c) {small}-d - {big}-d on {m} = {d:+.3f} (target >= -0.01: {'met' if d >= -0.01 else 'MISSED'})"
-                   + _by_seed(_find(seen, c, small), _find(seen, c, big), m))
+        out.append(
+            f"(c) {small}-d - {big}-d on {m} = {d:+.3f} (target >= -0.01: {'met' if d >= -0.01 else 'MISSED'})"
+            + _by_seed(_find(seen, c, small), _find(seen, c, big), m)
+        )
     for dim in dims:
         for m in ("precision_at_10", "map_at_10", "recall_at_1"):
             d = _find(held, c, dim)[m] - _find(held, "(b) classifier", dim)[m]
-            out.append(f"held-out, dim {dim}: (c) - (b) on {m} = {d:+.3f} (target > 0: {'met' if d > 0 else 'MISSED'})"
-                       + _by_seed(_find(held, c, dim), _find(held, "(b) classifier", dim), m))
+            out.append(
+                f"held-out, dim {dim}: (c) - (b) on {m} = {d:+.3f} (target > 0: {'met' if d > 0 else 'MISSED'})"
+                + _by_seed(_find(held, c, dim), _find(held, "(b) classifier", dim), m)
+            )
     return out
 
 
@@ -355,8 +434,11 @@ def main(argv=None):
     import helpers_training
     from amazon_visual import data
 
-    data_dir = helpers_training.clothing_small(os.path.join(args.work, "data"), image_size=args.image_size,
-                                               source=os.path.join(SHARED, "datasets", "clothing-small"))
+    data_dir = helpers_training.clothing_small(
+        os.path.join(args.work, "data"),
+        image_size=args.image_size,
+        source=os.path.join(SHARED, "datasets", "clothing-small"),
+    )
     names = data.class_names(data_dir)
     feats, feat_seconds = backbone_features(data_dir, args.image_size, args.work)
     dims = [int(d) for d in args.dims.split(",")]
@@ -364,19 +446,34 @@ def main(argv=None):
     seeds = [int(x) for x in args.seeds.split(",")]
     seen_runs, held_runs = [], []
     for seed in seeds:
-        seen_runs += [dict(r, seed=seed) for r in seen_classes_table(feats, len(names), dims, args.epochs, losses,
-                                                                     seed)]
-        held_runs += [dict(r, seed=seed) for r in held_out_table(feats, names, args.holdout.split(","), dims,
-                                                                 args.epochs, args.loss, seed)]
+        seen_runs += [
+            dict(r, seed=seed) for r in seen_classes_table(feats, len(names), dims, args.epochs, losses, seed)
+        ]
+        held_runs += [
+            dict(r, seed=seed)
+            for r in held_out_table(feats, names, args.holdout.split(","), dims, args.epochs, args.loss, seed)
+        ]
     seen, held = mean_over_seeds(seen_runs), mean_over_seeds(held_runs)
     e2e = []
     if args.e2e_epochs:
         e2e.append(product_path(data_dir, args.image_size, args.work, args.e2e_epochs, args.e2e_minutes))
-    result = {"image_size": args.image_size, "model": MODEL, "classes": names, "holdout": args.holdout.split(","),
-              "feature_seconds": round(feat_seconds, 1), "seeds": seeds, "seen": seen, "held_out": held,
-              "seen_by_seed": seen_runs, "held_out_by_seed": held_runs, "product_path": e2e,
-              "verdicts": verdicts(seen, held, dims, args.loss), "total_seconds": round(time.time() - t_start, 1),
-              "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+    result = {
+        "image_size": args.image_size,
+        "model": MODEL,
+        "classes": names,
+        "holdout": args.holdout.split(","),
+        "feature_seconds": round(feat_seconds, 1),
+        "seeds": seeds,
+        "seen": seen,
+        "held_out": held,
+        "seen_by_seed": seen_runs,
+        "held_out_by_seed": held_runs,
+        "product_path": e2e,
+        "verdicts": verdicts(seen, held, dims, args.loss),
+        "total_seconds": round(time.time() - t_start, 1),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+    }
     with open(os.path.join(args.work, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(markdown(seen + e2e, f"clothing-small, {args.image_size} px, test queries vs train+validation gallery"))

@@ -22,6 +22,7 @@ from the packaged sample catalog (1,000 photos) with ``--model`` (ImageNet Mobil
     python benchmarks/serve_load.py                      # about 3 minutes on 2 cores
     python benchmarks/serve_load.py --requests 500 --photo-requests 160   # quick
 """
+
 import argparse
 import itertools
 import json
@@ -51,9 +52,13 @@ def parse_args(argv=None):
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--wrk-seconds", type=float, default=5.0,
-                   help="also send ASIN queries from wrk (a C load generator) for this long, and photo uploads "
-                        "(batched and unbatched) for twice as long, when wrk is installed (0: skip)")
+    p.add_argument(
+        "--wrk-seconds",
+        type=float,
+        default=5.0,
+        help="also send ASIN queries from wrk (a C load generator) for this long, and photo uploads "
+        "(batched and unbatched) for twice as long, when wrk is installed (0: skip)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as one JSON document")
     return p.parse_args(argv)
 
@@ -61,8 +66,7 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------ the index
 def keras_env(work):
     """Environment whose KERAS_HOME holds the shared ImageNet MobileNetV2 weights (when present)."""
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2")
     seed = os.path.join(WEIGHTS, "seed-keras-cache")
     if os.path.isfile(seed):
         home = os.path.join(work, "keras-home")
@@ -78,13 +82,17 @@ def ensure_index(args, env):
     if os.path.isfile(os.path.join(index_dir, "manifest.json")):
         return index_dir
     weights = "imagenet" if "KERAS_HOME" in env else "none"
-    code = (f"import amazon_visual as av; from amazon_visual import sample\n"
-            f"av.build_data(sample.metadata_path(), {os.path.join(args.work, 'data')!r}, images_dir=sample.images_dir(),"
-            f" categories=sample.class_names(), image_size=160, workers=1, progress=False, overwrite=True)\n"
-            f"av.build_index({os.path.join(args.work, 'data')!r}, {index_dir!r}, backbone={args.model!r},"
-            f" weights={weights!r}, image_size={args.image_size}, trees=20, overwrite=True, progress=False)\n")
-    print(f"building the benchmark index ({args.model}, {weights} weights, {args.image_size} px) in {index_dir}",
-          file=sys.stderr)
+    code = (
+        f"import amazon_visual as av; from amazon_visual import sample\n"
+        f"av.build_data(sample.metadata_path(), {os.path.join(args.work, 'data')!r}, images_dir=sample.images_dir(),"
+        f" categories=sample.class_names(), image_size=160, workers=1, progress=False, overwrite=True)\n"
+        f"av.build_index({os.path.join(args.work, 'data')!r}, {index_dir!r}, backbone={args.model!r},"
+        f" weights={weights!r}, image_size={args.image_size}, trees=20, overwrite=True, progress=False)\n"
+    )
+    print(
+        f"building the benchmark index ({args.model}, {weights} weights, {args.image_size} px) in {index_dir}",
+        file=sys.stderr,
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     return index_dir
 
@@ -122,7 +130,7 @@ def in_process_rate(index_dir, photos, batch, k, env, seconds=20.0):
     one_batch(photos[:1])
     n, t0 = 0, time.perf_counter()
     for start in itertools.cycle(range(0, len(photos) - batch + 1, batch)):
-        one_batch(photos[start:start + batch])
+        one_batch(photos[start : start + batch])
         n += batch
         if time.perf_counter() - t0 > seconds:
             break
@@ -142,10 +150,27 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "amazon_visual.cli", "serve", index_dir, "--port", str(self.port),
-             "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--reload-poll", "0",
-             "--workers", str(workers)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "amazon_visual.cli",
+                "serve",
+                index_dir,
+                "--port",
+                str(self.port),
+                "--max-batch",
+                str(max_batch),
+                "--max-wait-ms",
+                str(max_wait_ms),
+                "--reload-poll",
+                "0",
+                "--workers",
+                str(workers),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def __enter__(self):
         import urllib3
@@ -187,8 +212,9 @@ class Server:
 def _request(pool, job, k):
     kind, q = job
     if kind == "asin":
-        return pool.request("POST", f"/v1/search?k={k}", body=q, headers={"Content-Type": "application/json"},
-                            timeout=30)
+        return pool.request(
+            "POST", f"/v1/search?k={k}", body=q, headers={"Content-Type": "application/json"}, timeout=30
+        )
     return pool.request("POST", f"/v1/search?k={k}", fields={"file": ("q.jpg", q, "image/jpeg")}, timeout=30)
 
 
@@ -229,12 +255,20 @@ def with_server_cpu(out, cpu0, cpu1):
 
 
 def summarize(records, wall):
-    out = {"requests": len(records), "seconds": round(wall, 3), "qps": round(len(records) / wall, 1),
-           "errors": sum(not ok for _, ok, _ in records)}
+    out = {
+        "requests": len(records),
+        "seconds": round(wall, 3),
+        "qps": round(len(records) / wall, 1),
+        "errors": sum(not ok for _, ok, _ in records),
+    }
     for kind in sorted({r[0] for r in records}):
         lat = np.array([s for kd, _, s in records if kd == kind]) * 1000
-        out[kind] = {"requests": int(lat.size), "qps": round(lat.size / wall, 1),
-                     "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+        out[kind] = {
+            "requests": int(lat.size),
+            "qps": round(lat.size / wall, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        }
     return out
 
 
@@ -271,8 +305,10 @@ def wrk_bodies(kind, asins, photos, work):
     if kind == "asin":
         bodies, ctype = [json.dumps({"asin": a}).encode() for a in asins], "application/json"
     else:
-        head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.jpg\"\r\n"
-                "Content-Type: image/jpeg\r\n\r\n").encode()
+        head = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="q.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
         bodies = [head + p + f"\r\n--{BOUNDARY}--\r\n".encode() for p in photos]
         ctype = f"multipart/form-data; boundary={BOUNDARY}"
     paths = []
@@ -301,16 +337,41 @@ def run_wrk(server, kind, asins, photos, concurrency, k, seconds, work):
         f.write(f"K = {int(k)}\n" + WRK_SCRIPT)
     listing, ctype = wrk_bodies(kind, asins, photos, work)
     cpu0 = server.cpu_seconds()
-    out = subprocess.run([exe, "-t1", f"-c{concurrency}", f"-d{max(1, int(round(seconds)))}s", "--timeout", "10s",
-                          "-s", script, f"http://127.0.0.1:{server.port}", "--", listing, ctype],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            exe,
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, int(round(seconds)))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            script,
+            f"http://127.0.0.1:{server.port}",
+            "--",
+            listing,
+            ctype,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     cpu1 = server.cpu_seconds()
     r = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("WRK "))[4:])
     wall = r["duration_us"] / 1e6
-    res = {"client": "wrk", "requests": r["requests"], "seconds": round(wall, 3), "qps": round(r["requests"] / wall, 1),
-           "errors": r["socket_errors"] + r["non_2xx"],
-           kind: {"requests": r["requests"], "qps": round(r["requests"] / wall, 1),
-                  "p50_ms": round(r["p50_us"] / 1000, 2), "p99_ms": round(r["p99_us"] / 1000, 2)}}
+    res = {
+        "client": "wrk",
+        "requests": r["requests"],
+        "seconds": round(wall, 3),
+        "qps": round(r["requests"] / wall, 1),
+        "errors": r["socket_errors"] + r["non_2xx"],
+        kind: {
+            "requests": r["requests"],
+            "qps": round(r["requests"] / wall, 1),
+            "p50_ms": round(r["p50_us"] / 1000, 2),
+            "p99_ms": round(r["p99_us"] / 1000, 2),
+        },
+    }
     return with_server_cpu(res, cpu0, cpu1)
 
 
@@ -360,16 +421,32 @@ def main(argv=None):
 
 def report(res, args):
     photo_qps = res["photo_batched"]["qps"]
-    ratios = {"in_process_batched_vs_single": round(res["in_process_img_per_s"] / res["in_process_single_img_per_s"], 2),
-              "photo_vs_in_process": round(photo_qps / res["in_process_img_per_s"], 2),
-              "photo_vs_unbatched": round(photo_qps / res["photo_unbatched"]["qps"], 2)}
-    phases = [p for p in ("asin", "asin_wrk", "photo_batched", "photo_batched_wrk", "mixed", "photo_unbatched",
-                          "photo_unbatched_wrk") if res.get(p)]
+    ratios = {
+        "in_process_batched_vs_single": round(res["in_process_img_per_s"] / res["in_process_single_img_per_s"], 2),
+        "photo_vs_in_process": round(photo_qps / res["in_process_img_per_s"], 2),
+        "photo_vs_unbatched": round(photo_qps / res["photo_unbatched"]["qps"], 2),
+    }
+    phases = [
+        p
+        for p in (
+            "asin",
+            "asin_wrk",
+            "photo_batched",
+            "photo_batched_wrk",
+            "mixed",
+            "photo_unbatched",
+            "photo_unbatched_wrk",
+        )
+        if res.get(p)
+    ]
     errors = sum(res[p]["errors"] for p in phases)
-    targets = {"0 errors": errors == 0,
-               "ASIN >= 500 QPS": res["asin"]["qps"] >= 500, "ASIN p99 < 20 ms": res["asin"]["asin"]["p99_ms"] < 20,
-               "photo >= 0.8x in process": ratios["photo_vs_in_process"] >= 0.8,
-               "photo >= 3x unbatched": ratios["photo_vs_unbatched"] >= 3}
+    targets = {
+        "0 errors": errors == 0,
+        "ASIN >= 500 QPS": res["asin"]["qps"] >= 500,
+        "ASIN p99 < 20 ms": res["asin"]["asin"]["p99_ms"] < 20,
+        "photo >= 0.8x in process": ratios["photo_vs_in_process"] >= 0.8,
+        "photo >= 3x unbatched": ratios["photo_vs_unbatched"] >= 3,
+    }
     if res.get("asin_wrk"):
         targets["ASIN >= 500 QPS (wrk client)"] = res["asin_wrk"]["qps"] >= 500
         targets["ASIN p99 < 20 ms (wrk client)"] = res["asin_wrk"]["asin"]["p99_ms"] < 20
@@ -383,16 +460,23 @@ def report(res, args):
     if args.json:
         print(json.dumps(res, indent=2))
         return
-    print(f"index {res['index']}; server workers {res.get('workers', 1)}; "
-          f"concurrency {res['concurrency']}, k {res['k']}; "
-          f"load average before {res['load_before'][0]:.2f}, after {res['load_after'][0]:.2f}")
-    print(f"in process, batches of {res['concurrency']}: {res['in_process_img_per_s']:.1f} photos/s; one at a time: "
-          f"{res['in_process_single_img_per_s']:.1f} photos/s")
+    print(
+        f"index {res['index']}; server workers {res.get('workers', 1)}; "
+        f"concurrency {res['concurrency']}, k {res['k']}; "
+        f"load average before {res['load_before'][0]:.2f}, after {res['load_after'][0]:.2f}"
+    )
+    print(
+        f"in process, batches of {res['concurrency']}: {res['in_process_img_per_s']:.1f} photos/s; one at a time: "
+        f"{res['in_process_single_img_per_s']:.1f} photos/s"
+    )
     print(f"{'phase':<18}{'requests':>9}{'QPS':>8}{'errors':>7}{'srv CPU ms/req':>16}   per kind: QPS, p50 / p99 ms")
     for phase in phases:
         r = res[phase]
-        kinds = "; ".join(f"{kd} {r[kd]['qps']:.1f}, {r[kd]['p50_ms']:.1f} / {r[kd]['p99_ms']:.1f}"
-                          for kd in ("asin", "photo") if kd in r)
+        kinds = "; ".join(
+            f"{kd} {r[kd]['qps']:.1f}, {r[kd]['p50_ms']:.1f} / {r[kd]['p99_ms']:.1f}"
+            for kd in ("asin", "photo")
+            if kd in r
+        )
         cpu = r.get("server_cpu_ms_per_request")
         cpu = "-" if cpu is None else cpu
         print(f"{phase:<18}{r['requests']:>9}{r['qps']:>8.1f}{r['errors']:>7}{cpu:>16}   {kinds}")

@@ -11,6 +11,7 @@ accuracy over the svm's. The equivalent CLI for one row::
 
     amazon-visual train --data DATA --model alexnet --out runs/alexnet --image-size 64 --epochs 6
 """
+
 import argparse
 import json
 import os
@@ -36,27 +37,41 @@ def main(argv=None):
     from amazon_visual import evaluation, training
 
     load_before = os.getloadavg()
-    data = helpers_training.clothing_small(os.path.join(args.work, "data"), args.image_size,
-                                           name=f"clothing-{args.per_class}pc-{args.image_size}",
-                                           per_class=args.per_class)
+    data = helpers_training.clothing_small(
+        os.path.join(args.work, "data"),
+        args.image_size,
+        name=f"clothing-{args.per_class}pc-{args.image_size}",
+        per_class=args.per_class,
+    )
     rows = []
     for name in args.models.split(","):
         run = os.path.join(args.work, "runs", f"{name}-{args.epochs}ep")
         t = time.time()
-        s = training.train(data, model=name, out=run, weights="none", image_size=args.image_size,
-                           epochs=args.epochs, verbose=2)
+        s = training.train(
+            data, model=name, out=run, weights="none", image_size=args.image_size, epochs=args.epochs, verbose=2
+        )
         r = evaluation.compare([run], data, out=os.path.join(args.work, "compare", name))["rows"][0]
-        rows.append({"model": name, "train": r["training_accuracy"], "validation": r["validation_accuracy"],
-                     "test": r["test_accuracy"], "epochs": s["epochs_run"], "train_minutes": round(s["seconds"] / 60, 2),
-                     "wall_minutes": round((time.time() - t) / 60, 2)})
+        rows.append(
+            {
+                "model": name,
+                "train": r["training_accuracy"],
+                "validation": r["validation_accuracy"],
+                "test": r["test_accuracy"],
+                "epochs": s["epochs_run"],
+                "train_minutes": round(s["seconds"] / 60, 2),
+                "wall_minutes": round((time.time() - t) / 60, 2),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["test"]
     print(f"\n{data}: {args.per_class} photos per class, {args.image_size} px, --epochs {args.epochs}")
     print("| Model | Training acc. | Validation acc. | Test acc. | Test / " + rows[0]["model"] + " | Minutes |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['train']:.3f} | {r['validation']:.3f} | {r['test']:.3f} | "
-              f"{r['test'] / base:.2f}x | {r['train_minutes']} |")
+        print(
+            f"| {r['model']} | {r['train']:.3f} | {r['validation']:.3f} | {r['test']:.3f} | "
+            f"{r['test'] / base:.2f}x | {r['train_minutes']} |"
+        )
     out = {"rows": rows, "load_before": load_before, "load_after": os.getloadavg(), "args": vars(args)}
     with open(os.path.join(args.work, "short_runs.json"), "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2)

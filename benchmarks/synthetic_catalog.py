@@ -19,6 +19,7 @@ point at it). Usage::
 
 From Python (tests, benchmarks): ``write_catalog(out, n, ...)``, ``serve(px, classes, seed)``.
 """
+
 import argparse
 import gzip
 import hashlib
@@ -76,11 +77,22 @@ def record(i, classes, base_url, seed=0):
     name = class_names(classes)[class_of(i, classes, seed)]
     asin = asin_of(i)
     url = f"{base_url.rstrip('/')}/{asin}.jpg"
-    return {"main_category": STORE, "title": f"Synthetic product {i} ({name})", "average_rating": 4.0,
-            "rating_number": 1, "features": [], "description": [], "price": None,
-            "images": [{"thumb": url, "large": url, "variant": "MAIN", "hi_res": None}], "videos": [],
-            "store": STORE, "categories": [TOP, name], "details": {}, "parent_asin": asin,
-            "bought_together": None}
+    return {
+        "main_category": STORE,
+        "title": f"Synthetic product {i} ({name})",
+        "average_rating": 4.0,
+        "rating_number": 1,
+        "features": [],
+        "description": [],
+        "price": None,
+        "images": [{"thumb": url, "large": url, "variant": "MAIN", "hi_res": None}],
+        "videos": [],
+        "store": STORE,
+        "categories": [TOP, name],
+        "details": {},
+        "parent_asin": asin,
+        "bought_together": None,
+    }
 
 
 def write_catalog(out, n, classes=10, px=32, seed=0, images="folder", base_url=None, progress=False):
@@ -106,8 +118,11 @@ def write_catalog(out, n, classes=10, px=32, seed=0, images="folder", base_url=N
     os.replace(meta + ".tmp", meta)
     with open(os.path.join(out, "classes.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(class_names(classes)) + "\n")
-    return {"metadata": meta, "classes": os.path.join(out, "classes.txt"),
-            "images_dir": img_dir if images == "folder" else None}
+    return {
+        "metadata": meta,
+        "classes": os.path.join(out, "classes.txt"),
+        "images_dir": img_dir if images == "folder" else None,
+    }
 
 
 def serve(classes=10, px=32, seed=0, host="127.0.0.1", port=0):

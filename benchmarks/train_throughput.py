@@ -9,6 +9,7 @@ clothing-small built at the same size, iterated without a model after a warm-up 
 Prints a table and ``pipeline / fastest model``; the pipeline must deliver at least 3x
 what the fastest model consumes so it is never the bottleneck.
 """
+
 import argparse
 import json
 import os
@@ -74,15 +75,16 @@ def main(argv=None):
     data_dir = helpers_training.clothing_small(args.work, image_size=args.image_size)
     results = {"image_size": args.image_size, "batch_size": args.batch_size, "models": {}}
     results["pipeline_augment"] = pipeline_throughput(data_dir, args.image_size, args.batch_size, 60)
-    results["pipeline_no_augment"] = pipeline_throughput(data_dir, args.image_size, args.batch_size, 60,
-                                                         augment=False)
+    results["pipeline_no_augment"] = pipeline_throughput(data_dir, args.image_size, args.batch_size, 60, augment=False)
     for name in args.models.split(","):
         results["models"][name] = model_throughput(name, args.image_size, args.batch_size, args.steps, args.warmup)
         print(f"{name:10s} {results['models'][name]:10.1f} images/s (training step)", file=sys.stderr, flush=True)
     # svm trains without augmentation by default (a linear model on raw pixels): its
     # pipeline is the one without augmentation; the CNNs use the augmented one.
-    feeds = {name: results["pipeline_no_augment"] if name == "svm" else results["pipeline_augment"]
-             for name in results["models"]}
+    feeds = {
+        name: results["pipeline_no_augment"] if name == "svm" else results["pipeline_augment"]
+        for name in results["models"]
+    }
     results["ratio_per_model"] = {name: feeds[name] / v for name, v in results["models"].items()}
     fastest = max(results["models"], key=results["models"].get)
     results["fastest_model"] = fastest
@@ -104,8 +106,10 @@ def main(argv=None):
     for name, r in results["ratio_per_model"].items():
         feed = "without" if name == "svm" else "with"
         print(f"pipeline ({feed} augmentation) / {name}: {r:.1f}x {'OK' if r >= 3 else 'BELOW 3x'}")
-    print(f"\npipeline / fastest model ({fastest}): {results['ratio_pipeline_to_fastest']:.1f}x "
-          f"({'OK' if results['ratio_pipeline_to_fastest'] >= 3 else 'BELOW 3x'})")
+    print(
+        f"\npipeline / fastest model ({fastest}): {results['ratio_pipeline_to_fastest']:.1f}x "
+        f"({'OK' if results['ratio_pipeline_to_fastest'] >= 3 else 'BELOW 3x'})"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ fine-tuning epoch a two-phase run needs; prints the seconds per head epoch of ea
 (history.csv), the one-time cost of caching, the ratio, and after how many head epochs caching
 has paid for itself.
 """
+
 import argparse
 import json
 import os
@@ -38,17 +39,31 @@ def accuracy_runs(work, sizes, minutes):
         data = helpers_training.clothing_small(os.path.join(work, "data"), size)
         run = os.path.join(work, "runs", f"mobilenet_v2-{size}")
         t = time.time()
-        s = training.train(data, model="mobilenet_v2", weights="imagenet", out=run, image_size=size, epochs=200,
-                           max_minutes=minutes, verbose=2)
+        s = training.train(
+            data,
+            model="mobilenet_v2",
+            weights="imagenet",
+            out=run,
+            image_size=size,
+            epochs=200,
+            max_minutes=minutes,
+            verbose=2,
+        )
         r = evaluation.compare([run], data, out=os.path.join(work, "compare", str(size)))["rows"][0]
         config = json.load(open(os.path.join(run, "config.json"), encoding="utf-8"))
         hist = training.read_history(run)
-        row = {"image_size": size, "train": r["training_accuracy"], "validation": r["validation_accuracy"],
-               "test": r["test_accuracy"], "epochs": s["epochs_run"], "train_minutes": round(s["seconds"] / 60, 2),
-               "wall_minutes_with_eval": round((time.time() - t) / 60, 2),
-               "head_epochs": sum(h["phase"] == "head" for h in hist),
-               "fine_tune_epochs": sum(h["phase"] == "fine_tune" for h in hist),
-               "time_budget": config["time_budget"]}
+        row = {
+            "image_size": size,
+            "train": r["training_accuracy"],
+            "validation": r["validation_accuracy"],
+            "test": r["test_accuracy"],
+            "epochs": s["epochs_run"],
+            "train_minutes": round(s["seconds"] / 60, 2),
+            "wall_minutes_with_eval": round((time.time() - t) / 60, 2),
+            "head_epochs": sum(h["phase"] == "head" for h in hist),
+            "fine_tune_epochs": sum(h["phase"] == "fine_tune" for h in hist),
+            "time_budget": config["time_budget"],
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -64,15 +79,27 @@ def head_speed(work, size, epochs=4):
         run = os.path.join(work, "runs", f"head-{'cached' if cached else 'plain'}-{size}")
         t = time.time()
         n = epochs if cached else 2  # head epochs; one fine-tuning epoch follows (a run has at least one)
-        training.train(data, model="mobilenet_v2", weights="imagenet", out=run, image_size=size,
-                       epochs=n + 1, head_epochs=n, cache_features=cached, verbose=2, callbacks=False,
-                       early_stopping=0)
+        training.train(
+            data,
+            model="mobilenet_v2",
+            weights="imagenet",
+            out=run,
+            image_size=size,
+            epochs=n + 1,
+            head_epochs=n,
+            cache_features=cached,
+            verbose=2,
+            callbacks=False,
+            early_stopping=0,
+        )
         hist = training.read_history(run)
         secs = [h["seconds"] for h in hist if h["phase"] == "head"]
         out["cached" if cached else "plain"] = {
-            "head_epoch_seconds": secs, "median": statistics.median(secs),
+            "head_epoch_seconds": secs,
+            "median": statistics.median(secs),
             "total_seconds": round(time.time() - t, 1),
-            "outside_epochs_seconds": round(time.time() - t - sum(h["seconds"] for h in hist), 1)}
+            "outside_epochs_seconds": round(time.time() - t - sum(h["seconds"] for h in hist), 1),
+        }
     c, p = out["cached"], out["plain"]
     # the one-time cost of caching: what the cached run spends outside its epochs beyond the plain run
     c["caching_seconds"] = round(c["outside_epochs_seconds"] - p["outside_epochs_seconds"], 1)

@@ -19,13 +19,13 @@ embeddings within 1e-5) and prints the update's counts and seconds per phase. Us
     python benchmarks/update_bench.py --n 100000 --work /tmp/av_update --json-out update.json
     python benchmarks/update_bench.py --n 2000 --work /tmp/av_update_quick      # a smoke run
 """
+
 import argparse
 import gzip
 import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -39,10 +39,12 @@ sys.path.insert(0, ROOT)
 import growth  # noqa: E402
 import synthetic_catalog as sc  # noqa: E402
 
-TRAIN = ("import sys; from amazon_visual import training; "
-         "training.train(sys.argv[1], model='alexnet', out=sys.argv[2], image_size=32, epochs=1, batch_size=64, "
-         "steps_per_epoch=5, validation_steps=1, model_kwargs={'width': 0.25, 'fc_units': 64}, augment=False, "
-         "early_stopping=0, quiet=True)")
+TRAIN = (
+    "import sys; from amazon_visual import training; "
+    "training.train(sys.argv[1], model='alexnet', out=sys.argv[2], image_size=32, epochs=1, batch_size=64, "
+    "steps_per_epoch=5, validation_steps=1, model_kwargs={'width': 0.25, 'fc_units': 64}, augment=False, "
+    "early_stopping=0, quiet=True)"
+)
 
 
 def changed_photo(i, classes, px):
@@ -60,13 +62,16 @@ def catalogs(root, n, change, repriced, classes, px):
     added = list(range(n, n + k // 3))
     rng = np.random.default_rng(0)
     pick = rng.permutation(n)
-    removed = set(int(i) for i in pick[:k // 3])
-    photo = set(int(i) for i in pick[k // 3:k // 3 + (k - 2 * (k // 3))])
-    priced = set(int(i) for i in pick[k:k + repriced])
+    removed = set(int(i) for i in pick[: k // 3])
+    photo = set(int(i) for i in pick[k // 3 : k // 3 + (k - 2 * (k // 3))])
+    priced = set(int(i) for i in pick[k : k + repriced])
     cat = sc.write_catalog(os.path.join(root, "catalog"), n + len(added), classes, px)
     old_meta, new_meta = os.path.join(root, "old-meta.jsonl.gz"), os.path.join(root, "new-meta.jsonl.gz")
-    with gzip.open(cat["metadata"], "rt", encoding="utf-8") as f, gzip.open(old_meta, "wt", encoding="utf-8") as fo, \
-            gzip.open(new_meta, "wt", encoding="utf-8") as fn:
+    with (
+        gzip.open(cat["metadata"], "rt", encoding="utf-8") as f,
+        gzip.open(old_meta, "wt", encoding="utf-8") as fo,
+        gzip.open(new_meta, "wt", encoding="utf-8") as fn,
+    ):
         for i, line in enumerate(f):
             if i < n:
                 fo.write(line)
@@ -83,8 +88,15 @@ def catalogs(root, n, change, repriced, classes, px):
         os.remove(p)
         with open(p, "wb") as f:
             f.write(changed_photo(i, classes, px))
-    return {"old": (old_meta, cat["images_dir"]), "new": (new_meta, new_images), "classes": cat["classes"],
-            "added": len(added), "changed": len(photo), "removed": len(removed), "repriced": len(priced)}
+    return {
+        "old": (old_meta, cat["images_dir"]),
+        "new": (new_meta, new_images),
+        "classes": cat["classes"],
+        "added": len(added),
+        "changed": len(photo),
+        "removed": len(removed),
+        "repriced": len(priced),
+    }
 
 
 def backbone_run(run_dir, name, image_size, data_dir):
@@ -96,8 +108,18 @@ def backbone_run(run_dir, name, image_size, data_dir):
     os.makedirs(run_dir, exist_ok=True)
     model.save(os.path.join(run_dir, "model.keras"))
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({"model": name, "image_size": image_size, "embedding_layer": "embedding", "objective": "retrieval",
-                   "embedding_dim": int(model.outputs[0].shape[-1]), "weights": "none", "resize": "pad"}, f)
+        json.dump(
+            {
+                "model": name,
+                "image_size": image_size,
+                "embedding_layer": "embedding",
+                "objective": "retrieval",
+                "embedding_dim": int(model.outputs[0].shape[-1]),
+                "weights": "none",
+                "resize": "pad",
+            },
+            f,
+        )
     with open(os.path.join(run_dir, "labels.json"), "w") as f:
         json.dump(data.class_names(data_dir), f)
 
@@ -127,8 +149,12 @@ def main(argv=None):
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--px", type=int, default=32)
     ap.add_argument("--work", default="/tmp/av_update")
-    ap.add_argument("--backbone", default=None, help="embed with this keras.applications backbone (random "
-                    "weights, --image-size) instead of growth.py's small trained model")
+    ap.add_argument(
+        "--backbone",
+        default=None,
+        help="embed with this keras.applications backbone (random "
+        "weights, --image-size) instead of growth.py's small trained model",
+    )
     ap.add_argument("--image-size", type=int, default=96, help="the backbone's input size")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json-out", default=None)
@@ -141,43 +167,83 @@ def main(argv=None):
     print(f"n {args.n}, change {args.change}, load {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
     t0 = time.perf_counter()
     c = catalogs(root, args.n, args.change, args.repriced, args.classes, args.px)
-    rows = [{"stage": "catalogs (generator)", "wall_s": round(time.perf_counter() - t0, 2),
-             **{k: c[k] for k in ("added", "changed", "removed", "repriced")}}]
+    rows = [
+        {
+            "stage": "catalogs (generator)",
+            "wall_s": round(time.perf_counter() - t0, 2),
+            **{k: c[k] for k in ("added", "changed", "removed", "repriced")},
+        }
+    ]
     print(json.dumps(rows[-1]), flush=True)
     d = {k: os.path.join(root, k) for k in ("old-data", "new-data", "run", "index", "full")}
     for name, (meta, images) in (("old-data", c["old"]), ("new-data", c["new"])):
-        cmd = growth.cli("build-data", "--metadata", meta, "--categories-file", c["classes"], "--images-dir", images,
-                         "--image-size", str(args.px), "--workers", "2", "--no-progress", "--out", d[name])
+        cmd = growth.cli(
+            "build-data",
+            "--metadata",
+            meta,
+            "--categories-file",
+            c["classes"],
+            "--images-dir",
+            images,
+            "--image-size",
+            str(args.px),
+            "--workers",
+            "2",
+            "--no-progress",
+            "--out",
+            d[name],
+        )
         rows.append({"stage": f"build-data ({name})", **growth.measure(cmd, log)})
         print(json.dumps(rows[-1]), flush=True)
     if args.backbone:
         t0 = time.perf_counter()
         backbone_run(d["run"], args.backbone, args.image_size, d["old-data"])
-        rows.append({"stage": f"run of {args.backbone} at {args.image_size} px (random weights)",
-                     "wall_s": round(time.perf_counter() - t0, 2)})
+        rows.append(
+            {
+                "stage": f"run of {args.backbone} at {args.image_size} px (random weights)",
+                "wall_s": round(time.perf_counter() - t0, 2),
+            }
+        )
     else:
-        rows.append({"stage": "train (5 steps)",
-                     **growth.measure([sys.executable, "-c", TRAIN, d["old-data"], d["run"]], log)})
-    rows.append({"stage": "index (old catalog)",
-                 **growth.measure(growth.cli("index", d["run"], "--data", d["old-data"], "--out", d["index"]), log)})
+        rows.append(
+            {"stage": "train (5 steps)", **growth.measure([sys.executable, "-c", TRAIN, d["old-data"], d["run"]], log)}
+        )
+    rows.append(
+        {
+            "stage": "index (old catalog)",
+            **growth.measure(growth.cli("index", d["run"], "--data", d["old-data"], "--out", d["index"]), log),
+        }
+    )
     print(json.dumps(rows[-1]), flush=True)
-    full = {"stage": "index (new catalog, full: the baseline)",
-            **growth.measure(growth.cli("index", d["run"], "--data", d["new-data"], "--out", d["full"]), log)}
+    full = {
+        "stage": "index (new catalog, full: the baseline)",
+        **growth.measure(growth.cli("index", d["run"], "--data", d["new-data"], "--out", d["full"]), log),
+    }
     rows.append(full)
     print(json.dumps(full), flush=True)
     out = os.path.join(root, "update.json")
     cmd = growth.cli("index", d["run"], "--data", d["new-data"], "--out", d["index"], "--update", "--json")
     with open(out, "w") as f:  # the --json summary, measured like the other stages
-        upd = {"stage": "index --update (old index -> new catalog)",
-               **growth.measure(["sh", "-c", " ".join(f"'{a}'" for a in cmd) + f" > '{out}'"], log)}
+        upd = {
+            "stage": "index --update (old index -> new catalog)",
+            **growth.measure(["sh", "-c", " ".join(f"'{a}'" for a in cmd) + f" > '{out}'"], log),
+        }
     summary = json.load(open(out))
     upd.update({k: summary[k] for k in ("added", "changed", "removed", "reused", "embedded", "seconds")})
     rows.append(upd)
     print(json.dumps(upd), flush=True)
     equal, detail = same_index(d["index"], d["full"])
     ratio = upd["wall_s"] / full["wall_s"]
-    rows.append({"stage": "check", "update_equals_full": equal, "detail": detail,
-                 "update_over_full": round(ratio, 4), "goal": "<= 0.05", "met": ratio <= 0.05})
+    rows.append(
+        {
+            "stage": "check",
+            "update_equals_full": equal,
+            "detail": detail,
+            "update_over_full": round(ratio, 4),
+            "goal": "<= 0.05",
+            "met": ratio <= 0.05,
+        }
+    )
     print(json.dumps(rows[-1]), flush=True)
     print(f"\nload at the end {os.getloadavg()}")
     print("\n| stage | wall s | peak RSS, process tree MiB | load |\n|---|---|---|---|")

@@ -15,6 +15,7 @@ The photos are by Alexey Grigorev and contributors
 (github.com/alexeygrigorev/clothing-dataset-small), dedicated to the public domain
 under CC0-1.0.
 """
+
 import argparse
 import csv
 import gzip
@@ -99,14 +100,16 @@ def make(source, out, per_class=100, max_side=160):
             asin = asin_for(name)
             with open(os.path.join(images_out, asin + ".jpg"), "wb") as f:
                 f.write(resized_jpeg(os.path.join(source, "images", name), max_side))
-            records.append({
-                "parent_asin": asin,
-                "title": f"{display} \u2014 sample product {i}",
-                "main_category": "AMAZON FASHION",
-                "categories": ["Clothing, Shoes & Jewelry", "Clothing", display],
-                "images": [{"large": asin + ".jpg", "hi_res": None, "thumb": None, "variant": "MAIN"}],
-                "details": {"source_photo": name},
-            })
+            records.append(
+                {
+                    "parent_asin": asin,
+                    "title": f"{display} \u2014 sample product {i}",
+                    "main_category": "AMAZON FASHION",
+                    "categories": ["Clothing, Shoes & Jewelry", "Clothing", display],
+                    "images": [{"large": asin + ".jpg", "hi_res": None, "thumb": None, "variant": "MAIN"}],
+                    "details": {"source_photo": name},
+                }
+            )
     records.sort(key=lambda r: r["parent_asin"])
 
     meta = os.path.join(out, "meta_sample.jsonl.gz")

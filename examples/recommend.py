@@ -121,10 +121,13 @@ by_asin = rec.recommend(asin=query_asin, k=5, same_category=True)  # never retur
 One HTML gallery per query (the query image, then the look-alikes with their scores; the
 images are embedded in the page), and the report page of the whole experiment.
 """
-write_gallery(os.path.join(out, "gallery.html"), by_photo["query"], by_photo["results"],
-              title="Look-alikes of a photo")
-write_gallery(os.path.join(out, "gallery-asin.html"), by_asin["query"], by_asin["results"],
-              title=f"Look-alikes of {query_asin} in its own category")
+write_gallery(os.path.join(out, "gallery.html"), by_photo["query"], by_photo["results"], title="Look-alikes of a photo")
+write_gallery(
+    os.path.join(out, "gallery-asin.html"),
+    by_asin["query"],
+    by_asin["results"],
+    title=f"Look-alikes of {query_asin} in its own category",
+)
 rec.close()
 print("gallery:", os.path.join(out, "gallery.html"))
 print("report:", write_report(out))  # finds data/, run/ and index/ in the folder

@@ -1,4 +1,5 @@
 """Helpers for the build-data tests: generated images, catalogs and a loopback HTTP server."""
+
 import gzip
 import http.server
 import io
@@ -78,6 +79,7 @@ def large_jpeg(width, height, mode="L", quality=5):
 
 def png_bomb(width, height):
     """A real, valid grayscale PNG of ``width`` x ``height`` zeros: a file ~1/1000 of its pixel count."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -94,7 +96,7 @@ def forged_jpeg(width, height):
     Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, "JPEG")
     data = bytearray(buf.getvalue())
     sof = data.index(b"\xff\xc0")  # baseline SOF0: marker, length (2), precision (1), height, width
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -120,15 +122,30 @@ def line_2014(p):
 
 
 def line_2018(p):
-    return json.dumps({"asin": p["asin"], "title": p["title"], "category": p["path"],
-                       "main_cat": p["path"][0], "imageURL": [p["url"]] if p["url"] else [],
-                       "imageURLHighRes": [p["url"]] if p["url"] else []})
+    return json.dumps(
+        {
+            "asin": p["asin"],
+            "title": p["title"],
+            "category": p["path"],
+            "main_cat": p["path"][0],
+            "imageURL": [p["url"]] if p["url"] else [],
+            "imageURLHighRes": [p["url"]] if p["url"] else [],
+        }
+    )
 
 
 def line_2023(p):
     images = [{"thumb": None, "large": p["url"], "hi_res": None, "variant": "MAIN"}] if p["url"] else []
-    return json.dumps({"parent_asin": p["asin"], "title": p["title"], "main_category": "AMAZON STORE",
-                       "categories": p["path"], "images": images, "average_rating": 4.1})
+    return json.dumps(
+        {
+            "parent_asin": p["asin"],
+            "title": p["title"],
+            "main_category": "AMAZON STORE",
+            "categories": p["path"],
+            "images": images,
+            "average_rating": 4.1,
+        }
+    )
 
 
 LINE = {"2014": line_2014, "2018": line_2018, "2023": line_2023}
@@ -225,9 +242,18 @@ class ImageServer:
 
 
 def _ctype(kind):
-    return {"png": "image/png", "palette": "image/png", "rgba": "image/png", "la": "image/png",
-            "16bit": "image/png", "gray": "image/png", "gif": "image/gif", "webp": "image/webp",
-            "bomb": "image/png", "empty": "image/jpeg"}.get(kind, "image/jpeg")
+    return {
+        "png": "image/png",
+        "palette": "image/png",
+        "rgba": "image/png",
+        "la": "image/png",
+        "16bit": "image/png",
+        "gray": "image/png",
+        "gif": "image/gif",
+        "webp": "image/webp",
+        "bomb": "image/png",
+        "empty": "image/jpeg",
+    }.get(kind, "image/jpeg")
 
 
 def files_under(root):

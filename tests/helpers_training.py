@@ -5,22 +5,36 @@
 - ``clothing_small(root, image_size)``: ../shared/datasets/clothing-small (or
   $AMAZON_VISUAL_CLOTHING_SMALL) turned into a DATA_DIR through a 2018-format metadata file.
 """
+
 import csv
 import json
 import os
 
 import numpy as np
 
-CLOTHING_SMALL = os.environ.get("AMAZON_VISUAL_CLOTHING_SMALL", os.path.normpath(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets", "clothing-small")))
+CLOTHING_SMALL = os.environ.get(
+    "AMAZON_VISUAL_CLOTHING_SMALL",
+    os.path.normpath(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets", "clothing-small")
+    ),
+)
 TOP = "Clothing, Shoes & Jewelry"
 
 
 def _write_meta(path, items):
     with open(path, "w", encoding="utf-8") as f:
         for asin, label, file_name in items:
-            f.write(json.dumps({"asin": asin, "title": f"{label} {asin}", "category": [TOP, "Clothing", label],
-                                "imageURL": [file_name]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "asin": asin,
+                        "title": f"{label} {asin}",
+                        "category": [TOP, "Clothing", label],
+                        "imageURL": [file_name],
+                    }
+                )
+                + "\n"
+            )
 
 
 def tiny_dataset(root, classes=("red", "green", "blue"), per_class=12, size=40, seed=0, name="data"):
@@ -41,14 +55,22 @@ def tiny_dataset(root, classes=("red", "green", "blue"), per_class=12, size=40, 
             if c >= 3:  # more classes than channels: add stripes
                 img[:: (c - 1), :, :] = 255
             asin = f"A{c:02d}{i:04d}"
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(os.path.join(images, f"{asin}.jpg"),
-                                                                        quality=95)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(os.path.join(images, f"{asin}.jpg"), quality=95)
             items.append((asin, label, f"{asin}.jpg"))
     meta = os.path.join(root, f"{name}-meta.jsonl")
     _write_meta(meta, items)
     out = os.path.join(root, name)
-    build_data(meta, out, images_dir=images, categories=list(classes), image_size=size,
-               splits=(0.6, 0.2, 0.2), seed=seed, workers=1, progress=False)
+    build_data(
+        meta,
+        out,
+        images_dir=images,
+        categories=list(classes),
+        image_size=size,
+        splits=(0.6, 0.2, 0.2),
+        seed=seed,
+        workers=1,
+        progress=False,
+    )
     return out
 
 
@@ -73,6 +95,13 @@ def clothing_small(root, image_size=64, source=CLOTHING_SMALL, name=None, per_cl
                 labels.append(row["label"])
     meta = os.path.join(root, f"{os.path.basename(out)}-meta.jsonl")
     _write_meta(meta, items)
-    build_data(meta, out, images_dir=os.path.join(source, "images"), categories=sorted(labels),
-               image_size=image_size, seed=0, progress=False)
+    build_data(
+        meta,
+        out,
+        images_dir=os.path.join(source, "images"),
+        categories=sorted(labels),
+        image_size=image_size,
+        seed=0,
+        progress=False,
+    )
     return out

@@ -3,6 +3,7 @@
 tfds writes a single shard below 128 MB, so a test dataset is re-sharded (and, to get
 enough items for a measurable index build, its records repeated) after build_data.
 """
+
 import json
 import os
 
@@ -24,7 +25,7 @@ def reshard(data_dir, split, parts, repeat=1):
     for i in range(parts):
         name = f"amazon_products-{split}.tfrecord-{i:05d}-of-{parts:05d}"
         with tf.io.TFRecordWriter(os.path.join(data_dir, name)) as w:
-            for r in records[bounds[i]:bounds[i + 1]]:
+            for r in records[bounds[i] : bounds[i + 1]]:
                 w.write(r)
     with open(info_path, encoding="utf-8") as f:
         info = json.load(f)

@@ -1,4 +1,5 @@
 """Helpers of the service tests: a client or a real server for an INDEX_DIR, test images, a loopback image server."""
+
 import contextlib
 import http.server
 import io
@@ -35,8 +36,14 @@ def uvicorn_server(index_dir, **settings):
     from amazon_visual.web.app import Settings, create_app
 
     settings.setdefault("warm_up", False)
-    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(index_dir=index_dir, **settings)), host="127.0.0.1",
-                                        port=free_port(), log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(
+            create_app(Settings(index_dir=index_dir, **settings)),
+            host="127.0.0.1",
+            port=free_port(),
+            log_level="warning",
+        )
+    )
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     end = time.monotonic() + 30

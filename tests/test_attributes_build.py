@@ -1,5 +1,6 @@
 """Product attributes (brand, price, average_rating, rating_number) from each metadata format into the
 dataset, the build report and an index's items table; missing stays missing (NaN / "" / empty cell)."""
+
 import csv
 import json
 import math
@@ -15,13 +16,35 @@ from tfrecords_builder.metadata import read_products
 CSS = ".a-box-inner{background-color:#fff;}#alohaBuyBoxWidget .selected{background-color:#fffbf3;}"
 
 
-@pytest.mark.parametrize("value, want", [
-    ("$12.99", 12.99), ("$10.00 - $20.00", 10.0), ("$1,299.00", 1299.0), ("12.5", 12.5), (" $7 ", 7.0),
-    (3.5, 3.5), (20, 20.0), (0, 0.0),
-    ("", None), (None, None), ("N/A", None), ("Currently unavailable.", None), (CSS, None), ("$", None),
-    ("-3", None), (-3.0, None), (float("nan"), None), (float("inf"), None), (True, None), ([12.99], None),
-    ("€12.99", None), ("$10.00 - ", None), (10 ** 400, None), ("$" + "9" * 400, None),
-])
+@pytest.mark.parametrize(
+    "value, want",
+    [
+        ("$12.99", 12.99),
+        ("$10.00 - $20.00", 10.0),
+        ("$1,299.00", 1299.0),
+        ("12.5", 12.5),
+        (" $7 ", 7.0),
+        (3.5, 3.5),
+        (20, 20.0),
+        (0, 0.0),
+        ("", None),
+        (None, None),
+        ("N/A", None),
+        ("Currently unavailable.", None),
+        (CSS, None),
+        ("$", None),
+        ("-3", None),
+        (-3.0, None),
+        (float("nan"), None),
+        (float("inf"), None),
+        (True, None),
+        ([12.99], None),
+        ("€12.99", None),
+        ("$10.00 - ", None),
+        (10**400, None),
+        ("$" + "9" * 400, None),
+    ],
+)
 def test_price_parsing(value, want):
     got = parse_price(value)
     assert got == pytest.approx(want) if want is not None else got is None, (value, got)
@@ -32,7 +55,7 @@ def test_rating_count_and_brand_parsing():
     assert parse_rating(5.5) is None and parse_rating("N/A") is None and parse_rating(None) is None
     assert parse_count(12) == 12.0 and parse_count("1,234") == 1234.0 and parse_count(0) == 0.0
     assert parse_count(2.5) is None and parse_count(-1) is None and parse_count("") is None
-    assert parse_count(10 ** 400) is None and parse_rating(10 ** 400) is None and parse_rating("nan") is None
+    assert parse_count(10**400) is None and parse_rating(10**400) is None and parse_rating("nan") is None
     assert parse_brand("  Acme&amp;Sons \n Ltd ") == "Acme&Sons Ltd"
     assert parse_brand("") is None and parse_brand("N/A") is None and parse_brand(None) is None
     assert parse_brand(7) is None and parse_brand("Unknown") is None
@@ -49,12 +72,16 @@ def _cases():
         "P18B": ("2018", {"brand": "", "price": "$10.00 - $20.00"}, dict(none, price=10.0)),
         "P18C": ("2018", {"brand": "N/A", "price": ""}, dict(none)),
         "P18D": ("2018", {"price": CSS}, dict(none)),
-        "P23A": ("2023", {"store": "Zed", "price": 5, "average_rating": 4.5, "rating_number": 12,
-                          "details": {"Brand": "Not this"}},
-                 {"brand": "Zed", "price": 5.0, "average_rating": 4.5, "rating_number": 12.0}),
-        "P23B": ("2023", {"store": "", "details": {"Brand": "Dee"}, "price": "N/A", "average_rating": 3.0,
-                          "rating_number": 0},
-                 dict(none, brand="Dee", average_rating=3.0, rating_number=0.0)),
+        "P23A": (
+            "2023",
+            {"store": "Zed", "price": 5, "average_rating": 4.5, "rating_number": 12, "details": {"Brand": "Not this"}},
+            {"brand": "Zed", "price": 5.0, "average_rating": 4.5, "rating_number": 12.0},
+        ),
+        "P23B": (
+            "2023",
+            {"store": "", "details": {"Brand": "Dee"}, "price": "N/A", "average_rating": 3.0, "rating_number": 0},
+            dict(none, brand="Dee", average_rating=3.0, rating_number=0.0),
+        ),
         "P23C": ("2023", {"store": None, "price": None, "average_rating": None, "rating_number": None}, dict(none)),
         "P23D": ("2023", {"price": "$8.00"}, dict(none, price=8.0)),  # no store, details, ratings keys at all
     }
@@ -62,14 +89,30 @@ def _cases():
 
 def _line(fmt, asin, cls, fields):
     if fmt == "2014":
-        return repr({"asin": asin, "title": f"t {asin}", "categories": [[cls]], "imUrl": f"http://x/{asin}.jpg",
-                     **fields})
+        return repr(
+            {"asin": asin, "title": f"t {asin}", "categories": [[cls]], "imUrl": f"http://x/{asin}.jpg", **fields}
+        )
     if fmt == "2018":
-        return json.dumps({"asin": asin, "title": f"t {asin}", "category": [cls], "main_cat": cls,
-                           "imageURL": [f"http://x/{asin}.jpg"], **fields})
-    return json.dumps({"parent_asin": asin, "title": f"t {asin}", "main_category": "AMAZON STORE",
-                       "categories": [cls], "images": [{"large": f"http://x/{asin}.jpg", "variant": "MAIN"}],
-                      **fields})
+        return json.dumps(
+            {
+                "asin": asin,
+                "title": f"t {asin}",
+                "category": [cls],
+                "main_cat": cls,
+                "imageURL": [f"http://x/{asin}.jpg"],
+                **fields,
+            }
+        )
+    return json.dumps(
+        {
+            "parent_asin": asin,
+            "title": f"t {asin}",
+            "main_category": "AMAZON STORE",
+            "categories": [cls],
+            "images": [{"large": f"http://x/{asin}.jpg", "variant": "MAIN"}],
+            **fields,
+        }
+    )
 
 
 def write_attribute_catalog(root, with_images=True):
@@ -131,8 +174,17 @@ def _read_examples(data_dir):
 def test_dataset_report_and_index_carry_the_attributes(tmp_path):
     files, img, want, classes = write_attribute_catalog(tmp_path)
     out = tmp_path / "data"
-    report = build_data(files, str(out), images_dir=img, categories=["Hats", "Shoes"], image_size=16,
-                        splits="0.5,0.25,0.25", seed=3, workers=1, progress=False)
+    report = build_data(
+        files,
+        str(out),
+        images_dir=img,
+        categories=["Hats", "Shoes"],
+        image_size=16,
+        splits="0.5,0.25,0.25",
+        seed=3,
+        workers=1,
+        progress=False,
+    )
     b, examples = _read_examples(out)
     assert str(b.info.version) == "1.1.0"
     assert set(examples) == set(want)
@@ -173,9 +225,17 @@ def test_dataset_report_and_index_carry_the_attributes(tmp_path):
 def test_beam_build_carries_the_attributes(tmp_path):
     pytest.importorskip("apache_beam")
     files, img, want, _ = write_attribute_catalog(tmp_path)
-    report = build_data(files, str(tmp_path / "beam"), images_dir=img, categories=["Hats", "Shoes"],
-                        image_size=16, splits="1,0,0", beam=True, progress=False,
-                        beam_options="--direct_num_workers=1 --direct_running_mode=in_memory")
+    report = build_data(
+        files,
+        str(tmp_path / "beam"),
+        images_dir=img,
+        categories=["Hats", "Shoes"],
+        image_size=16,
+        splits="1,0,0",
+        beam=True,
+        progress=False,
+        beam_options="--direct_num_workers=1 --direct_running_mode=in_memory",
+    )
     _, examples = _read_examples(tmp_path / "beam")
     assert examples["P23A"]["brand"].decode() == "Zed" and float(examples["P23A"]["rating_number"]) == 12.0
     assert examples["P18B"]["brand"].decode() == "" and float(examples["P18B"]["price"]) == 10.0
@@ -191,10 +251,17 @@ def test_attribute_fields_of_any_json_shape_never_break_a_record():
 
     from tfrecords_builder.attributes import attributes
 
-    scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-               | st.sampled_from(["$1.00", "$2 - $1", "1,000", "4.5", "N/A", ""]))
-    values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c,
-                                                                                         max_size=3), max_leaves=6)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats()
+        | st.text(max_size=12)
+        | st.sampled_from(["$1.00", "$2 - $1", "1,000", "4.5", "N/A", ""])
+    )
+    values = st.recursive(
+        scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=6
+    )
     keys = ("brand", "store", "price", "average_rating", "rating_number", "details")
 
     @settings(max_examples=200, deadline=None, database=None)

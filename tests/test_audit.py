@@ -2,6 +2,7 @@
 copy under another ASIN) and one moved label; the audit finds both, its CSVs have the issue's
 headers, build-data reads them back, bad inputs are one line each, and the page renders in
 Chromium (screenshot build/audit.png)."""
+
 import csv
 import io
 import json
@@ -27,8 +28,10 @@ def _photo(rng, c, size=48):
     draw = ImageDraw.Draw(pil)
     for _ in range(4):
         x, y = rng.integers(0, size - 12, 2)
-        draw.rectangle([int(x), int(y), int(x) + int(rng.integers(6, 12)), int(y) + int(rng.integers(6, 12))],
-                       fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw.rectangle(
+            [int(x), int(y), int(x) + int(rng.integers(6, 12)), int(y) + int(rng.integers(6, 12))],
+            fill=tuple(int(v) for v in rng.integers(0, 255, 3)),
+        )
     return pil
 
 
@@ -56,12 +59,29 @@ def _catalog(root):
     meta = os.path.join(root, "meta.jsonl")
     with open(meta, "w", encoding="utf-8") as f:
         for asin, label in rows:
-            f.write(json.dumps({"asin": asin, "title": f"{label} product {asin}",
-                                "category": ["Clothing, Shoes & Jewelry", "Clothing", label],
-                                "imageURL": [f"{asin}.jpg"]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "asin": asin,
+                        "title": f"{label} product {asin}",
+                        "category": ["Clothing, Shoes & Jewelry", "Clothing", label],
+                        "imageURL": [f"{asin}.jpg"],
+                    }
+                )
+                + "\n"
+            )
     out = os.path.join(root, "data")
-    build_data(meta, out, images_dir=images, categories=list(CLASSES), image_size=48, splits=(0.6, 0.2, 0.2),
-               seed=1, workers=1, progress=False)
+    build_data(
+        meta,
+        out,
+        images_dir=images,
+        categories=list(CLASSES),
+        image_size=48,
+        splits=(0.6, 0.2, 0.2),
+        seed=1,
+        workers=1,
+        progress=False,
+    )
     return out, meta, images
 
 
@@ -78,8 +98,16 @@ def world(tmp_path_factory):
     build_index(data_dir, index, run_dir=run, trees=10, batch_size=16, progress=False)
     out = os.path.join(root, "audit")
     summary = audit(index, out, data_dir=data_dir, run_dir=run, progress=False)
-    return {"root": root, "data": data_dir, "meta": meta, "images": images, "run": run, "index": index,
-            "out": out, "summary": summary}
+    return {
+        "root": root,
+        "data": data_dir,
+        "meta": meta,
+        "images": images,
+        "run": run,
+        "index": index,
+        "out": out,
+        "summary": summary,
+    }
 
 
 def _read(path):
@@ -119,8 +147,10 @@ def test_finds_the_injected_duplicate_and_the_moved_label(world):
     assert s["thresholds"]["near_aligned"] == DEFAULTS["near_aligned"] and s["photos"] == "dataset"
     assert set(s["timings"]) >= {"candidates", "photos", "second_look", "misfiled", "total"}
     run = s["leaks"]["run"]
-    assert run["test_items"] == sum(1 for _ in open(os.path.join(world["index"], "items.csv"))
-                                    if ",test," in _) and 0 <= run["accuracy"] <= 1
+    assert (
+        run["test_items"] == sum(1 for _ in open(os.path.join(world["index"], "items.csv")) if ",test," in _)
+        and 0 <= run["accuracy"] <= 1
+    )
 
 
 def test_build_data_applies_the_reviewed_csvs(world, tmp_path):
@@ -130,10 +160,19 @@ def test_build_data_applies_the_reviewed_csvs(world, tmp_path):
     from tfrecords_builder.build import build_data
 
     out = str(tmp_path / "data2")
-    report = build_data(world["meta"], out, images_dir=world["images"], categories=list(CLASSES), image_size=48,
-                        splits=(0.6, 0.2, 0.2), seed=1, workers=1, progress=False,
-                        exclude_file=os.path.join(world["out"], "duplicates.csv"),
-                        relabel_file=os.path.join(world["out"], "misfiled.csv"))
+    report = build_data(
+        world["meta"],
+        out,
+        images_dir=world["images"],
+        categories=list(CLASSES),
+        image_size=48,
+        splits=(0.6, 0.2, 0.2),
+        seed=1,
+        workers=1,
+        progress=False,
+        exclude_file=os.path.join(world["out"], "duplicates.csv"),
+        relabel_file=os.path.join(world["out"], "misfiled.csv"),
+    )
     assert report["totals"]["all"] == 3 * PER_CLASS
     names = data.class_names(out)
     labels = {}
@@ -181,8 +220,9 @@ def test_bad_inputs_are_one_line(world, tmp_path, capsys):
 
     err = _one_line_error(capsys, ["audit", world["index"], "--data", other_data, "--out", str(tmp_path / "o2")])
     assert "is not the dataset" in err
-    err = _one_line_error(capsys, ["audit", world["index"], "--data", world["data"], "--run", other_run,
-                                   "--out", str(tmp_path / "o3")])
+    err = _one_line_error(
+        capsys, ["audit", world["index"], "--data", world["data"], "--run", other_run, "--out", str(tmp_path / "o3")]
+    )
     assert "another dataset" in err
     assert "no manifest.json" in _one_line_error(capsys, ["audit", str(tmp_path), "--out", str(tmp_path / "o4")])
     (tmp_path / "file").write_text("x")
@@ -229,8 +269,11 @@ def test_page_renders_in_chromium(world, browser):  # noqa: F811
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto("file://" + os.path.join(world["out"], "audit.html"))
-    page.wait_for_function("""() => { const imgs = Array.from(document.querySelectorAll('img'));
-        return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""", timeout=20000)
+    page.wait_for_function(
+        """() => { const imgs = Array.from(document.querySelectorAll('img'));
+        return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        timeout=20000,
+    )
     assert page.locator(".audit-group").count() == 1
     assert page.locator(".audit-group figure").count() == 2
     text = page.inner_text("#misfiled")

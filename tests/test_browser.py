@@ -5,6 +5,7 @@ leaves the machine (only ``file:`` and ``data:`` URLs). Screenshots go to
 ``build/report.png`` and ``build/gallery.png`` (repo root) for people to look at.
 Skipped only when Chromium or Playwright is not installed (CI installs both).
 """
+
 import os
 import shutil
 
@@ -12,9 +13,19 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(REPO, "build")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-default-apps",
-                 "--disable-extensions", "--disable-domain-reliability", "--no-pings"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-domain-reliability",
+    "--no-pings",
+]
 
 
 def _chromium():
@@ -105,8 +116,9 @@ def test_demo_report_and_gallery_in_chromium(browser, demo_dir):
     recs = os.path.join(demo_dir, "recommendations")
     galleries = sorted(f for f in os.listdir(recs) if f.endswith(".html"))
     assert galleries
-    facts, requested = open_page(browser, os.path.join(recs, galleries[0]),
-                                 screenshot=os.path.join(BUILD, "gallery.png"), width=1100)
+    facts, requested = open_page(
+        browser, os.path.join(recs, galleries[0]), screenshot=os.path.join(BUILD, "gallery.png"), width=1100
+    )
     check_page(facts, requested, min_images=1 + 5)
     assert os.path.getsize(os.path.join(BUILD, "report.png")) > 10_000
     assert os.path.getsize(os.path.join(BUILD, "gallery.png")) > 5_000

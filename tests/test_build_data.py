@@ -1,4 +1,5 @@
 """build-data end to end: real TFDS datasets from generated catalogs, read back and checked."""
+
 import csv
 import json
 import os
@@ -22,12 +23,27 @@ from builder_fixtures import (
 from tfrecords_builder.build import build_data
 
 CLASSES = ["Shoes", "Watches", "Kitchen & Dining"]
-PATHS = {"Shoes": ["Clothing, Shoes &amp; Jewelry", "Shoes", "Boots"],
-         "Watches": ["Clothing, Shoes & Jewelry", "Watches"],
-         "Kitchen & Dining": ["Home & Kitchen", "Kitchen &amp; Dining"]}
-EXT = {"jpeg": "jpg", "png": "png", "cmyk": "jpg", "palette": "png", "rgba": "png", "16bit": "png",
-       "gray": "png", "gif": "gif", "webp": "webp", "big": "jpeg", "la": "png", "truncated": "jpg",
-       "html": "jpg", "empty": "jpg"}
+PATHS = {
+    "Shoes": ["Clothing, Shoes &amp; Jewelry", "Shoes", "Boots"],
+    "Watches": ["Clothing, Shoes & Jewelry", "Watches"],
+    "Kitchen & Dining": ["Home & Kitchen", "Kitchen &amp; Dining"],
+}
+EXT = {
+    "jpeg": "jpg",
+    "png": "png",
+    "cmyk": "jpg",
+    "palette": "png",
+    "rgba": "png",
+    "16bit": "png",
+    "gray": "png",
+    "gif": "gif",
+    "webp": "webp",
+    "big": "jpeg",
+    "la": "png",
+    "truncated": "jpg",
+    "html": "jpg",
+    "empty": "jpg",
+}
 
 
 def read_back(data_dir):
@@ -91,8 +107,16 @@ def test_build_from_images_dir_all_formats(tmp_path, images_catalog, monkeypatch
     monkeypatch.chdir(tmp_path)
     files, img, good = images_catalog
     out = tmp_path / "data"
-    report = build_data(files, str(out), images_dir=img, categories=CLASSES, image_size=32,
-                        splits="0.6,0.2,0.2", workers=1, progress=False)
+    report = build_data(
+        files,
+        str(out),
+        images_dir=img,
+        categories=CLASSES,
+        image_size=32,
+        splits="0.6,0.2,0.2",
+        workers=1,
+        progress=False,
+    )
     assert not (tmp_path / "PWNED").exists()
     assert {"dataset_info.json", "features.json", "build_report.json", "label_distribution.png"} <= set(os.listdir(out))
     assert not any(n.endswith(".tmp-build") for n in os.listdir(tmp_path))
@@ -102,13 +126,17 @@ def test_build_from_images_dir_all_formats(tmp_path, images_catalog, monkeypatch
     assert set(examples) == set(good)
     assert report["drops"]["malformed_line"] == 2
     assert {(m["file"], m["line"]) for m in report["metadata"]["malformed_lines"]} == {
-        ("meta_2014.json.gz", 11), ("meta_2018.json", 13)}
-    assert report["metadata"]["formats"] == {"meta_2014.json.gz": "2014", "meta_2018.json": "2018",
-                                             "meta_2023.jsonl": "2023"}
+        ("meta_2014.json.gz", 11),
+        ("meta_2018.json", 13),
+    }
+    assert report["metadata"]["formats"] == {
+        "meta_2014.json.gz": "2014",
+        "meta_2018.json": "2018",
+        "meta_2023.jsonl": "2023",
+    }
     assert report["drops"]["duplicate_asin"] == 1 and report["drops"]["no_class"] == 1
     assert report["drops"]["no_image_file"] == 1 and report["drops"]["image_failed"] == 3
-    assert {f["asin"]: f["stage"] for f in report["failures"]} == {"T001": "image", "H001": "image",
-                                                                   "E001": "image"}
+    assert {f["asin"]: f["stage"] for f in report["failures"]} == {"T001": "image", "H001": "image", "E001": "image"}
     assert all(report["totals"][s] > 0 for s in ("train", "validation", "test"))
 
     import numpy as np
@@ -142,8 +170,15 @@ def test_splits_are_stable_when_products_are_added(tmp_path):
         (img / f"S{i:03d}.png").write_bytes(image_bytes("png"))
     meta1 = write_catalog(tmp_path / "m1.json", "2018", prods[:25])
     meta2 = write_catalog(tmp_path / "m2.json", "2018", prods)
-    kw = dict(images_dir=str(img), categories=CLASSES[:2], image_size=16, workers=1, progress=False,
-              splits="0.5,0.25,0.25", seed=3)
+    kw = dict(
+        images_dir=str(img),
+        categories=CLASSES[:2],
+        image_size=16,
+        workers=1,
+        progress=False,
+        splits="0.5,0.25,0.25",
+        seed=3,
+    )
     build_data(meta1, str(tmp_path / "d1"), **kw)
     build_data(meta2, str(tmp_path / "d2"), **kw)
     _, _, ex1 = read_back(tmp_path / "d1")
@@ -155,22 +190,44 @@ def test_splits_are_stable_when_products_are_added(tmp_path):
 def test_download_build_with_every_kind_of_response(tmp_path):
     with ImageServer() as srv:
         plan = {  # asin -> (url path, expected failure reason prefix or None)
-            "G-jpeg": ("img/jpeg/1", None), "G-png": ("img/png/1", None), "G-cmyk": ("img/cmyk/1", None),
-            "G-pal": ("img/palette/1", None), "G-rgba": ("img/rgba/1", None), "G-16": ("img/16bit/1", None),
-            "G-gray": ("img/gray/1", None), "G-gif": ("img/gif/1", None), "G-webp": ("img/webp/1", None),
-            "G-flaky": ("flaky/1/jpeg/1", None), "../../x": ("img/jpeg/evil", None),
-            "F-404": ("404", "HTTP 404"), "F-html": ("html", "not an image"), "F-empty": ("img/empty/1", "empty body"),
-            "F-trunc": ("img/truncated/1", "undecodable image"), "F-bomb": ("img/bomb/1", "decompression bomb"),
-            "F-slow": ("slow/4/jpeg/1", "timeout"), "F-octet-html": ("octet-html", "not an image"),
+            "G-jpeg": ("img/jpeg/1", None),
+            "G-png": ("img/png/1", None),
+            "G-cmyk": ("img/cmyk/1", None),
+            "G-pal": ("img/palette/1", None),
+            "G-rgba": ("img/rgba/1", None),
+            "G-16": ("img/16bit/1", None),
+            "G-gray": ("img/gray/1", None),
+            "G-gif": ("img/gif/1", None),
+            "G-webp": ("img/webp/1", None),
+            "G-flaky": ("flaky/1/jpeg/1", None),
+            "../../x": ("img/jpeg/evil", None),
+            "F-404": ("404", "HTTP 404"),
+            "F-html": ("html", "not an image"),
+            "F-empty": ("img/empty/1", "empty body"),
+            "F-trunc": ("img/truncated/1", "undecodable image"),
+            "F-bomb": ("img/bomb/1", "decompression bomb"),
+            "F-slow": ("slow/4/jpeg/1", "timeout"),
+            "F-octet-html": ("octet-html", "not an image"),
         }
         prods = [product(a, PATHS[CLASSES[i % 3]], url=srv.url(p)) for i, (a, (p, _)) in enumerate(plan.items())]
         prods.append(product("F-nourl", PATHS["Shoes"], url=None))
         meta = write_catalog(tmp_path / "meta.jsonl", "2023", prods)
         before = files_under(tmp_path)
         out, cache = tmp_path / "out", tmp_path / "cache"
-        report = build_data(meta, str(out), download=True, cache_dir=str(cache), categories=CLASSES,
-                            image_size=32, splits="1,0,0", workers=2, timeout=1.5, retries=1, backoff=0.01,
-                            progress=False)
+        report = build_data(
+            meta,
+            str(out),
+            download=True,
+            cache_dir=str(cache),
+            categories=CLASSES,
+            image_size=32,
+            splits="1,0,0",
+            workers=2,
+            timeout=1.5,
+            retries=1,
+            backoff=0.01,
+            progress=False,
+        )
         new = files_under(tmp_path) - before
         assert all(f.startswith(("out" + os.sep, "cache" + os.sep)) for f in new), new
 
@@ -190,9 +247,20 @@ def test_download_build_with_every_kind_of_response(tmp_path):
         # a rerun reuses the cache: nothing good is fetched again
         good_paths = {"/" + p for a, (p, why) in plan.items() if why is None}
         hits = {k: v for k, v in srv.hits.items() if k in good_paths}
-        report2 = build_data(meta, str(out), download=True, cache_dir=str(cache), categories=CLASSES,
-                             image_size=32, splits="1,0,0", workers=1, timeout=1.5, retries=0,
-                             overwrite=True, progress=False)
+        report2 = build_data(
+            meta,
+            str(out),
+            download=True,
+            cache_dir=str(cache),
+            categories=CLASSES,
+            image_size=32,
+            splits="1,0,0",
+            workers=1,
+            timeout=1.5,
+            retries=0,
+            overwrite=True,
+            progress=False,
+        )
         assert report2["image_source"]["cached"] == len(good) + 3
         assert report2["counts"] == report["counts"]
         assert {k: v for k, v in srv.hits.items() if k in good_paths} == hits  # nothing good fetched again
@@ -213,8 +281,9 @@ def test_out_folder_guards(tmp_path, images_catalog, capsys):
         build_data(files, str(tmp_path / "o"), categories=CLASSES, progress=False)
     with pytest.raises(UserError, match="name the classes"):
         build_data(files, str(tmp_path / "o"), images_dir=img, progress=False)
-    assert main(["build-data", "--metadata", files[0], "--images-dir", img, "--out", str(out),
-                 "--category", "Shoes"]) == 2
+    assert (
+        main(["build-data", "--metadata", files[0], "--images-dir", img, "--out", str(out), "--category", "Shoes"]) == 2
+    )
     err = capsys.readouterr().err
     assert "amazon-visual: error: --out" in err and "Traceback" not in err
     # the reading API on a folder that is no dataset
@@ -231,9 +300,33 @@ def test_cli_json_categories_file_and_class_limits(tmp_path, images_catalog, cap
     cats = tmp_path / "classes.txt"
     cats.write_text("Shoes\nWatches\nKitchen & Dining\nPatio, Lawn & Garden\n")
     out = tmp_path / "d"
-    rc = main(["build-data", "--metadata", files[0], "--metadata", files[1], "--metadata", files[2],
-               "--images-dir", img, "--out", str(out), "--categories-file", str(cats), "--min-per-class", "1",
-               "--max-per-class", "6", "--image-size", "16", "--workers", "1", "--no-progress", "--json"])
+    rc = main(
+        [
+            "build-data",
+            "--metadata",
+            files[0],
+            "--metadata",
+            files[1],
+            "--metadata",
+            files[2],
+            "--images-dir",
+            img,
+            "--out",
+            str(out),
+            "--categories-file",
+            str(cats),
+            "--min-per-class",
+            "1",
+            "--max-per-class",
+            "6",
+            "--image-size",
+            "16",
+            "--workers",
+            "1",
+            "--no-progress",
+            "--json",
+        ]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON document
     assert report["classes"] == CLASSES  # Patio, Lawn & Garden has no product: dropped
@@ -244,9 +337,29 @@ def test_cli_json_categories_file_and_class_limits(tmp_path, images_catalog, cap
     assert_report_matches(report, out)
 
     # the seed20 preset, a readable table without --json, --overwrite of a dataset
-    rc = main(["build-data", "--metadata", files[1], "--metadata", files[2], "--images-dir", img,
-               "--out", str(out), "--preset", "seed20", "--min-per-class", "1", "--image-size", "16",
-               "--workers", "1", "--no-progress", "--overwrite"])
+    rc = main(
+        [
+            "build-data",
+            "--metadata",
+            files[1],
+            "--metadata",
+            files[2],
+            "--images-dir",
+            img,
+            "--out",
+            str(out),
+            "--preset",
+            "seed20",
+            "--min-per-class",
+            "1",
+            "--image-size",
+            "16",
+            "--workers",
+            "1",
+            "--no-progress",
+            "--overwrite",
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "total" in table and "Kitchen & Dining" in table and "{" not in table
@@ -258,8 +371,13 @@ def test_beam_builds_the_same_dataset(tmp_path, images_catalog):
     files, img, good = images_catalog
     kw = dict(images_dir=img, categories=CLASSES, image_size=16, splits="0.6,0.2,0.2", progress=False)
     local = build_data(files, str(tmp_path / "local"), workers=1, **kw)
-    beam = build_data(files, str(tmp_path / "beam"), beam=True,
-                      beam_options="--direct_num_workers=2 --direct_running_mode=multi_threading", **kw)
+    beam = build_data(
+        files,
+        str(tmp_path / "beam"),
+        beam=True,
+        beam_options="--direct_num_workers=2 --direct_running_mode=multi_threading",
+        **kw,
+    )
     assert beam["beam"] and beam["counts"] == local["counts"]
     assert sorted(f["asin"] for f in beam["failures"]) == ["E001", "H001", "T001"]
     examples = assert_report_matches(beam, tmp_path / "beam")
@@ -285,8 +403,9 @@ def test_integration_clothing_small(tmp_path):
     meta = write_catalog(tmp_path / "meta_Clothing.json.gz", "2014", prods)
     classes = sorted({r["label"] for r in rows})
     out = tmp_path / "clothing"
-    report = build_data(meta, str(out), images_dir=str(img), categories=classes, image_size=64, workers=2,
-                        progress=False)
+    report = build_data(
+        meta, str(out), images_dir=str(img), categories=classes, image_size=64, workers=2, progress=False
+    )
     assert report["totals"]["all"] == len(rows) and not report["failures"]
     assert_report_matches(report, out)
     for split in ("train", "validation", "test"):
@@ -315,8 +434,16 @@ def test_split_whose_images_all_fail_and_top_categories(tmp_path):
     (img / "R999.jpg").write_bytes(image_bytes("jpeg"))
     meta = write_catalog(tmp_path / "meta.json", "2018", prods)
     out = tmp_path / "d"
-    report = build_data(meta, str(out), images_dir=str(img), top_categories=2, image_size=16,
-                        splits="0.5,0.5,0", workers=1, progress=False)
+    report = build_data(
+        meta,
+        str(out),
+        images_dir=str(img),
+        top_categories=2,
+        image_size=16,
+        splits="0.5,0.5,0",
+        workers=1,
+        progress=False,
+    )
     assert report["classes"] == ["Sports", "Toys"] and report["category_level"] == 1
     assert sorted(f["asin"] for f in report["failures"]) == sorted(bad)
     assert report["totals"]["validation"] == 0 and report["totals"]["train"] == 16 - len(bad)
@@ -341,8 +468,24 @@ def _one_department(tmp_path, n=36):
 def test_top_categories_of_a_one_department_file(tmp_path, capsys):
     meta, img = _one_department(tmp_path)
     out = tmp_path / "d"
-    rc = main(["build-data", "--metadata", meta, "--images-dir", img, "--out", str(out), "--top-categories", "3",
-               "--image-size", "16", "--workers", "1", "--no-progress"])
+    rc = main(
+        [
+            "build-data",
+            "--metadata",
+            meta,
+            "--images-dir",
+            img,
+            "--out",
+            str(out),
+            "--top-categories",
+            "3",
+            "--image-size",
+            "16",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert "classes: the most frequent categories at level 2 of the category paths" in capsys.readouterr().out
     report = json.loads((out / "build_report.json").read_text())
@@ -356,19 +499,29 @@ def test_top_categories_below_two_is_a_user_error(tmp_path):
     meta, img = _one_department(tmp_path)
     for n in (1, 0, -3):
         with pytest.raises(UserError, match=f"--top-categories {n}: a dataset needs at least 2 classes, give N >= 2"):
-            build_data(meta, str(tmp_path / "d"), images_dir=img, top_categories=n, image_size=16, workers=1,
-                       progress=False)
+            build_data(
+                meta, str(tmp_path / "d"), images_dir=img, top_categories=n, image_size=16, workers=1, progress=False
+            )
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("how,needle", [
-    (dict(top_categories=4), "--top-categories 4: no level of the category paths has 4 categories (level 1: "
-                             "Clothing, Shoes & Jewelry (36); level 2: Women (18), Girls (9), Men (9)): pass a "
-                             "smaller N"),
-    (dict(categories=["Women", "Boys"]), "--category: fewer than 2 classes have products (Women (18), Boys (0))"),
-    (dict(categories_file="cats.txt"), "--categories-file cats.txt: fewer than 2 classes have products (Men (9), Luggage (0))"),
-    (dict(categories=["Women", "Girls"], min_per_class=10), "(Women (18); dropped by --min-per-class: Girls (9))"),
-])
+@pytest.mark.parametrize(
+    "how,needle",
+    [
+        (
+            dict(top_categories=4),
+            "--top-categories 4: no level of the category paths has 4 categories (level 1: "
+            "Clothing, Shoes & Jewelry (36); level 2: Women (18), Girls (9), Men (9)): pass a "
+            "smaller N",
+        ),
+        (dict(categories=["Women", "Boys"]), "--category: fewer than 2 classes have products (Women (18), Boys (0))"),
+        (
+            dict(categories_file="cats.txt"),
+            "--categories-file cats.txt: fewer than 2 classes have products (Men (9), Luggage (0))",
+        ),
+        (dict(categories=["Women", "Girls"], min_per_class=10), "(Women (18); dropped by --min-per-class: Girls (9))"),
+    ],
+)
 def test_fewer_than_two_classes_is_a_user_error(tmp_path, monkeypatch, how, needle):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cats.txt").write_text("Men\nLuggage\n")
@@ -388,10 +541,20 @@ def test_two_classes_that_lose_their_images_is_a_user_error(tmp_path):
     for name in os.listdir(img):
         if int(name[1:4]) % 4 == 2:  # every Men photo is broken
             (tmp_path / "images" / name).write_bytes(image_bytes("truncated"))
-    with pytest.raises(UserError, match=r"fewer than 2 classes have products with a usable image \(Women \(6\), "
-                                        r"Men \(0\)\)"):
-        build_data(meta, str(tmp_path / "d"), images_dir=img, categories=["Women", "Men"], image_size=16,
-                   workers=1, progress=False)
+    with pytest.raises(
+        UserError,
+        match=r"fewer than 2 classes have products with a usable image \(Women \(6\), "
+        r"Men \(0\)\)",
+    ):
+        build_data(
+            meta,
+            str(tmp_path / "d"),
+            images_dir=img,
+            categories=["Women", "Men"],
+            image_size=16,
+            workers=1,
+            progress=False,
+        )
     assert sorted(os.listdir(tmp_path)) == ["images", "meta_Clothing.json.gz"]
 
 
@@ -409,21 +572,41 @@ def test_every_bad_record_and_image_is_counted_in_the_report(tmp_path, monkeypat
         (img / f"{a}.png").write_bytes(image_bytes("png"))
     (img / "G1.png").unlink()
     (img / "G1.jpg").write_bytes(large_jpeg(10954, 8216))  # 90 MP: decoded at 1/8, kept
-    bad_images = {"B1": png_bomb(9_000, 9_000), "B2": forged_jpeg(65_000, 65_000), "B3": b"\x89PNG\r\n\x1a\nrandom",
-                  "B4": bytes(range(256)) * 4}
+    bad_images = {
+        "B1": png_bomb(9_000, 9_000),
+        "B2": forged_jpeg(65_000, 65_000),
+        "B3": b"\x89PNG\r\n\x1a\nrandom",
+        "B4": bytes(range(256)) * 4,
+    }
     for a, payload in bad_images.items():
         (img / f"{a}.png").write_bytes(payload)
         prods.append(product(a, PATHS["Watches"]))
-    bad_lines = [PWNED_LINE, '{"asin": ["B0"], "category": ["Shoes"]}', '{"asin": "Z1", "category": ["Shoes"]',
-                 "\x00\x01\x02 binary junk", "[1, 2, 3]", '{"title": "no asin"}', "{" + "x" * 20_000 + "}",
-                 '{"asin": {"nested": 1}}', "\ufeff{\"asin\": \"Z2\"" + ", \"x\": " * 3]
+    bad_lines = [
+        PWNED_LINE,
+        '{"asin": ["B0"], "category": ["Shoes"]}',
+        '{"asin": "Z1", "category": ["Shoes"]',
+        "\x00\x01\x02 binary junk",
+        "[1, 2, 3]",
+        '{"title": "no asin"}',
+        "{" + "x" * 20_000 + "}",
+        '{"asin": {"nested": 1}}',
+        '\ufeff{"asin": "Z2"' + ', "x": ' * 3,
+    ]
     meta = write_catalog(tmp_path / "meta.json", "2018", prods, extra_lines=bad_lines)
     text = open(meta, encoding="utf-8", errors="surrogatepass").read()
     with open(meta, "wb") as f:  # json.dumps escaped the surrogate; keep it as a JSON escape
         f.write(text.encode("utf-8", "surrogatepass"))
     out = tmp_path / "d"
-    report = build_data(meta, str(out), images_dir=str(img), categories=CLASSES[:2], image_size=32,
-                        splits="1,0,0", workers=1, progress=False)
+    report = build_data(
+        meta,
+        str(out),
+        images_dir=str(img),
+        categories=CLASSES[:2],
+        image_size=32,
+        splits="1,0,0",
+        workers=1,
+        progress=False,
+    )
     assert not (tmp_path / "PWNED").exists()
     assert report["drops"]["malformed_line"] == report["metadata"]["malformed"] == len(bad_lines)
     assert [m["line"] for m in report["metadata"]["malformed_lines"]] == list(range(15, 15 + len(bad_lines)))

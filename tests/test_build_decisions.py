@@ -1,5 +1,6 @@
 """build-data --exclude-file / --relabel-file: the audit's reviewed CSVs applied by the next build, counted in
 its report; bad files are one-line errors before any work; a changed photo URL refreshes the image cache."""
+
 import json
 import os
 
@@ -47,17 +48,47 @@ def _examples(data_dir):
 
 def test_exclude_and_relabel_round_trip(tmp_path, catalog, capsys):
     meta, img, classes = catalog
-    dup = _write(tmp_path / "duplicates.csv",
-                 "group,asin,split,similarity,representative,kind\n"
-                 "0,A000,train,1.0,true,exact\n0,A001,test,0.99,false,exact\n0,A002,train,0.97,0,near\n"
-                 "1,A003,train,0.95,True,near\n1,GONE1,validation,0.95,no,near\n\n")
-    mis = _write(tmp_path / "misfiled.csv",
-                 "asin,filed,suggested,confidence\nA004,Watches,hats,0.91\nA005,Hats,Hats,0.5\n"
-                 "A001,Watches,Shoes,0.8\nGONE2,Shoes,Watches,0.7\n")
+    dup = _write(
+        tmp_path / "duplicates.csv",
+        "group,asin,split,similarity,representative,kind\n"
+        "0,A000,train,1.0,true,exact\n0,A001,test,0.99,false,exact\n0,A002,train,0.97,0,near\n"
+        "1,A003,train,0.95,True,near\n1,GONE1,validation,0.95,no,near\n\n",
+    )
+    mis = _write(
+        tmp_path / "misfiled.csv",
+        "asin,filed,suggested,confidence\nA004,Watches,hats,0.91\nA005,Hats,Hats,0.5\n"
+        "A001,Watches,Shoes,0.8\nGONE2,Shoes,Watches,0.7\n",
+    )
     out = tmp_path / "data"
-    rc = main(["build-data", "--metadata", meta, "--images-dir", img, "--out", str(out), "--category", "Shoes",
-               "--category", "Watches", "--category", "Hats", "--image-size", "16", "--splits", "1,0,0",
-               "--workers", "1", "--no-progress", "--json", "--exclude-file", dup, "--relabel-file", mis])
+    rc = main(
+        [
+            "build-data",
+            "--metadata",
+            meta,
+            "--images-dir",
+            img,
+            "--out",
+            str(out),
+            "--category",
+            "Shoes",
+            "--category",
+            "Watches",
+            "--category",
+            "Hats",
+            "--image-size",
+            "16",
+            "--splits",
+            "1,0,0",
+            "--workers",
+            "1",
+            "--no-progress",
+            "--json",
+            "--exclude-file",
+            dup,
+            "--relabel-file",
+            mis,
+        ]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     examples = _examples(out)
@@ -74,9 +105,33 @@ def test_exclude_and_relabel_round_trip(tmp_path, catalog, capsys):
     assert got == [4, 1, 1, 2]
 
     # the readable summary says the same
-    rc = main(["build-data", "--metadata", meta, "--images-dir", img, "--out", str(out), "--category", "Shoes",
-               "--category", "Watches", "--category", "Hats", "--image-size", "16", "--splits", "1,0,0",
-               "--workers", "1", "--no-progress", "--overwrite", "--exclude-file", dup])
+    rc = main(
+        [
+            "build-data",
+            "--metadata",
+            meta,
+            "--images-dir",
+            img,
+            "--out",
+            str(out),
+            "--category",
+            "Shoes",
+            "--category",
+            "Watches",
+            "--category",
+            "Hats",
+            "--image-size",
+            "16",
+            "--splits",
+            "1,0,0",
+            "--workers",
+            "1",
+            "--no-progress",
+            "--overwrite",
+            "--exclude-file",
+            dup,
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert f"excluded: 2 products of 3 listed in {os.path.abspath(dup)} (1 not in the metadata)" in table
@@ -85,33 +140,64 @@ def test_exclude_and_relabel_round_trip(tmp_path, catalog, capsys):
 
 def test_a_plain_asin_list_excludes_every_row(tmp_path):
     path = _write(tmp_path / "drop.csv", "\ufeffASIN,note\nB1,x\nB2,\nB1,again\n")
-    assert read_exclude_file(path) == (["B1", "B2"], {"file": path, "form": "asin list", "listed": 2,
-                                                      "representatives_kept": 0})
+    assert read_exclude_file(path) == (
+        ["B1", "B2"],
+        {"file": path, "form": "asin list", "listed": 2, "representatives_kept": 0},
+    )
     rows, info = read_relabel_file(_write(tmp_path / "m.csv", "suggested,asin\nShoes,B1\nshoes,B1\n"))
     assert rows == [(2, "B1", "Shoes")] and info["listed"] == 1  # the same decision twice is one
 
 
-@pytest.mark.parametrize("option, text, needle", [
-    ("--exclude-file", None, "does not exist"),
-    ("--exclude-file", "", "is empty"),
-    ("--exclude-file", "group,sku\n1,B1\n", "has no column asin"),
-    ("--exclude-file", "group,asin,representative\n1,A001,maybe\n", "line 2: representative is 'maybe'"),
-    ("--exclude-file", "asin\nA001\n,\n", None),  # a blank row is skipped
-    ("--exclude-file", "asin,x\nA001,1\n ,2\n", "line 3: the asin is empty"),
-    ("--relabel-file", "asin,filed\nA001,Shoes\n", "has no column suggested"),
-    ("--relabel-file", "asin,suggested\nA001,Shoes\nA002,Toys\nA003,Games\n",
-     "line 3: suggested class 'Toys' is not one of this build's classes (and 1 more rows) (Shoes, Watches, Hats)"),
-    ("--relabel-file", "asin,suggested\nA001,Shoes\nA001,Hats\n",
-     "A001 is relabelled 'Hats' here and 'Shoes' on line 2"),
-    ("--relabel-file", "asin,suggested\nA001,\n", "line 2: suggested is empty for A001"),
-])
+@pytest.mark.parametrize(
+    "option, text, needle",
+    [
+        ("--exclude-file", None, "does not exist"),
+        ("--exclude-file", "", "is empty"),
+        ("--exclude-file", "group,sku\n1,B1\n", "has no column asin"),
+        ("--exclude-file", "group,asin,representative\n1,A001,maybe\n", "line 2: representative is 'maybe'"),
+        ("--exclude-file", "asin\nA001\n,\n", None),  # a blank row is skipped
+        ("--exclude-file", "asin,x\nA001,1\n ,2\n", "line 3: the asin is empty"),
+        ("--relabel-file", "asin,filed\nA001,Shoes\n", "has no column suggested"),
+        (
+            "--relabel-file",
+            "asin,suggested\nA001,Shoes\nA002,Toys\nA003,Games\n",
+            "line 3: suggested class 'Toys' is not one of this build's classes "
+            "(and 1 more rows) (Shoes, Watches, Hats)",
+        ),
+        (
+            "--relabel-file",
+            "asin,suggested\nA001,Shoes\nA001,Hats\n",
+            "A001 is relabelled 'Hats' here and 'Shoes' on line 2",
+        ),
+        ("--relabel-file", "asin,suggested\nA001,\n", "line 2: suggested is empty for A001"),
+    ],
+)
 def test_bad_decision_files_are_one_line_errors(tmp_path, catalog, capsys, option, text, needle):
     meta, img, _ = catalog
     path = str(tmp_path / "decisions.csv") if text is None else _write(tmp_path / "decisions.csv", text)
     out = tmp_path / "data"
-    args = ["build-data", "--metadata", meta, "--images-dir", img, "--out", str(out), "--category", "Shoes",
-            "--category", "Watches", "--category", "Hats", "--image-size", "16", "--workers", "1",
-            "--no-progress", option, path]
+    args = [
+        "build-data",
+        "--metadata",
+        meta,
+        "--images-dir",
+        img,
+        "--out",
+        str(out),
+        "--category",
+        "Shoes",
+        "--category",
+        "Watches",
+        "--category",
+        "Hats",
+        "--image-size",
+        "16",
+        "--workers",
+        "1",
+        "--no-progress",
+        option,
+        path,
+    ]
     if needle is None:  # a good file: the build runs (checked elsewhere); only the reading is tried here
         assert read_exclude_file(path)[0] == ["A001"]
         return
@@ -127,8 +213,9 @@ def test_not_utf8_decision_file(tmp_path, catalog):
     path = tmp_path / "bad.csv"
     path.write_bytes(b"asin\n\xff\xfe\xfa\n")
     with pytest.raises(UserError, match="is not UTF-8 text"):
-        build_data(meta, str(tmp_path / "d"), images_dir=img, categories=CLASSES, exclude_file=str(path),
-                   progress=False)
+        build_data(
+            meta, str(tmp_path / "d"), images_dir=img, categories=CLASSES, exclude_file=str(path), progress=False
+        )
 
 
 def test_updated_catalog_reuses_the_cache_and_refreshes_a_changed_photo(tmp_path):
@@ -139,8 +226,17 @@ def test_updated_catalog_reuses_the_cache_and_refreshes_a_changed_photo(tmp_path
     with ImageServer() as srv:
         prods = [product(f"C{i}", ["Clothing", CLASSES[i % 3]], url=srv.url(f"img/jpeg/{i}")) for i in range(6)]
         meta = write_catalog(tmp_path / "meta.jsonl", "2023", prods)
-        kw = dict(download=True, cache_dir=str(tmp_path / "cache"), categories=CLASSES, image_size=16,
-                  splits="1,0,0", workers=1, timeout=2, retries=0, progress=False)
+        kw = dict(
+            download=True,
+            cache_dir=str(tmp_path / "cache"),
+            categories=CLASSES,
+            image_size=16,
+            splits="1,0,0",
+            workers=1,
+            timeout=2,
+            retries=0,
+            progress=False,
+        )
         first = build_data(meta, str(tmp_path / "d1"), **kw)
         assert (first["image_source"]["downloaded"], first["image_source"]["cached"]) == (6, 0)
 
@@ -163,5 +259,7 @@ def _examples_with_url(data_dir):
     import tensorflow_datasets as tfds
 
     b = tfds.builder_from_directory(str(data_dir))
-    return {ex["asin"].decode(): ex["image_url"].decode()
-            for ex in tfds.as_numpy(b.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()}))}
+    return {
+        ex["asin"].decode(): ex["image_url"].decode()
+        for ex in tfds.as_numpy(b.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()}))
+    }

@@ -7,6 +7,7 @@ each kill no reader can take anything for a finished dataset; the rerun (same co
 finishes and its dataset equals an uninterrupted build: same examples, labels, splits,
 image bytes, URLs and failures. About 10 s per kill point (most of it importing TF).
 """
+
 import hashlib
 import json
 import os
@@ -25,8 +26,11 @@ from amazon_visual.errors import UserError
 from builder_fixtures import ImageServer, files_under
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASSES = {"Shoes": ["Clothing, Shoes & Jewelry", "Shoes"], "Watches": ["Clothing, Shoes & Jewelry", "Watches"],
-           "Bags": ["Clothing, Shoes & Jewelry", "Bags"]}
+CLASSES = {
+    "Shoes": ["Clothing, Shoes & Jewelry", "Shoes"],
+    "Watches": ["Clothing, Shoes & Jewelry", "Watches"],
+    "Bags": ["Clothing, Shoes & Jewelry", "Bags"],
+}
 
 # The CLI, with test hooks chosen by KILL_HOOK: "images:N" kills itself after N images,
 # "slow:S" sleeps S seconds per image, "swap" kills itself once the old dataset is moved aside.
@@ -69,16 +73,49 @@ def _catalog(path, srv):
         images = [{"large": url, "variant": "MAIN"}]
         if i % 6 == 1:  # the first URL fails, the second serves the image
             images = [{"large": srv.url("404"), "hi_res": url, "variant": "MAIN"}]
-        lines.append(json.dumps({"parent_asin": f"K{i:03d}", "title": f"thing {i}", "main_category": "AMAZON FASHION",
-                                 "categories": CLASSES[cls], "images": images}))
+        lines.append(
+            json.dumps(
+                {
+                    "parent_asin": f"K{i:03d}",
+                    "title": f"thing {i}",
+                    "main_category": "AMAZON FASHION",
+                    "categories": CLASSES[cls],
+                    "images": images,
+                }
+            )
+        )
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 
 
 def _args(meta, out, cache, *extra):
-    return ["build-data", "--metadata", meta, "--download", "--cache-dir", str(cache), "--out", str(out),
-            "--top-categories", "3", "--image-size", "24", "--splits", "0.5,0.25,0.25", "--workers", "1",
-            "--download-workers", "2", "--retries", "0", "--timeout", "5", "--no-progress", "--json", *extra]
+    return [
+        "build-data",
+        "--metadata",
+        meta,
+        "--download",
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+        "--top-categories",
+        "3",
+        "--image-size",
+        "24",
+        "--splits",
+        "0.5,0.25,0.25",
+        "--workers",
+        "1",
+        "--download-workers",
+        "2",
+        "--retries",
+        "0",
+        "--timeout",
+        "5",
+        "--no-progress",
+        "--json",
+        *extra,
+    ]
 
 
 def snapshot(data_dir):
@@ -91,8 +128,14 @@ def snapshot(data_dir):
     for split in b.info.splits.keys():
         ds = b.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
         for ex in tfds.as_numpy(ds):
-            examples[ex["asin"].decode()] = (split, names[ex["label"]], ex["category"].decode(), ex["title"].decode(),
-                                             ex["image_url"].decode(), hashlib.sha256(ex["image"]).hexdigest())
+            examples[ex["asin"].decode()] = (
+                split,
+                names[ex["label"]],
+                ex["category"].decode(),
+                ex["title"].decode(),
+                ex["image_url"].decode(),
+                hashlib.sha256(ex["image"]).hexdigest(),
+            )
     report = json.loads((data_dir / "build_report.json").read_text())
     outcome = {k: report[k] for k in ("classes", "category_level", "counts", "totals", "drops")}
     outcome["failures"] = sorted((f["asin"], f["stage"], f["reason"]) for f in report["failures"])
@@ -112,8 +155,9 @@ def world(tmp_path_factory):
 
 def _spawn(args, hook=""):
     env = dict(os.environ, KILL_HOOK=hook, PYTHONPATH=os.pathsep.join([REPO, *sys.path]), TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen([sys.executable, "-c", RUNNER, *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def _kill_when(proc, ready, timeout=90):

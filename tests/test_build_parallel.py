@@ -1,4 +1,5 @@
 """The ordered, bounded process pool behind the image work."""
+
 import os
 
 from tfrecords_builder.parallel import OrderedPool

@@ -1,5 +1,6 @@
 """The build plan on disk (tfrecords_builder/plan.py): same choices as in memory, memory that does not
 grow with the catalog."""
+
 import gzip
 import json
 import os
@@ -18,8 +19,17 @@ def _store(tmp_path, name="plan.sqlite"):
 
 
 def _add(store, asin, label, split="train", seed=0):
-    store.add(asin, f"title {asin}", f"cat{label}", label, f"/img/{asin}.jpg", f"http://x/{asin}.jpg",
-              [f"http://x/{asin}.jpg"], split, unit_hash(seed, asin, "cap"))
+    store.add(
+        asin,
+        f"title {asin}",
+        f"cat{label}",
+        label,
+        f"/img/{asin}.jpg",
+        f"http://x/{asin}.jpg",
+        [f"http://x/{asin}.jpg"],
+        split,
+        unit_hash(seed, asin, "cap"),
+    )
 
 
 def test_duplicates_image_files_and_order(tmp_path):
@@ -66,9 +76,18 @@ def test_downloads_applied_while_the_plan_is_read(tmp_path):
     s.apply_downloads()
     items = list(s.items())
     assert len(items) == 5000 - len(range(0, 5000, 7))
-    assert items[0] == {"asin": "A1", "title": "title A1", "category": "cat0", "label": 0, "source": "/cache/A1",
-                        "image_url": "http://x/A1.jpg?2", "brand": None, "price": None, "average_rating": None,
-                        "rating_number": None}
+    assert items[0] == {
+        "asin": "A1",
+        "title": "title A1",
+        "category": "cat0",
+        "label": 0,
+        "source": "/cache/A1",
+        "image_url": "http://x/A1.jpg?2",
+        "brand": None,
+        "price": None,
+        "average_rating": None,
+        "rating_number": None,
+    }
     s.image_failed("A1")
     s.drop_failed()
     assert s.count() == len(items) - 1
@@ -83,12 +102,30 @@ def _catalog(path, n):
     with gzip.open(path, "wt", encoding="utf-8") as f:
         for i in range(n):
             cat = ["Shirts", "Shoes", "Hats"][i % 3]
-            f.write(json.dumps({"parent_asin": f"B{i:09d}", "title": f"A product with a longer title, number {i}",
-                                "categories": ["Clothing", cat], "main_category": "Clothing",
-                                "images": [{"large": f"http://img.example/{i}/large.jpg"}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "parent_asin": f"B{i:09d}",
+                        "title": f"A product with a longer title, number {i}",
+                        "categories": ["Clothing", cat],
+                        "main_category": "Clothing",
+                        "images": [{"large": f"http://img.example/{i}/large.jpg"}],
+                    }
+                )
+                + "\n"
+            )
             if i % 50 == 0:  # a duplicate now and then
-                f.write(json.dumps({"parent_asin": f"B{i:09d}", "title": "dup", "categories": ["Clothing", cat],
-                                    "images": [{"large": "http://img.example/dup.jpg"}]}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "parent_asin": f"B{i:09d}",
+                            "title": "dup",
+                            "categories": ["Clothing", cat],
+                            "images": [{"large": "http://img.example/dup.jpg"}],
+                        }
+                    )
+                    + "\n"
+                )
 
 
 def _select_peak(tmp_path, n):
@@ -98,8 +135,18 @@ def _select_peak(tmp_path, n):
     drops = Counter()
     tracemalloc.start()
     try:
-        build._select([meta], Labeler(["Shirts", "Shoes", "Hats"]), store, None, 0, (0.8, 0.1, 0.1), ReadStats(),
-                      drops, False, CategoryCounts())
+        build._select(
+            [meta],
+            Labeler(["Shirts", "Shoes", "Hats"]),
+            store,
+            None,
+            0,
+            (0.8, 0.1, 0.1),
+            ReadStats(),
+            drops,
+            False,
+            CategoryCounts(),
+        )
         assert store.count() == n and drops["duplicate_asin"] == len(range(0, n, 50))
         assert sum(1 for _ in store.items("train")) == store.count("train")
         peak = tracemalloc.get_traced_memory()[1]
@@ -141,9 +188,17 @@ def test_shuffle_buffer_spills_to_disk_and_writes_the_same_dataset(tmp_path, mon
     for i in range(40):
         asin = f"B{i:04d}"
         Image.new("RGB", (24, 18), (i * 6, 255 - i * 6, (i * 37) % 256)).save(img / f"{asin}.jpg")
-        lines.append(json.dumps({"parent_asin": asin, "title": f"t{i}", "main_category": ("Shoes", "Hats")[i % 2],
-                                 "categories": [("Shoes", "Hats")[i % 2]],
-                                 "images": [{"large": f"http://x/{asin}.jpg"}]}))
+        lines.append(
+            json.dumps(
+                {
+                    "parent_asin": asin,
+                    "title": f"t{i}",
+                    "main_category": ("Shoes", "Hats")[i % 2],
+                    "categories": [("Shoes", "Hats")[i % 2]],
+                    "images": [{"large": f"http://x/{asin}.jpg"}],
+                }
+            )
+        )
     meta = tmp_path / "meta.jsonl"
     meta.write_text("\n".join(lines) + "\n")
     spilled = Counter()
@@ -175,8 +230,14 @@ def test_negative_shuffle_buffer_is_a_user_error(tmp_path):
     (tmp_path / "img").mkdir()
     for bad in (-1, float("nan"), float("inf"), "lots", None):
         with pytest.raises(UserError, match="--shuffle-buffer-mb"):
-            build.build_data(str(meta), str(tmp_path / "out"), images_dir=str(tmp_path / "img"),
-                             categories=["a", "b"], shuffle_buffer_mb=bad, progress=False)
+            build.build_data(
+                str(meta),
+                str(tmp_path / "out"),
+                images_dir=str(tmp_path / "img"),
+                categories=["a", "b"],
+                shuffle_buffer_mb=bad,
+                progress=False,
+            )
 
 
 def test_shuffle_buffer_of_overlapping_builds_comes_back_to_tfds_default():

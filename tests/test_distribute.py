@@ -1,6 +1,7 @@
 """tf.distribute: MirroredStrategy on two logical CPUs, MultiWorkerMirroredStrategy with two
 local worker processes on loopback through TF_CONFIG. Each runs in fresh processes, since
 logical devices and the multi-worker runtime must be set up before TensorFlow starts."""
+
 import json
 import os
 import socket
@@ -22,8 +23,7 @@ def tiny(tmp_path_factory):
 
 
 def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TF_CONFIG", None)
     env.update(extra)
     return env
@@ -46,8 +46,9 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny, tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(script), tiny, str(out)], env=_env(), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script), tiny, str(out)], env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.load(open(out / "config.json"))
     assert config["strategy_class"] == "MirroredStrategy" and config["replicas"] == 2
@@ -84,8 +85,15 @@ def test_multi_worker_mirrored_with_two_local_workers(tiny, tmp_path):
     procs = []
     for i in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
-        procs.append(subprocess.Popen([sys.executable, str(script), tiny, str(out)], env=_env(TF_CONFIG=tf_config),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), tiny, str(out)],
+                env=_env(TF_CONFIG=tf_config),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = []
     try:
         for p in procs:

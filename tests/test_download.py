@@ -1,4 +1,5 @@
 """Image downloads against a loopback HTTP server: retries, timeouts, caps, schemes, safe names, resume."""
+
 import os
 import signal
 import subprocess
@@ -71,22 +72,29 @@ def test_asin_is_never_a_path(server, tmp_path):
         assert os.path.dirname(cache_path(str(cache), asin)) == str(cache)
     assert cache_name("../../x") != cache_name("__x") != cache_name("x")  # the hash keeps them apart
     paths, failures, _ = download_all([("../../x", [server.url("img/jpeg/evil")])], str(cache), **FAST)
-    assert not failures and files_under(tmp_path) == {os.path.join("cache", cache_name("../../x")),
-                                                      os.path.join("cache", "urls.jsonl")}
+    assert not failures and files_under(tmp_path) == {
+        os.path.join("cache", cache_name("../../x")),
+        os.path.join("cache", "urls.jsonl"),
+    }
 
 
 def test_download_all_records_every_failure(server, tmp_path):
-    items = [("G1", [server.url("img/jpeg/g1")]),
-             ("G2", [server.url("404"), server.url("img/png/g2")]),  # falls back to the next URL
-             ("F1", [server.url("404")]),
-             ("F2", [server.url("html")]),
-             ("F3", ["ftp://x/y.jpg"])]
+    items = [
+        ("G1", [server.url("img/jpeg/g1")]),
+        ("G2", [server.url("404"), server.url("img/png/g2")]),  # falls back to the next URL
+        ("F1", [server.url("404")]),
+        ("F2", [server.url("html")]),
+        ("F3", ["ftp://x/y.jpg"]),
+    ]
     used = {}
     paths, failures, stats = download_all(items, str(tmp_path), workers=4, used_urls=used, **FAST)
     assert sorted(paths) == ["G1", "G2"]
     assert used["G2"] == server.url("img/png/g2")
     assert {f["asin"]: f["reason"] for f in failures} == {
-        "F1": "HTTP 404", "F2": "not an image (Content-Type text/html)", "F3": "unsupported URL scheme 'ftp'"}
+        "F1": "HTTP 404",
+        "F2": "not an image (Content-Type text/html)",
+        "F3": "unsupported URL scheme 'ftp'",
+    }
     assert all(f["url"] for f in failures)
     assert stats == {"cached": 0, "downloaded": 2, "failed": 3}
     # a rerun reports the URL each cached image came from, not the product's first URL
@@ -154,8 +162,9 @@ def test_download_iter_streams_and_a_slow_host_holds_nothing_back(server, tmp_pa
     late does not stall the ones behind it (a 1.5 s image first, then 60 fast ones, 2 threads)."""
     from tfrecords_builder.download import download_iter
 
-    items = [("SLOW", [server.url("slow/1.5/jpeg/s1")])] + [(f"F{i}", [server.url(f"img/jpeg/f{i}")])
-                                                            for i in range(60)]
+    items = [("SLOW", [server.url("slow/1.5/jpeg/s1")])] + [
+        (f"F{i}", [server.url(f"img/jpeg/f{i}")]) for i in range(60)
+    ]
     seen = []
     t0 = time.monotonic()
     for asin, path, _url, reason in download_iter(iter(items), str(tmp_path), workers=2, timeout=5):

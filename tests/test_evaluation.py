@@ -1,4 +1,5 @@
 """Evaluation: metrics, classification report, figures, compare table, wrong-dataset errors."""
+
 import csv
 import json
 import os
@@ -22,8 +23,9 @@ def setup(tmp_path_factory):
     runs = []
     for name, kwargs in (("svm", {}), ("alexnet", {"width": 0.25, "fc_units": 32})):
         out = root / f"run_{name}"
-        training.train(data_dir, model=name, out=out, image_size=32, epochs=3, batch_size=8, quiet=True,
-                       model_kwargs=kwargs)
+        training.train(
+            data_dir, model=name, out=out, image_size=32, epochs=3, batch_size=8, quiet=True, model_kwargs=kwargs
+        )
         runs.append(str(out))
     return data_dir, other, runs, root
 

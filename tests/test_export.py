@@ -1,4 +1,5 @@
 """`amazon-visual export`: each export is reloaded and its outputs compared with model.keras on photos."""
+
 import os
 
 import numpy as np
@@ -21,8 +22,9 @@ def reference(world):
 
     emb = Embedder.from_run(world["run"])
     names = sorted(os.listdir(world["images"]))[::9][:4]
-    batch = np.stack([prepare_image(load_image(os.path.join(world["images"], n)), emb.image_size, emb.resize)
-                      for n in names])
+    batch = np.stack(
+        [prepare_image(load_image(os.path.join(world["images"], n)), emb.image_size, emb.resize) for n in names]
+    )
     vec, probs = emb.predict(batch)
     return batch, normalize(vec), probs, emb.labels
 
@@ -64,9 +66,9 @@ def test_tflite_has_both_signatures(world, reference, tmp_path):
     assert set(interp.get_signature_list()) == {"embed", "classify"}
     embed, classify = interp.get_signature_runner("embed"), interp.get_signature_runner("classify")
     for i in range(len(batch)):  # one image at a time, as on a device
-        one = batch[i:i + 1]
-        np.testing.assert_allclose(embed(images=one)["embedding"], vec[i:i + 1], atol=1e-4)
-        np.testing.assert_allclose(classify(images=one)["probabilities"], probs[i:i + 1], atol=1e-4)
+        one = batch[i : i + 1]
+        np.testing.assert_allclose(embed(images=one)["embedding"], vec[i : i + 1], atol=1e-4)
+        np.testing.assert_allclose(classify(images=one)["probabilities"], probs[i : i + 1], atol=1e-4)
 
 
 def test_onnx_exports_or_names_what_to_install(world, reference, tmp_path):
@@ -92,9 +94,11 @@ def test_onnx_exports_or_names_what_to_install(world, reference, tmp_path):
 def test_export_errors_are_one_line(world, tmp_path, capsys):
     from amazon_visual.cli import main
 
-    cases = [(["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "x")], "not a trained run"),
-             (["export", world["run"], "--format", "tflite", "--out", str(tmp_path / "x.bin")], "ending in .tflite"),
-             (["export", world["run"], "--out", str(tmp_path / "missing" / "x")], "does not exist")]
+    cases = [
+        (["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "x")], "not a trained run"),
+        (["export", world["run"], "--format", "tflite", "--out", str(tmp_path / "x.bin")], "ending in .tflite"),
+        (["export", world["run"], "--out", str(tmp_path / "missing" / "x")], "does not exist"),
+    ]
     for argv, words in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err

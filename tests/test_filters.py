@@ -2,6 +2,7 @@
 paths, the exact fallback), the Recommender with filters, and `recommend`'s filter options.
 
 The index is a real INDEX_DIR of 10,000 random vectors with attributes (no model: ASIN queries only)."""
+
 import json
 import math
 import os
@@ -39,11 +40,23 @@ def write_attribute_index(folder, n=N, dim=DIM, seed=0, thumbs=False, search_k=N
     rows = []
     for i in range(n):
         brand, price, rating, count = item_attributes(i)
-        rows.append({"asin": f"B{i:09d}", "title": f"product {i}", "category": f"Shop > {LABELS[i % 3]}",
-                     "label": LABELS[i % 3], "label_id": i % 3, "image_url": "", "split": "train",
-                     "thumb": f"thumbs/B{i:09d}.jpg" if thumbs else "", "brand": brand,
-                     "price": "" if price is None else price, "average_rating": "" if rating is None else rating,
-                     "rating_number": "" if count is None else count, "image_sha256": ""})
+        rows.append(
+            {
+                "asin": f"B{i:09d}",
+                "title": f"product {i}",
+                "category": f"Shop > {LABELS[i % 3]}",
+                "label": LABELS[i % 3],
+                "label_id": i % 3,
+                "image_url": "",
+                "split": "train",
+                "thumb": f"thumbs/B{i:09d}.jpg" if thumbs else "",
+                "brand": brand,
+                "price": "" if price is None else price,
+                "average_rating": "" if rating is None else rating,
+                "rating_number": "" if count is None else count,
+                "image_sha256": "",
+            }
+        )
     pd.DataFrame(rows).to_csv(os.path.join(folder, "items.csv"), index=False)
     if thumbs:
         from PIL import Image
@@ -52,11 +65,25 @@ def write_attribute_index(folder, n=N, dim=DIM, seed=0, thumbs=False, search_k=N
         colors = {"red": (200, 40, 40), "green": (40, 160, 60), "blue": (40, 60, 200)}
         for i in range(n):
             Image.new("RGB", (32, 32), colors[LABELS[i % 3]]).save(os.path.join(folder, "thumbs", f"B{i:09d}.jpg"))
-    manifest = {"format_version": 1, "source": "backbone", "model": "synthetic", "fingerprint": "synthetic",
-                "metric": "angular", "backend": "annoy", "n_items": n, "embedding_dim": dim, "trees": 10,
-                "search_k": search_k or 2000, "index_file": "index.ann", "index_size_bytes": st["size_bytes"],
-                "index_sample_sha256": st["sample_sha256"], "embeddings_file": "embeddings.npy",
-                "items_file": "items.csv", "image_size": 32, "class_names": list(LABELS)}
+    manifest = {
+        "format_version": 1,
+        "source": "backbone",
+        "model": "synthetic",
+        "fingerprint": "synthetic",
+        "metric": "angular",
+        "backend": "annoy",
+        "n_items": n,
+        "embedding_dim": dim,
+        "trees": 10,
+        "search_k": search_k or 2000,
+        "index_file": "index.ann",
+        "index_size_bytes": st["size_bytes"],
+        "index_sample_sha256": st["sample_sha256"],
+        "embeddings_file": "embeddings.npy",
+        "items_file": "items.csv",
+        "image_size": 32,
+        "class_names": list(LABELS),
+    }
     with open(os.path.join(folder, "manifest.json"), "w") as f:
         json.dump(manifest, f)
     return folder
@@ -100,20 +127,23 @@ def brute_force(rec, vec, mask, k, exclude=()):
 
 
 # ------------------------------------------------------------------ the parser
-@pytest.mark.parametrize("spec, words", [
-    ({"colour": "red"}, "unknown filter 'colour'"),
-    ({"min_price": "cheap"}, "min_price must be a number"),
-    ({"max_price": float("nan")}, "max_price must be a finite number"),
-    ({"min_rating": "inf"}, "min_rating must be a finite number"),
-    ({"min_price": -1}, "must not be negative"),
-    ({"min_price": 50, "max_price": 10}, "min_price 50 is above max_price 10"),
-    ({"min_rating": 5.5}, "within [0, 5]"),
-    ({"min_rating": -0.1}, "within [0, 5]"),
-    ({"brand": ["Acme", " "]}, "non-empty brand"),
-    ({"category": ""}, "non-empty category"),
-    ({"min_price": True}, "must be a number"),
-    ("max_price=3", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"colour": "red"}, "unknown filter 'colour'"),
+        ({"min_price": "cheap"}, "min_price must be a number"),
+        ({"max_price": float("nan")}, "max_price must be a finite number"),
+        ({"min_rating": "inf"}, "min_rating must be a finite number"),
+        ({"min_price": -1}, "must not be negative"),
+        ({"min_price": 50, "max_price": 10}, "min_price 50 is above max_price 10"),
+        ({"min_rating": 5.5}, "within [0, 5]"),
+        ({"min_rating": -0.1}, "within [0, 5]"),
+        ({"brand": ["Acme", " "]}, "non-empty brand"),
+        ({"category": ""}, "non-empty category"),
+        ({"min_price": True}, "must be a number"),
+        ("max_price=3", "must be a mapping"),
+    ],
+)
 def test_bad_filters_are_one_clear_line(spec, words):
     from amazon_visual.retrieval.filters import parse_filters
 
@@ -125,28 +155,52 @@ def test_bad_filters_are_one_clear_line(spec, words):
 def test_parser_accepts_strings_lists_and_none():
     from amazon_visual.retrieval.filters import Filters, parse_filters
 
-    f = parse_filters({"brand": ["Zed", "Acme", "Zed"], "min_price": "10", "max_price": 10, "min_rating": "4.5",
-                       "category": " red ", "unused": None})
+    f = parse_filters(
+        {
+            "brand": ["Zed", "Acme", "Zed"],
+            "min_price": "10",
+            "max_price": 10,
+            "min_rating": "4.5",
+            "category": " red ",
+            "unused": None,
+        }
+    )
     assert f == Filters(category="red", brands=("Acme", "Zed"), min_price=10.0, max_price=10.0, min_rating=4.5)
-    assert f.to_dict() == {"category": "red", "brand": ["Acme", "Zed"], "min_price": 10.0, "max_price": 10.0,
-                           "min_rating": 4.5}
+    assert f.to_dict() == {
+        "category": "red",
+        "brand": ["Acme", "Zed"],
+        "min_price": 10.0,
+        "max_price": 10.0,
+        "min_rating": 4.5,
+    }
     assert parse_filters({"brand": "Acme"}).brands == ("Acme",)
     assert not parse_filters(None) and not parse_filters({}) and parse_filters({"min_rating": 0})
 
 
 # ------------------------------------------------------------------ masks
-@pytest.mark.parametrize("spec", [
-    {"brand": "acme"}, {"brand": ["Zed", "Other"]}, {"min_price": 50}, {"max_price": 10.99},
-    {"min_price": 20, "max_price": 30, "min_rating": 2.5}, {"category": "green", "brand": "Zed", "min_rating": 4},
-    {"brand": "Nobody"},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"brand": "acme"},
+        {"brand": ["Zed", "Other"]},
+        {"min_price": 50},
+        {"max_price": 10.99},
+        {"min_price": 20, "max_price": 30, "min_rating": 2.5},
+        {"category": "green", "brand": "Zed", "min_rating": 4},
+        {"brand": "Nobody"},
+    ],
+)
 def test_masks_equal_the_row_by_row_reference(rec, spec):
     from amazon_visual.retrieval.filters import select
 
     sel = select(rec.index, spec)
-    ref = expected_mask(brands=[spec["brand"]] if isinstance(spec.get("brand"), str) else spec.get("brand"),
-                        min_price=spec.get("min_price"), max_price=spec.get("max_price"),
-                        min_rating=spec.get("min_rating"), label=spec.get("category"))
+    ref = expected_mask(
+        brands=[spec["brand"]] if isinstance(spec.get("brand"), str) else spec.get("brand"),
+        min_price=spec.get("min_price"),
+        max_price=spec.get("max_price"),
+        min_rating=spec.get("min_rating"),
+        label=spec.get("category"),
+    )
     assert sel.count == int(ref.sum())
     np.testing.assert_array_equal(sel.mask, ref)
     assert select(rec.index, dict(spec)) is sel  # the cache returns the same selection
@@ -290,16 +344,20 @@ def test_recommender_filters_results_and_attributes(rec):
         assert isinstance(r["rating_number"], int)
     unfiltered = rec.similar_to_asin(asin, k=50)
     missing = [r for r in unfiltered if r["price"] is None or r["brand"] is None or r["average_rating"] is None]
-    assert missing and all(r[key] is None or not (isinstance(r[key], float) and math.isnan(r[key]))
-                           for r in unfiltered for key in ("price", "average_rating", "rating_number"))
+    assert missing and all(
+        r[key] is None or not (isinstance(r[key], float) and math.isnan(r[key]))
+        for r in unfiltered
+        for key in ("price", "average_rating", "rating_number")
+    )
 
 
 def test_filters_and_same_category_and_min_similarity_combine(rec):
     asin = "B000000007"  # label green (7 % 3 == 1)
     out = rec.recommend(asin=asin, k=10, same_category=True, filters={"min_rating": 2}, min_similarity=0.1)
     assert out["query"]["filters"] == {"min_rating": 2.0} and out["query"]["same_category"] == "green"
-    assert out["results"] and all(r["label"] == "green" and r["average_rating"] >= 2 and r["similarity"] >= 0.1
-                                  for r in out["results"])
+    assert out["results"] and all(
+        r["label"] == "green" and r["average_rating"] >= 2 and r["similarity"] >= 0.1 for r in out["results"]
+    )
     # a category filter that differs from same_category's: nothing can match
     assert rec.similar_to_asin(asin, k=10, same_category=True, filters={"category": "red"}) == []
     assert all(r["label"] == "red" for r in rec.similar_to_asin(asin, k=10, filters={"category": "red"}))
@@ -311,8 +369,24 @@ def test_filters_and_same_category_and_min_similarity_combine(rec):
 def test_recommend_cli_filters_table_and_json(index_dir, capsys):
     from amazon_visual.cli import main
 
-    argv = ["recommend", index_dir, "--asin", "B000000042", "-k", "5", "--brand", "Zed", "--brand", "Other",
-            "--min-price", "10", "--max-price", "60", "--min-rating", "2"]
+    argv = [
+        "recommend",
+        index_dir,
+        "--asin",
+        "B000000042",
+        "-k",
+        "5",
+        "--brand",
+        "Zed",
+        "--brand",
+        "Other",
+        "--min-price",
+        "10",
+        "--max-price",
+        "60",
+        "--min-rating",
+        "2",
+    ]
     assert main(argv + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["results"]) == 5 and out["query"]["filters"]["brand"] == ["Other", "Zed"]
@@ -325,12 +399,15 @@ def test_recommend_cli_filters_table_and_json(index_dir, capsys):
     assert f"{first['price']:.2f}" in table and first["brand"] in table
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--min-price", "9", "--max-price", "3"], "min_price 9 is above max_price 3"),
-    (["--min-rating", "7"], "within [0, 5]"),
-    (["--max-price", "nan"], "finite number"),
-    (["--category", "purple"], "unknown category 'purple'"),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--min-price", "9", "--max-price", "3"], "min_price 9 is above max_price 3"),
+        (["--min-rating", "7"], "within [0, 5]"),
+        (["--max-price", "nan"], "finite number"),
+        (["--category", "purple"], "unknown category 'purple'"),
+    ],
+)
 def test_recommend_cli_bad_filters_one_line_exit_2(index_dir, capsys, extra, words):
     from amazon_visual.cli import main
 

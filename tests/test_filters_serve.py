@@ -1,6 +1,7 @@
 """Filters through the service: /v1/search and /v1/products/{asin}/similar query parameters, products with
 their attributes (null when missing, never NaN), bad filters answered 422 JSON while the server goes on
 serving, /v1/products and /v1/attributes, and the page's filter controls in headless Chromium."""
+
 import os
 
 import pytest
@@ -55,26 +56,38 @@ def test_similar_and_search_filter_and_show_attributes(client):
 
 
 def test_one_in_thousands_through_the_api(client):
-    r = client.get(f"/v1/products/{ASIN}/similar", params={"brand": "zed", "min_price": 80, "min_rating": 4,
-                                                            "category": "blue", "k": 50})
+    r = client.get(
+        f"/v1/products/{ASIN}/similar",
+        params={"brand": "zed", "min_price": 80, "min_rating": 4, "category": "blue", "k": 50},
+    )
     assert r.status_code == 200
     got = [x["asin"] for x in r.json()["results"]]
-    expect = [f"B{i:09d}" for i in range(3000) if i % 3 == 2 and item_attributes(i)[0] == "Zed"
-              and (item_attributes(i)[1] or 0) >= 80 and (item_attributes(i)[2] or 0) >= 4 and i != 42]
+    expect = [
+        f"B{i:09d}"
+        for i in range(3000)
+        if i % 3 == 2
+        and item_attributes(i)[0] == "Zed"
+        and (item_attributes(i)[1] or 0) >= 80
+        and (item_attributes(i)[2] or 0) >= 4
+        and i != 42
+    ]
     assert 0 < len(expect) < 50 and sorted(got) == sorted(expect)  # every match, and nothing else
 
 
-@pytest.mark.parametrize("method, path, params, words", [
-    ("get", "similar", {"max_prcie": "10"}, "unknown query parameter 'max_prcie'"),
-    ("post", "search", {"colour": "red"}, "unknown query parameter 'colour'"),
-    ("get", "similar", {"min_price": "50", "max_price": "10"}, "min_price 50 is above max_price 10"),
-    ("post", "search", {"min_price": "50", "max_price": "10"}, "min_price 50 is above max_price 10"),
-    ("get", "similar", {"min_price": "nan"}, "finite number"),
-    ("get", "similar", {"min_price": "-3"}, "must not be negative"),
-    ("get", "similar", {"min_rating": "6"}, "within [0, 5]"),
-    ("get", "products", {"min_rating": "6"}, "within [0, 5]"),
-    ("get", "products", {"brnad": "Zed"}, "unknown query parameter 'brnad'"),
-])
+@pytest.mark.parametrize(
+    "method, path, params, words",
+    [
+        ("get", "similar", {"max_prcie": "10"}, "unknown query parameter 'max_prcie'"),
+        ("post", "search", {"colour": "red"}, "unknown query parameter 'colour'"),
+        ("get", "similar", {"min_price": "50", "max_price": "10"}, "min_price 50 is above max_price 10"),
+        ("post", "search", {"min_price": "50", "max_price": "10"}, "min_price 50 is above max_price 10"),
+        ("get", "similar", {"min_price": "nan"}, "finite number"),
+        ("get", "similar", {"min_price": "-3"}, "must not be negative"),
+        ("get", "similar", {"min_rating": "6"}, "within [0, 5]"),
+        ("get", "products", {"min_rating": "6"}, "within [0, 5]"),
+        ("get", "products", {"brnad": "Zed"}, "unknown query parameter 'brnad'"),
+    ],
+)
 def test_bad_filters_are_422_json_and_the_server_goes_on(client, method, path, params, words):
     url = {"similar": f"/v1/products/{ASIN}/similar", "search": "/v1/search", "products": "/v1/products"}[path]
     kw = {"json": {"asin": ASIN}} if method == "post" else {}
@@ -97,8 +110,9 @@ def test_browse_and_attributes(client):
     r = client.get("/v1/products", params={"brand": "acme", "max_price": 20, "per_page": 200})
     assert r.status_code == 200
     body = r.json()
-    expect = [i for i in range(3000)
-              if item_attributes(i)[0].lower() == "acme" and (item_attributes(i)[1] or 1e9) <= 20]
+    expect = [
+        i for i in range(3000) if item_attributes(i)[0].lower() == "acme" and (item_attributes(i)[1] or 1e9) <= 20
+    ]
     assert body["total"] == len(expect) and [int(x["asin"][1:]) for x in body["items"]] == expect[:200]
     a = client.get("/v1/attributes").json()
     names = {b["name"]: b["count"] for b in a["brand"]["top"]}
@@ -118,7 +132,8 @@ def test_page_shows_controls_only_for_attributes_the_index_has(client, tmp_path)
 
     items = pd.read_csv(os.path.join(bare, "items.csv"), dtype=str, keep_default_na=False)
     items.drop(columns=["brand", "price", "average_rating", "rating_number"]).to_csv(
-        os.path.join(bare, "items.csv"), index=False)
+        os.path.join(bare, "items.csv"), index=False
+    )
     with client_for(bare) as c:
         page = c.get("/").text
         assert 'id="brand"' not in page and 'id="min-price"' not in page and 'id="min-rating"' not in page
@@ -146,10 +161,12 @@ def test_page_filter_controls_in_chromium(browser, index_dir):  # noqa: F811
         page.dispatch_event("#max-price", "change")
         page.select_option("#min-rating", "4")
         # the grid of the last query (brand, price and rating), not of one still on its way
-        page.wait_for_function("""() => { const t = Array.from(document.querySelectorAll('#results .attrs'))
+        page.wait_for_function(
+            """() => { const t = Array.from(document.querySelectorAll('#results .attrs'))
             .map(a => a.textContent.split(' \u00b7 ')); return t.length === 12 && t.every(p => p.length === 3 &&
             parseFloat(p[0].slice(1)) <= 40 && ['Zed', 'Other'].includes(p[1]) && parseFloat(p[2]) >= 4); }""",
-                               timeout=20000)
+            timeout=20000,
+        )
         lines = page.evaluate("() => Array.from(document.querySelectorAll('#results .attrs')).map(a => a.textContent)")
         for line in lines:
             price, brand, rating = line.split(" \u00b7 ")

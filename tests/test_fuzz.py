@@ -5,6 +5,7 @@ ends early, ImageError for an image), never code executed, every non-blank line 
 a product or a counted bad record. No TensorFlow here; the whole file runs in ~15 s.
 FUZZ_EXAMPLES=2000 (environment) runs a deeper search.
 """
+
 import gzip
 import io
 import json
@@ -22,34 +23,65 @@ from tfrecords_builder import metadata
 from tfrecords_builder.images import ImageError, _to_rgb, normalize, process_item
 from tfrecords_builder.metadata import ReadStats, read_products
 
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 100)), deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", 100)),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 LINE = {"2014": line_2014, "2018": line_2018, "2023": line_2023}
 
 # ------------------------------------------------------------------------------ strategies
-scalars = (st.none() | st.booleans() | st.integers() | st.floats()
-           | st.text(max_size=20) | st.sampled_from(["\ud800", "&amp;", "B0\x00", " ", "\u2028", "\ufeff"]))
-json_values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
-                                                                                        max_size=4), max_leaves=12)
-KEYS = ["asin", "parent_asin", "title", "category", "categories", "main_cat", "main_category", "imageURL",
-        "imageURLHighRes", "images", "imUrl"]
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["\ud800", "&amp;", "B0\x00", " ", "\u2028", "\ufeff"])
+)
+json_values = st.recursive(
+    scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12
+)
+KEYS = [
+    "asin",
+    "parent_asin",
+    "title",
+    "category",
+    "categories",
+    "main_cat",
+    "main_category",
+    "imageURL",
+    "imageURLHighRes",
+    "images",
+    "imUrl",
+]
 records = st.fixed_dictionaries({}, optional={k: json_values for k in KEYS})
-py_values = st.recursive(scalars | st.binary(max_size=8) | st.complex_numbers(allow_nan=False, allow_infinity=False),
-                         lambda c: st.lists(c, max_size=3) | st.tuples(c, c)
-                         | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=10)
+py_values = st.recursive(
+    scalars | st.binary(max_size=8) | st.complex_numbers(allow_nan=False, allow_infinity=False),
+    lambda c: st.lists(c, max_size=3) | st.tuples(c, c) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+    max_leaves=10,
+)
 py_records = st.fixed_dictionaries({}, optional={k: py_values for k in KEYS})
 # code a Python literal could smuggle in; each would create the file named by {0} if it ran
-EVIL = ["__import__('os').system('touch {0}')", "open('{0}', 'w')", "(lambda: open('{0}', 'w'))()",
-        "[open('{0}', 'w') for _ in 'x']", "f\"{{open('{0}', 'w')}}\"", "__import__('pathlib').Path('{0}').touch()",
-        "exec(\"open('{0}','w')\")", "().__class__.__bases__[0].__subclasses__()", "{{**open('{0}', 'w')}}"]
+EVIL = [
+    "__import__('os').system('touch {0}')",
+    "open('{0}', 'w')",
+    "(lambda: open('{0}', 'w'))()",
+    "[open('{0}', 'w') for _ in 'x']",
+    "f\"{{open('{0}', 'w')}}\"",
+    "__import__('pathlib').Path('{0}').touch()",
+    "exec(\"open('{0}','w')\")",
+    "().__class__.__bases__[0].__subclasses__()",
+    "{{**open('{0}', 'w')}}",
+]
 
 
 def _write(lines, gz=False, encoding="utf-8"):
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     data = ("\n".join(lines) + "\n").encode(encoding, "surrogatepass")
-    with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
+    with gzip.open(path, "wb") if gz else open(path, "wb") as f:
         f.write(data)
     return path
 
@@ -87,8 +119,11 @@ def test_random_bytes(data, gz):
 
 
 @FUZZ
-@given(recs=st.lists(records, min_size=1, max_size=8), fmt=st.sampled_from(["2014", "2018", "2023"]),
-       ascii_only=st.booleans())
+@given(
+    recs=st.lists(records, min_size=1, max_size=8),
+    fmt=st.sampled_from(["2014", "2018", "2023"]),
+    ascii_only=st.booleans(),
+)
 def test_random_json_records(recs, fmt, ascii_only):
     lines = [json.dumps(r, ensure_ascii=ascii_only) for r in recs]
     _read(_write(lines), fmt=fmt)
@@ -96,8 +131,12 @@ def test_random_json_records(recs, fmt, ascii_only):
 
 
 @FUZZ
-@given(recs=st.lists(py_records, min_size=1, max_size=6), evil=st.sampled_from(EVIL), key=st.sampled_from(KEYS),
-       where=st.integers(0, 5))
+@given(
+    recs=st.lists(py_records, min_size=1, max_size=6),
+    evil=st.sampled_from(EVIL),
+    key=st.sampled_from(KEYS),
+    where=st.integers(0, 5),
+)
 def test_random_python_literals_never_run_code(recs, evil, key, where):
     with tempfile.TemporaryDirectory() as tmp:
         sentinel = os.path.join(tmp, "PWNED")
@@ -144,8 +183,11 @@ def test_huge_lines_are_counted_and_never_held_whole(monkeypatch, lengths, newli
 
 
 @FUZZ
-@given(titles=st.lists(st.text(max_size=30), min_size=1, max_size=5),
-       encoding=st.sampled_from(["utf-8-sig", "utf-16", "utf-16-be", "utf-32"]), fmt=st.sampled_from(["2014", "2023"]))
+@given(
+    titles=st.lists(st.text(max_size=30), min_size=1, max_size=5),
+    encoding=st.sampled_from(["utf-8-sig", "utf-16", "utf-16-be", "utf-32"]),
+    fmt=st.sampled_from(["2014", "2023"]),
+)
 def test_files_with_a_bom_read_like_utf8(titles, encoding, fmt):
     titles = [t.encode("utf-8", "replace").decode("utf-8") for t in titles]
     lines = [LINE[fmt](product(f"U{i}", ["Shoes", "Boots"], title=t)) for i, t in enumerate(titles)]
@@ -180,8 +222,18 @@ def test_a_line_over_the_real_limit(tmp_path):
 
 
 # ------------------------------------------------------------------------------ images
-SIGNATURES = [b"", b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBPVP8 ",
-              b"BM", b"II*\x00", b"MM\x00*", b"P6\n", b"\x00\x00\x01\x00"]
+SIGNATURES = [
+    b"",
+    b"\xff\xd8\xff\xe0",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"P6\n",
+    b"\x00\x00\x01\x00",
+]
 
 
 @FUZZ
@@ -198,9 +250,11 @@ def test_random_bytes_are_image_errors(sig, body, size):
 
 
 @FUZZ
-@given(kind=st.sampled_from(["jpeg", "png", "gif", "webp", "cmyk", "palette", "rgba", "16bit", "big"]),
-       flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
-       cut=st.none() | st.integers(0, 2000))
+@given(
+    kind=st.sampled_from(["jpeg", "png", "gif", "webp", "cmyk", "palette", "rgba", "16bit", "big"]),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
+    cut=st.none() | st.integers(0, 2000),
+)
 def test_damaged_images_are_image_errors_or_decode(kind, flips, cut):
     data = bytearray(image_bytes(kind))
     for pos, value in flips:
@@ -214,15 +268,35 @@ def test_damaged_images_are_image_errors_or_decode(kind, flips, cut):
 
 
 # formats able to hold each mode (first one wins); the others are converted in memory only
-SAVE_AS = {"1": "PNG", "L": "PNG", "LA": "PNG", "P": "PNG", "RGB": "PNG", "RGBA": "PNG", "I;16": "PNG",
-           "I;16B": "TIFF", "I;16L": "TIFF", "I": "TIFF", "F": "TIFF", "CMYK": "JPEG", "YCbCr": "IM",
-           "LAB": "TIFF", "PA": "TIFF", "RGBX": "TIFF"}
+SAVE_AS = {
+    "1": "PNG",
+    "L": "PNG",
+    "LA": "PNG",
+    "P": "PNG",
+    "RGB": "PNG",
+    "RGBA": "PNG",
+    "I;16": "PNG",
+    "I;16B": "TIFF",
+    "I;16L": "TIFF",
+    "I": "TIFF",
+    "F": "TIFF",
+    "CMYK": "JPEG",
+    "YCbCr": "IM",
+    "LAB": "TIFF",
+    "PA": "TIFF",
+    "RGBX": "TIFF",
+}
 SIDES = st.sampled_from([1, 2, 3, 7, 64, 257, 1000, 10_000])
 
 
 @FUZZ
-@given(mode=st.sampled_from(sorted(Image.MODES)), w=SIDES, h=SIDES, size=st.sampled_from([8, 31, 64, 256]),
-       seed=st.integers(0, 255))
+@given(
+    mode=st.sampled_from(sorted(Image.MODES)),
+    w=SIDES,
+    h=SIDES,
+    size=st.sampled_from([8, 31, 64, 256]),
+    seed=st.integers(0, 255),
+)
 def test_every_mode_and_extreme_sizes(mode, w, h, size, seed):
     assume(w * h <= 1_000_000)
     noise = Image.effect_noise((w, h), 60).point(lambda v: (v + seed) % 256)  # varied pixels, any size

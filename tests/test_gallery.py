@@ -1,4 +1,5 @@
 """The HTML gallery: self-contained (only embedded images), escaped, reusable as a fragment."""
+
 import os
 from html.parser import HTMLParser
 
@@ -43,11 +44,29 @@ def thumbs(tmp_path):
 
 
 def _results(thumbs, missing):
-    res = [{"rank": i + 1, "asin": f"B{i:09d}", "title": f"Dress {i} <script>alert(1)</script>", "label": "dress",
-            "similarity": 0.9 - 0.1 * i, "thumb": t, "image_url": f"https://example.com/{i}.jpg"}
-           for i, t in enumerate(thumbs)]
-    res.append({"rank": 4, "asin": "BMISSING00", "title": "no picture", "label": "hat", "similarity": 0.2,
-                "thumb": missing, "image_url": ""})
+    res = [
+        {
+            "rank": i + 1,
+            "asin": f"B{i:09d}",
+            "title": f"Dress {i} <script>alert(1)</script>",
+            "label": "dress",
+            "similarity": 0.9 - 0.1 * i,
+            "thumb": t,
+            "image_url": f"https://example.com/{i}.jpg",
+        }
+        for i, t in enumerate(thumbs)
+    ]
+    res.append(
+        {
+            "rank": 4,
+            "asin": "BMISSING00",
+            "title": "no picture",
+            "label": "hat",
+            "similarity": 0.2,
+            "thumb": missing,
+            "image_url": "",
+        }
+    )
     return res
 
 
@@ -76,8 +95,9 @@ def test_fragment_is_reusable_and_takes_arrays(thumbs):
     from amazon_visual.web.gallery import gallery_fragment, gallery_page
 
     arr = np.full((30, 20, 3), 128, np.uint8)
-    frag = gallery_fragment({"kind": "image", "image": "https://example.com/q.jpg", "image_array": arr},
-                            _results(thumbs, None), title="t")
+    frag = gallery_fragment(
+        {"kind": "image", "image": "https://example.com/q.jpg", "image_array": arr}, _results(thumbs, None), title="t"
+    )
     assert frag.lstrip().startswith("<style>") and "<html" not in frag and "<body" not in frag
     assert frag.count("<figure") == 5
     assert "https://example.com/q.jpg" not in _refs(frag).refs

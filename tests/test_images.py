@@ -1,4 +1,5 @@
 """Image normalising with Pillow: every mode to RGB JPEG, resizing, bad files. No TensorFlow here."""
+
 import io
 
 import pytest
@@ -55,8 +56,10 @@ def test_exif_orientation_is_applied():
     assert (w, h) == (20, 60)
 
 
-@pytest.mark.parametrize("kind,reason", [("truncated", "undecodable"), ("html", "not an image"),
-                                         ("empty", "empty"), ("bomb", "decompression bomb")])
+@pytest.mark.parametrize(
+    "kind,reason",
+    [("truncated", "undecodable"), ("html", "not an image"), ("empty", "empty"), ("bomb", "decompression bomb")],
+)
 def test_bad_images_raise_image_error(kind, reason):
     with pytest.raises(ImageError, match=reason):
         normalize(image_bytes(kind), 64)
@@ -100,14 +103,18 @@ def test_a_long_panorama_jpeg_is_reduced_by_its_longer_side():
     assert normalize(pano, 4096)[1:] == (4096, 68)
 
 
-@pytest.mark.parametrize("make,what", [
-    (lambda: png_bomb(9_000, 9_000), "81 MP PNG (78 KB): over Pillow's 2x limit"),
-    (lambda: png_bomb(7_000, 7_000), "49 MP PNG: between the limit and 2x (Pillow's warning)"),
-    (lambda: bomb_png(100_000, 100_000), "PNG header claiming 10 GP"),
-    (lambda: forged_jpeg(65_000, 65_000), "JPEG header claiming 4.2 GP"),
-    (lambda: forged_jpeg(12_000, 11_000), "JPEG header claiming 132 MP, over MAX_JPEG_PIXELS"),
-    (lambda: forged_gif(65_535, 65_535), "GIF screen claiming 4.3 GP"),
-], ids=["png-81mp", "png-49mp", "png-header", "jpeg-header-4gp", "jpeg-header-132mp", "gif-header"])
+@pytest.mark.parametrize(
+    "make,what",
+    [
+        (lambda: png_bomb(9_000, 9_000), "81 MP PNG (78 KB): over Pillow's 2x limit"),
+        (lambda: png_bomb(7_000, 7_000), "49 MP PNG: between the limit and 2x (Pillow's warning)"),
+        (lambda: bomb_png(100_000, 100_000), "PNG header claiming 10 GP"),
+        (lambda: forged_jpeg(65_000, 65_000), "JPEG header claiming 4.2 GP"),
+        (lambda: forged_jpeg(12_000, 11_000), "JPEG header claiming 132 MP, over MAX_JPEG_PIXELS"),
+        (lambda: forged_gif(65_535, 65_535), "GIF screen claiming 4.3 GP"),
+    ],
+    ids=["png-81mp", "png-49mp", "png-header", "jpeg-header-4gp", "jpeg-header-132mp", "gif-header"],
+)
 def test_real_bombs_are_refused(make, what):
     data = make()
     assert len(data) < 200_000, what

@@ -4,6 +4,7 @@
 tiny generated dataset (build_data), a tiny Keras run per the RUN_DIR contract and an
 index of it.
 """
+
 import json
 import os
 import shutil
@@ -31,8 +32,19 @@ def make_run(run_dir, class_names, image_size=32, seed=0, dim=16):
     model = keras.Model(inp, out, name="tiny")
     model.save(os.path.join(run_dir, "model.keras"))
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({"model": "tiny", "image_size": image_size, "preprocessing": "unit", "embedding_layer": "embedding",
-                   "embedding_dim": dim, "num_classes": len(class_names), "weights": "none", "resize": "pad"}, f)
+        json.dump(
+            {
+                "model": "tiny",
+                "image_size": image_size,
+                "preprocessing": "unit",
+                "embedding_layer": "embedding",
+                "embedding_dim": dim,
+                "num_classes": len(class_names),
+                "weights": "none",
+                "resize": "pad",
+            },
+            f,
+        )
     with open(os.path.join(run_dir, "labels.json"), "w") as f:
         json.dump(list(class_names), f)
     return run_dir
@@ -218,7 +230,7 @@ def test_structural_check_catches_bad_pointers_without_checksum(tmp_path):
     assert n_nodes > n + 200
     # an internal node far from the end (the roots) gets a child pointer outside the file
     node = n + 50
-    raw[node * s + 4:node * s + 8] = np.int32(10 ** 8).tobytes()
+    raw[node * s + 4 : node * s + 8] = np.int32(10**8).tobytes()
     open(path, "wb").write(bytes(raw))
     check_annoy_file(path, dim, n, len(raw))  # the quick check reads only the roots at the end
     with pytest.raises(UserError, match="outside"):
@@ -255,13 +267,31 @@ def test_index_cli_refuses_non_empty_out_and_prints_json(world, tmp_path, capsys
     assert "not empty" in capsys.readouterr().err
     assert main(["index", "--data", world["data"], "--out", str(tmp_path / "x")]) == 2
     assert "RUN_DIR" in capsys.readouterr().err
-    assert main(["index", world["run"], "--data", world["data"], "--out", out, "--overwrite", "--splits", "train",
-                 "--trees", "3", "--on-disk", "--no-thumbnails", "--json"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                world["run"],
+                "--data",
+                world["data"],
+                "--out",
+                out,
+                "--overwrite",
+                "--splits",
+                "train",
+                "--trees",
+                "3",
+                "--on-disk",
+                "--no-thumbnails",
+                "--json",
+            ]
+        )
+        == 0
+    )
     m = json.loads(capsys.readouterr().out)
     assert m["splits"] == ["train"] and m["trees"] == 3 and m["on_disk_build"] and not m["thumbnails"]
     assert os.path.isfile(os.path.join(out, "keep.txt"))  # --overwrite replaces only the index's files
-    assert main(["index", world["run"], "--data", world["data"], "--out", str(tmp_path / "y"),
-                 "--splits", "nope"]) == 2
+    assert main(["index", world["run"], "--data", world["data"], "--out", str(tmp_path / "y"), "--splits", "nope"]) == 2
     assert "no split" in capsys.readouterr().err
 
 
@@ -289,8 +319,9 @@ def test_embedding_resumes_after_an_interruption(world, tmp_path, monkeypatch):
     embed_dataset(emb, world["data"], out, batch_size=4, chunk_items=8, progress=False, thumbnails=False)
     n_batches = -(-36 // 4)
     assert calls["n"] - 100 < n_batches  # the first two chunks (4 batches) were not embedded again
-    np.testing.assert_allclose(np.load(os.path.join(out, "embeddings.npy")),
-                               np.load(os.path.join(full, "embeddings.npy")), atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(os.path.join(out, "embeddings.npy")), np.load(os.path.join(full, "embeddings.npy")), atol=1e-6
+    )
     assert open(os.path.join(out, "items.csv")).read() == open(os.path.join(full, "items.csv")).read()
 
 
@@ -302,8 +333,29 @@ def test_backbone_index_without_training(world, tmp_path, capsys):
     from amazon_visual.retrieval.recommend import Recommender
 
     out = str(tmp_path / "bb")
-    assert main(["index", "--backbone", "mobilenet_v3_small", "--weights", "none", "--image-size", "32",
-                 "--data", world["data"], "--out", out, "--splits", "train,test", "--trees", "5", "--json"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "--backbone",
+                "mobilenet_v3_small",
+                "--weights",
+                "none",
+                "--image-size",
+                "32",
+                "--data",
+                world["data"],
+                "--out",
+                out,
+                "--splits",
+                "train,test",
+                "--trees",
+                "5",
+                "--json",
+            ]
+        )
+        == 0
+    )
     m = json.loads(capsys.readouterr().out)
     assert m["source"] == "backbone" and m["model"] == "mobilenet_v3_small" and m["embedding_dim"] == 576
     assert m["embedder_file"] == "embedder.keras" and os.path.isfile(os.path.join(out, "embedder.keras"))
@@ -321,8 +373,22 @@ def test_backbone_index_without_training(world, tmp_path, capsys):
     assert res["query"]["category_source"].startswith("majority")
     assert all(r["label"] == res["query"]["same_category"] for r in res["results"])
     rec.close()
-    assert main(["index", "--backbone", "resnet50", "--weights", str(tmp_path / "no.h5"), "--data", world["data"],
-                 "--out", str(tmp_path / "bb2")]) == 2
+    assert (
+        main(
+            [
+                "index",
+                "--backbone",
+                "resnet50",
+                "--weights",
+                str(tmp_path / "no.h5"),
+                "--data",
+                world["data"],
+                "--out",
+                str(tmp_path / "bb2"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -4,6 +4,7 @@ partial file is ever where a reader would take it as complete.
 
 The random delays come from a seed printed on failure (``KILL_SEED`` reruns one).
 """
+
 import glob
 import json
 import os
@@ -24,8 +25,7 @@ SEED = int(os.environ.get("KILL_SEED", time.time_ns() % 100000))
 
 
 def _env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def kill_when(cmd, log, ready, delay, timeout=300):
@@ -115,8 +115,17 @@ def test_index_survives_kills_while_embedding_and_building_trees(big, tmp_path):
 
     rnd = random.Random(SEED)
     ref = str(tmp_path / "reference")
-    build_index(big["data"], ref, run_dir=big["run"], trees=2000, on_disk=True, batch_size=16, chunk_items=128,
-                n_jobs=1, progress=False)
+    build_index(
+        big["data"],
+        ref,
+        run_dir=big["run"],
+        trees=2000,
+        on_disk=True,
+        batch_size=16,
+        chunk_items=128,
+        n_jobs=1,
+        progress=False,
+    )
     script = tmp_path / "index.py"
     script.write_text(INDEX_SCRIPT)
     out, log = str(tmp_path / "killed"), str(tmp_path / "index.log")
@@ -147,8 +156,9 @@ def test_index_survives_kills_while_embedding_and_building_trees(big, tmp_path):
     a, b = read_items(ref), read_items(out)
     assert len(b) == json.load(open(os.path.join(out, "manifest.json")))["n_items"] > 2000
     assert a.drop(columns="thumb").equals(b.drop(columns="thumb"))
-    np.testing.assert_allclose(np.load(os.path.join(out, "embeddings.npy")),
-                               np.load(os.path.join(ref, "embeddings.npy")), atol=1e-5)
+    np.testing.assert_allclose(
+        np.load(os.path.join(out, "embeddings.npy")), np.load(os.path.join(ref, "embeddings.npy")), atol=1e-5
+    )
     idx = load_index(out, verify="full")
     ids, _ = idx.search(idx.vector(7), 5)
     assert len(ids) == 5
@@ -194,7 +204,7 @@ def test_train_survives_a_kill_mid_epoch(tiny, tmp_path):
     assert resumed_at.startswith(f"Epoch {meta['epoch'] + 1}/6"), resumed_at
     hist = training.read_history(out)
     assert [r["epoch"] for r in hist] == [0, 1, 2, 3, 4, 5]
-    for r in before[:meta["epoch"]]:  # epochs finished before the kill were not trained again
+    for r in before[: meta["epoch"]]:  # epochs finished before the kill were not trained again
         assert hist[r["epoch"]] == r
     rates = [r["learning_rate"] for r in hist]  # the schedule went on from the restored epoch (no new warm-up)
     assert all(a >= b for a, b in zip(rates, rates[1:])), rates
@@ -274,7 +284,7 @@ def test_retrieval_head_on_cached_features_survives_a_kill(tiny, tmp_path):
     hist = training.read_history(out)
     assert [r["epoch"] for r in hist] == list(range(40))
     assert [r["phase"] for r in hist] == ["head"] * 38 + ["fine_tune"] * 2
-    for r in before[:meta["epoch"]]:  # epochs finished before the kill were not trained again
+    for r in before[: meta["epoch"]]:  # epochs finished before the kill were not trained again
         assert hist[r["epoch"]] == r
     assert json.load(open(out / "state.json"))["finished"] is True
     assert not (out / "backup").exists() and not (out / "features").exists()

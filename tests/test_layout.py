@@ -1,4 +1,5 @@
 """The package layout: stage subpackages, old import paths kept as aliases, no import cycles."""
+
 import ast
 import importlib
 import os
@@ -34,14 +35,17 @@ def test_readme_era_imports_still_work():
 
     import amazon_visual
     from amazon_visual.training import load_run, train
+
     assert amazon_visual.build_index is build_index
     assert callable(write_gallery) and callable(write_report) and callable(evaluate_retrieval)
     assert callable(cosine_from_angular) and callable(load_run) and callable(train)
 
 
 def test_import_amazon_visual_stays_light():
-    code = "import sys, amazon_visual, amazon_visual.training, amazon_visual.evaluation, amazon_visual.retrieval; " \
-           "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = (
+        "import sys, amazon_visual, amazon_visual.training, amazon_visual.evaluation, amazon_visual.retrieval; "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == ["False", "False"]
 
@@ -67,8 +71,10 @@ def test_no_import_cycles_between_modules():
                     p = os.path.join(root, f)
                     name = os.path.relpath(p, ROOT)[:-3].replace(os.sep, ".").removesuffix(".__init__")
                     mods[name] = _imports(p)
-    graph = {a: {b for b in deps if b in mods and b != a and not a.startswith(b + ".") and not b.startswith(a + ".")}
-             for a, deps in mods.items()}
+    graph = {
+        a: {b for b in deps if b in mods and b != a and not a.startswith(b + ".") and not b.startswith(a + ".")}
+        for a, deps in mods.items()
+    }
     # depth-first search for a cycle
     state, stack = {}, []
 
@@ -77,7 +83,7 @@ def test_no_import_cycles_between_modules():
         stack.append(n)
         for m in graph[n]:
             if state.get(m) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m):] + [m]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m) :] + [m]))
             if m not in state:
                 visit(m)
         stack.pop()

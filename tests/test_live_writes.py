@@ -4,6 +4,7 @@ The log and the overlay are tested on a synthetic index (random vectors, no mode
 writable index of the tiny retrieval world (``test_index.retrieval_world``), in process and with a
 real ``amazon-visual serve --workers 2``.
 """
+
 import concurrent.futures
 import io
 import json
@@ -39,17 +40,37 @@ def synthetic_index(folder, n=2000, dim=16, seed=0):
     x = normalize(rng.standard_normal((n, dim)))
     np.save(os.path.join(folder, "embeddings.npy"), x)
     st = build_annoy(x, os.path.join(folder, "index.ann"), trees=10)
-    items = pd.DataFrame({"asin": [f"B{i:05d}" for i in range(n)], "title": [f"item {i}" for i in range(n)],
-                          "category": "", "label": ["a" if i % 2 else "b" for i in range(n)], "label_id": 0,
-                          "image_url": "", "split": "train", "thumb": "",
-                          "brand": ["Acme" if i % 3 else "Zed" for i in range(n)],
-                          "price": [float(i % 100) for i in range(n)], "average_rating": 4.0, "rating_number": 10,
-                          "image_sha256": ""})
+    items = pd.DataFrame(
+        {
+            "asin": [f"B{i:05d}" for i in range(n)],
+            "title": [f"item {i}" for i in range(n)],
+            "category": "",
+            "label": ["a" if i % 2 else "b" for i in range(n)],
+            "label_id": 0,
+            "image_url": "",
+            "split": "train",
+            "thumb": "",
+            "brand": ["Acme" if i % 3 else "Zed" for i in range(n)],
+            "price": [float(i % 100) for i in range(n)],
+            "average_rating": 4.0,
+            "rating_number": 10,
+            "image_sha256": "",
+        }
+    )
     items.to_csv(os.path.join(folder, "items.csv"), index=False)
     desc = {"embedding_dim": dim, "fingerprint": "synthetic"}
-    manifest = {"n_items": n, "embedding_dim": dim, "metric": "angular", "index_file": "index.ann", "backend": "annoy",
-                "search_k": 50_000, "index_size_bytes": st["size_bytes"], "index_sample_sha256": st["sample_sha256"],
-                "fingerprint": "synthetic", **writelog.create_log(folder, desc)}
+    manifest = {
+        "n_items": n,
+        "embedding_dim": dim,
+        "metric": "angular",
+        "index_file": "index.ann",
+        "backend": "annoy",
+        "search_k": 50_000,
+        "index_size_bytes": st["size_bytes"],
+        "index_sample_sha256": st["sample_sha256"],
+        "fingerprint": "synthetic",
+        **writelog.create_log(folder, desc),
+    }
     with open(os.path.join(folder, "manifest.json"), "w") as f:
         json.dump(manifest, f)
     return x
@@ -107,9 +128,13 @@ def test_filters_apply_to_live_items(tmp_path):
     _put(live, "CHEAP", q, category="a", brand="ACME", price=1.5, average_rating=4.5)
     _put(live, "DEAR", q, category="a", brand="Acme", price=500.0)
     _put(live, "BARE", q)  # no attributes: matches no attribute filter
-    for spec, want in [({"max_price": 2}, {"CHEAP"}), ({"brand": "acme", "min_price": 90}, {"DEAR"}),
-                       ({"category": "a", "min_rating": 4.0}, {"CHEAP"}), ({"category": "b"}, set()),
-                       ({}, {"CHEAP", "DEAR", "BARE"})]:
+    for spec, want in [
+        ({"max_price": 2}, {"CHEAP"}),
+        ({"brand": "acme", "min_price": 90}, {"DEAR"}),
+        ({"category": "a", "min_rating": 4.0}, {"CHEAP"}),
+        ({"category": "b"}, set()),
+        ({}, {"CHEAP", "DEAR", "BARE"}),
+    ]:
         f = F.parse_filters(spec)
         ids, _ = writelog.live_search(live, q, 10, allowed=F.columns(live).select(f), filters=f)
         rows = [live.item(i) for i in ids]
@@ -126,9 +151,17 @@ def test_bad_attributes_are_refused_in_one_line():
 
     cats = {"a", "b"}
     assert parse_attributes('{"price": 3, "category": "a"}', cats)["price"] == 3.0
-    for bad, word in [('{"price": -1}', "price"), ('{"price": "cheap"}', "price"), ('{"average_rating": 6}', "rating"),
-                      ('{"colour": "red"}', "colour"), ('{"category": "zzz"}', "category"), ("[1, 2]", "object"),
-                      ("{not json", "JSON"), ('{"price": NaN}', "price"), ('{"title": 5}', "title")]:
+    for bad, word in [
+        ('{"price": -1}', "price"),
+        ('{"price": "cheap"}', "price"),
+        ('{"average_rating": 6}', "rating"),
+        ('{"colour": "red"}', "colour"),
+        ('{"category": "zzz"}', "category"),
+        ("[1, 2]", "object"),
+        ("{not json", "JSON"),
+        ('{"price": NaN}', "price"),
+        ('{"title": 5}', "title"),
+    ]:
         with pytest.raises(UserError, match=word):
             parse_attributes(bad, cats)
 
@@ -219,11 +252,17 @@ def test_put_is_searchable_and_delete_is_gone(world, tmp_path, monkeypatch):
         assert len(sim) == 3 and "LIVE1" not in [s["asin"] for s in sim]
         near = client.get(f"/v1/products/{sim[0]['asin']}/similar", params={"k": 5}).json()["results"]
         assert "LIVE1" in [s["asin"] for s in near]
-        only = client.post("/v1/search", params={"k": 5, "brand": "acme", "max_price": 20},
-                           files={"file": ("q.jpg", photo, "image/jpeg")}).json()["results"]
+        only = client.post(
+            "/v1/search",
+            params={"k": 5, "brand": "acme", "max_price": 20},
+            files={"file": ("q.jpg", photo, "image/jpeg")},
+        ).json()["results"]
         assert [s["asin"] for s in only] == ["LIVE1"]
-        none = client.post("/v1/search", params={"k": 5, "min_price": 13, "brand": "Acme"},
-                           files={"file": ("q.jpg", photo, "image/jpeg")}).json()["results"]
+        none = client.post(
+            "/v1/search",
+            params={"k": 5, "min_price": 13, "brand": "Acme"},
+            files={"file": ("q.jpg", photo, "image/jpeg")},
+        ).json()["results"]
         assert "LIVE1" not in [s["asin"] for s in none]
         # replace (200), then delete an indexed product and the live one
         r = client.put("/v1/products/LIVE1", headers=_auth(), **_put_form(photo, title="Live red v2"))
@@ -284,9 +323,26 @@ def _serve(index_dir, port, workers, token_file=None):
     extra = ["--write-token-file", token_file] if token_file else []
     if not token_file:
         env["AMAZON_VISUAL_WRITE_TOKEN"] = TOKEN
-    return subprocess.Popen([sys.executable, "-m", "amazon_visual.cli", "serve", index_dir, "--port", str(port),
-                             "--workers", str(workers), "--reload-poll", "0", *extra], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "amazon_visual.cli",
+            "serve",
+            index_dir,
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--reload-poll",
+            "0",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _wait_ready(base, proc, timeout=120):
@@ -331,8 +387,11 @@ def test_two_workers_see_every_write_within_a_second_under_load(world, tmp_path)
                 i = 0
                 while not stop.is_set():
                     i += 1
-                    r = (c.post("/v1/search", params={"k": 5}, files={"file": ("q.jpg", photos[i % 6], "image/jpeg")})
-                         if i % 2 else c.get("/v1/products/A000000/similar", params={"k": 5}))
+                    r = (
+                        c.post("/v1/search", params={"k": 5}, files={"file": ("q.jpg", photos[i % 6], "image/jpeg")})
+                        if i % 2
+                        else c.get("/v1/products/A000000/similar", params={"k": 5})
+                    )
                     if r.status_code != 200:
                         errors.append((r.status_code, r.text[:200]))
 
@@ -371,8 +430,9 @@ def test_two_workers_see_every_write_within_a_second_under_load(world, tmp_path)
         assert not errors, errors[:5]
         assert len(seen) == 8 and max(seen) < 30  # 6 fresh connections each, all answered right
         with httpx.Client(base_url=base, timeout=60) as c:
-            res = c.post("/v1/search", params={"k": 3, "category": "green"},
-                         files={"file": ("q.jpg", photos[0], "image/jpeg")}).json()["results"]
+            res = c.post(
+                "/v1/search", params={"k": 3, "category": "green"}, files={"file": ("q.jpg", photos[0], "image/jpeg")}
+            ).json()["results"]
             assert res[0]["asin"] in ("W0N0", "W1N0")
             metrics = c.get("/metrics").text
             assert 'amazon_visual_writes_total{operation="put",outcome="created"} 8.0' in metrics
@@ -392,8 +452,12 @@ def test_an_acknowledged_write_survives_kill_9(world, tmp_path):
     try:
         _wait_ready(base, proc)
         gone = httpx.get(f"{base}/v1/products", params={"per_page": 1}).json()["items"][0]["asin"]
-        r = httpx.put(f"{base}/v1/products/KILL1", headers=_auth(), timeout=60,
-                      **_put_form(_photo(5), title="survives", price=3.0))
+        r = httpx.put(
+            f"{base}/v1/products/KILL1",
+            headers=_auth(),
+            timeout=60,
+            **_put_form(_photo(5), title="survives", price=3.0),
+        )
         assert r.status_code == 201
         assert httpx.delete(f"{base}/v1/products/{gone}", headers=_auth()).status_code == 200
         os.killpg(proc.pid, signal.SIGKILL)  # right after the answers

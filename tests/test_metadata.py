@@ -1,4 +1,5 @@
 """Metadata readers (2014 / 2018 / 2023, plain and gzipped), labels and splits. No TensorFlow here."""
+
 import os
 
 import pytest
@@ -39,8 +40,13 @@ def test_gzip_detected_by_content_not_name(tmp_path):
 
 
 def test_malformed_lines_are_counted_with_line_numbers(tmp_path):
-    extra = ["{'asin': 'B9', 'title': ", "not a record at all", "[1, 2, 3]", "{'title': 'no asin'}",
-             "{'asin': 'B010', 'categories': [['Beauty']], 'imUrl': 'http://h/x.jpg'}"]
+    extra = [
+        "{'asin': 'B9', 'title': ",
+        "not a record at all",
+        "[1, 2, 3]",
+        "{'title': 'no asin'}",
+        "{'asin': 'B010', 'categories': [['Beauty']], 'imUrl': 'http://h/x.jpg'}",
+    ]
     path = write_catalog(tmp_path / "meta.json", "2014", PRODUCTS, extra_lines=extra)
     stats = ReadStats()
     got = [p.asin for p in read_products(path, stats)]
@@ -51,8 +57,11 @@ def test_malformed_lines_are_counted_with_line_numbers(tmp_path):
 
 def test_python_literal_is_never_evaluated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    evil = [PWNED_LINE, "{'asin': __import__('os').system('touch PWNED'), 'title': 'x'}",
-            "{'asin': 'B7', 'title': (lambda: open('PWNED', 'w'))}"]
+    evil = [
+        PWNED_LINE,
+        "{'asin': __import__('os').system('touch PWNED'), 'title': 'x'}",
+        "{'asin': 'B7', 'title': (lambda: open('PWNED', 'w'))}",
+    ]
     path = write_catalog(tmp_path / "meta.json", "2014", PRODUCTS, extra_lines=evil)
     stats = ReadStats()
     assert [p.asin for p in read_products(path, stats)] == ["B001", "B002", "B003"]
@@ -80,9 +89,16 @@ def test_unknown_file_is_a_user_error(tmp_path):
 def test_2023_uses_main_category_and_main_image(tmp_path):
     import json
 
-    rec = {"parent_asin": "P1", "title": "t", "main_category": "All Beauty", "categories": [],
-           "images": [{"large": "http://h/side.jpg", "variant": "PT01"},
-                      {"large": "http://h/main.jpg", "hi_res": "http://h/main_hi.jpg", "variant": "MAIN"}]}
+    rec = {
+        "parent_asin": "P1",
+        "title": "t",
+        "main_category": "All Beauty",
+        "categories": [],
+        "images": [
+            {"large": "http://h/side.jpg", "variant": "PT01"},
+            {"large": "http://h/main.jpg", "hi_res": "http://h/main_hi.jpg", "variant": "MAIN"},
+        ],
+    }
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps(rec) + "\n")
     (p,) = read_products(str(path))
@@ -119,8 +135,12 @@ def test_seed20_preset_and_categories_file(tmp_path):
 def test_top_categories_counts_top_levels():
     from tfrecords_builder.metadata import Product
 
-    ps = [Product("a", paths=[["A", "x"], ["A", "y"]]), Product("b", paths=[["B"]]),
-          Product("c", paths=[["B"]]), Product("d", paths=[["C"]])]
+    ps = [
+        Product("a", paths=[["A", "x"], ["A", "y"]]),
+        Product("b", paths=[["B"]]),
+        Product("c", paths=[["B"]]),
+        Product("d", paths=[["C"]]),
+    ]
     names, level, _ = top_categories(ps, 2)
     assert (names, level) == (["B", "A"], 1)
 
@@ -140,16 +160,22 @@ def test_top_categories_of_a_one_department_file_go_one_level_down():
     assert (names, level) == (["Women", "Men", "Girls"], 2)
     assert top_categories(ps, 1)[:2] == (["Clothing, Shoes & Jewelry"], 1)
     assert top_categories(ps, 5)[:2] == ([], None)  # no level has 5 categories with a real share
-    assert counts.describe(k=2) == ("level 1: Clothing, Shoes & Jewelry (100), Sports & Outdoors (1); "
-                                    "level 2: Women (50), Men (30), ... (3 more)")
+    assert counts.describe(k=2) == (
+        "level 1: Clothing, Shoes & Jewelry (100), Sports & Outdoors (1); level 2: Women (50), Men (30), ... (3 more)"
+    )
 
 
 def test_the_store_is_no_level_of_the_category_tree(tmp_path):
     import json
 
-    lines = [{"parent_asin": f"P{i}", "main_category": "AMAZON FASHION",
-              "categories": [] if i % 3 == 0 else ["Clothing, Shoes & Jewelry", ["Women", "Men"][i % 2]]}
-             for i in range(30)]
+    lines = [
+        {
+            "parent_asin": f"P{i}",
+            "main_category": "AMAZON FASHION",
+            "categories": [] if i % 3 == 0 else ["Clothing, Shoes & Jewelry", ["Women", "Men"][i % 2]],
+        }
+        for i in range(30)
+    ]
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     ps = list(read_products(str(path)))

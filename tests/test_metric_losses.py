@@ -1,4 +1,5 @@
 """Metric losses (keras.ops) against numpy references written loop by loop from the papers' formulas."""
+
 import math
 
 import numpy as np
@@ -52,10 +53,15 @@ def np_proxy_anchor(emb, labels, proxies, alpha=32.0, delta=0.1):
     s = emb @ proxies.T
     n, c = s.shape
     present = sorted(set(labels.tolist()))
-    pos = sum(math.log(1 + sum(math.exp(-alpha * (s[x, p] - delta)) for x in range(n) if labels[x] == p))
-              for p in present) / len(present)
-    neg = sum(math.log(1 + sum(math.exp(alpha * (s[x, p] + delta)) for x in range(n) if labels[x] != p))
-              for p in range(c)) / c
+    pos = sum(
+        math.log(1 + sum(math.exp(-alpha * (s[x, p] - delta)) for x in range(n) if labels[x] == p)) for p in present
+    ) / len(present)
+    neg = (
+        sum(
+            math.log(1 + sum(math.exp(alpha * (s[x, p] + delta)) for x in range(n) if labels[x] != p)) for p in range(c)
+        )
+        / c
+    )
     return pos + neg
 
 
@@ -89,7 +95,8 @@ def test_multi_similarity_matches_numpy(seed):
     assert _keras_loss(MultiSimilarityLoss(), labels, emb) == pytest.approx(np_multi_similarity(emb, labels), rel=1e-4)
     loose = MultiSimilarityLoss(alpha=1.0, beta=10.0, base=0.3, margin=0.5)
     assert _keras_loss(loose, labels, emb) == pytest.approx(
-        np_multi_similarity(emb, labels, 1.0, 10.0, 0.3, 0.5), rel=1e-4)
+        np_multi_similarity(emb, labels, 1.0, 10.0, 0.3, 0.5), rel=1e-4
+    )
 
 
 def test_multi_similarity_by_hand():
@@ -102,8 +109,10 @@ def test_multi_similarity_by_hand():
     assert _keras_loss(MultiSimilarityLoss(), labels, emb) == pytest.approx(0.0, abs=1e-6)
     # now each anchor's positive sits at -1, its negatives at +1 and -1: every pair is kept
     swapped = np.array([0, 1, 0, 1])
-    expected = (math.log(1 + math.exp(-2 * (-1 - 0.5))) / 2
-                + math.log(1 + math.exp(50 * (1 - 0.5)) + math.exp(50 * (-1 - 0.5))) / 50)
+    expected = (
+        math.log(1 + math.exp(-2 * (-1 - 0.5))) / 2
+        + math.log(1 + math.exp(50 * (1 - 0.5)) + math.exp(50 * (-1 - 0.5))) / 50
+    )
     assert _keras_loss(MultiSimilarityLoss(), swapped, emb) == pytest.approx(expected, rel=1e-5)
 
 
@@ -113,8 +122,7 @@ def test_supcon_matches_numpy(seed):
 
     emb, labels = _batch(seed)  # class 3 has a single item: it is no anchor, only a negative
     assert _keras_loss(SupConLoss(), labels, emb) == pytest.approx(np_supcon(emb, labels), rel=1e-4)
-    assert _keras_loss(SupConLoss(temperature=0.5), labels, emb) == pytest.approx(np_supcon(emb, labels, 0.5),
-                                                                                  rel=1e-4)
+    assert _keras_loss(SupConLoss(temperature=0.5), labels, emb) == pytest.approx(np_supcon(emb, labels, 0.5), rel=1e-4)
 
 
 def _proxy_sims(emb, proxies):
@@ -136,8 +144,9 @@ def test_proxy_anchor_matches_numpy(seed):
     proxies = np.random.default_rng(seed + 10).standard_normal((5, emb.shape[1]))  # class 4: no item in the batch
     sims = _proxy_sims(emb, proxies)
     np.testing.assert_allclose(sims, emb @ (proxies / np.linalg.norm(proxies, axis=1, keepdims=True)).T, atol=1e-5)
-    assert _keras_loss(ProxyAnchorLoss(), labels, sims) == pytest.approx(np_proxy_anchor(emb, labels, proxies),
-                                                                         rel=1e-4)
+    assert _keras_loss(ProxyAnchorLoss(), labels, sims) == pytest.approx(
+        np_proxy_anchor(emb, labels, proxies), rel=1e-4
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 5])
@@ -152,7 +161,8 @@ def test_arcface_matches_numpy(seed):
     far = np.array([[-1.0, 0.0]])
     proxies = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert _keras_loss(ArcFaceLoss(margin=0.5), np.array([0]), _proxy_sims(far, proxies)) == pytest.approx(
-        np_arcface(far, np.array([0]), proxies, margin=0.5), rel=1e-4)
+        np_arcface(far, np.array([0]), proxies, margin=0.5), rel=1e-4
+    )
 
 
 @pytest.mark.parametrize("name", ["multi_similarity", "supcon", "proxy_anchor", "arcface"])

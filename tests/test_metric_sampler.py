@@ -1,4 +1,5 @@
 """The P x K class-balanced sampler: batch composition, determinism, small classes, bad input."""
+
 import numpy as np
 import pytest
 
@@ -65,11 +66,14 @@ def test_train_dataset_on_a_data_dir(tmp_path):
     from amazon_visual.training import pipeline
     from amazon_visual.training.sampler import train_dataset
 
-    data_dir = helpers_training.tiny_dataset(tmp_path, classes=("red", "green", "blue", "stripes"), per_class=6,
-                                             size=32)
+    data_dir = helpers_training.tiny_dataset(
+        tmp_path, classes=("red", "green", "blue", "stripes"), per_class=6, size=32
+    )
     counts = pipeline.label_counts(data_dir, "train")
-    runs = [list(train_dataset(data_dir, 32, counts, 2, 3, augment=False, seed=2).take(3).as_numpy_iterator())
-            for _ in range(2)]
+    runs = [
+        list(train_dataset(data_dir, 32, counts, 2, 3, augment=False, seed=2).take(3).as_numpy_iterator())
+        for _ in range(2)
+    ]
     for (x, y), (x2, y2) in zip(*runs):
         assert x.shape == (6, 32, 32, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255
         assert sorted(np.unique(y, return_counts=True)[1]) == [3, 3]
@@ -80,13 +84,16 @@ def test_train_dataset_on_a_data_dir(tmp_path):
             assert (means[y == c].argmax(1) == c).all()
 
 
-@pytest.mark.parametrize("p,k,counts,message", [
-    (5, 2, [3, 3, 3, 0], "--classes-per-batch 5 is more than the 3 classes"),
-    (1, 2, [3, 3], "--classes-per-batch 1 is too small"),
-    (2, 9, [3, 8, 2], r"--per-class 9 is more than the photos of any class .*largest: 8.*use at most 8"),
-    (2, 0, [3, 3], "--per-class 0 is too small"),
-    (2, 2, [0, 7, 0], r"holds photos of 1 class \(b\): retrieval training needs at least 2"),
-])
+@pytest.mark.parametrize(
+    "p,k,counts,message",
+    [
+        (5, 2, [3, 3, 3, 0], "--classes-per-batch 5 is more than the 3 classes"),
+        (1, 2, [3, 3], "--classes-per-batch 1 is too small"),
+        (2, 9, [3, 8, 2], r"--per-class 9 is more than the photos of any class .*largest: 8.*use at most 8"),
+        (2, 0, [3, 3], "--per-class 0 is too small"),
+        (2, 2, [0, 7, 0], r"holds photos of 1 class \(b\): retrieval training needs at least 2"),
+    ],
+)
 def test_check_pk_errors(p, k, counts, message):
     from amazon_visual.training.sampler import check_pk
 
@@ -121,5 +128,5 @@ def test_pk_batches_over_examples_in_memory():
         members = set(np.flatnonzero(labels == c).tolist())
         n = len(members)
         for start in range(0, len(taken) - n + 1, n):  # each run of n draws is one whole permutation
-            assert set(taken[start:start + n]) == members, (c, taken)
+            assert set(taken[start : start + n]) == members, (c, taken)
     assert seen[3] and set(seen[3]) == {18}  # one example, drawn twice per batch

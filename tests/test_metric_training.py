@@ -1,4 +1,5 @@
 """--objective retrieval end to end (train -> index -> eval-retrieval), held-out classes, bad input."""
+
 import json
 import os
 
@@ -24,8 +25,17 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("metric")
     full = helpers_training.tiny_dataset(root, classes=CLASSES, per_class=12, size=32)
     seen = str(root / "seen")
-    build_data(str(root / "data-meta.jsonl"), seen, images_dir=str(root / "data-images"), categories=list(CLASSES[:3]),
-               image_size=32, splits=(0.6, 0.2, 0.2), seed=0, workers=1, progress=False)
+    build_data(
+        str(root / "data-meta.jsonl"),
+        seen,
+        images_dir=str(root / "data-images"),
+        categories=list(CLASSES[:3]),
+        image_size=32,
+        splits=(0.6, 0.2, 0.2),
+        seed=0,
+        workers=1,
+        progress=False,
+    )
     return {"root": root, "full": full, "seen": seen}
 
 
@@ -35,8 +45,10 @@ def _cli(argv, capsys):
     return rc, out.out, out.err
 
 
-@pytest.mark.parametrize("name,kwargs", [("svm", {}), ("alexnet", {"width": 0.25, "fc_units": 32}),
-                                         ("vgg16_bn", {"width": 0.125}), ("mobilenet_v2", {})])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("svm", {}), ("alexnet", {"width": 0.25, "fc_units": 32}), ("vgg16_bn", {"width": 0.125}), ("mobilenet_v2", {})],
+)
 def test_every_family_gets_a_unit_length_embedding(name, kwargs):
     from amazon_visual.models.retrieval_head import build_retrieval_model
 
@@ -54,9 +66,22 @@ def test_retrieval_run_two_phases_index_and_eval(world, tmp_path, capsys):
     weights = str(tmp_path / "mnv2.weights.h5")
     keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(weights)
     run, index = str(tmp_path / "run"), str(tmp_path / "index")
-    summary = training.train(world["full"], model="mobilenet_v2", out=run, weights=weights, image_size=32, epochs=2,
-                             steps_per_epoch=2, fine_tune_at="block_15", objective="retrieval", loss="supcon",
-                             embedding_dim=16, classes_per_batch=3, per_class=2, quiet=True)
+    summary = training.train(
+        world["full"],
+        model="mobilenet_v2",
+        out=run,
+        weights=weights,
+        image_size=32,
+        epochs=2,
+        steps_per_epoch=2,
+        fine_tune_at="block_15",
+        objective="retrieval",
+        loss="supcon",
+        embedding_dim=16,
+        classes_per_batch=3,
+        per_class=2,
+        quiet=True,
+    )
     assert summary["phases"] == ["head", "fine_tune"]
     assert json.load(open(os.path.join(run, "config.json")))["cached_head"] is not None  # head on cached features
     assert summary["best_val_recall_at_1"] is not None and summary["best_val_accuracy"] is None
@@ -66,7 +91,11 @@ def test_retrieval_run_two_phases_index_and_eval(world, tmp_path, capsys):
     assert all(0.0 <= r["val_recall_at_1"] <= 1.0 and 0.0 <= r["val_precision_at_10"] <= 1.0 for r in hist)
     model, config, labels = training.load_run(run)
     assert (config["objective"], config["loss"], config["embedding_dim"], config["batch_size"]) == (
-        "retrieval", "supcon", 16, 6)
+        "retrieval",
+        "supcon",
+        16,
+        6,
+    )
     assert model.output_shape == (None, 16) and set(labels) == set(CLASSES)
 
     assert _cli(["index", run, "--data", world["full"], "--out", index, "--trees", "5", "--json"], capsys)[0] == 0
@@ -110,7 +139,13 @@ def test_cached_head_phase_trains_the_runs_own_head_and_proxies(n_val):
     x = (rng.normal(size=(40, head.input.shape[-1])) + centres[y]).astype(np.float32)
     plan = types.SimpleNamespace(
         config={"loss": "proxy_anchor", "classes_per_batch": 3, "per_class": 2, "epochs": 2, "weight_decay": 1e-4},
-        options={"seed": 0}, labels=list(CLASSES), n_train=20, n_val=n_val, name="mobilenet_v2", lr=1e-2)
+        options={"seed": 0},
+        labels=list(CLASSES),
+        n_train=20,
+        n_val=n_val,
+        name="mobilenet_v2",
+        lr=1e-2,
+    )
     # 20 train photos x 2 views: view 0 (the photos as they are) first
     cached = {"train": (x, y), "validation": (x[:n_val], y[:n_val])}
     head_fit, inputs, validation = metric_learning.cached_head(plan, head, fit_model, cached)
@@ -141,12 +176,33 @@ def test_held_out_classes(world, tmp_path, capsys):
     from amazon_visual.retrieval.metrics import evaluate_retrieval
 
     run, index = str(tmp_path / "run"), str(tmp_path / "index")
-    rc, out, _ = _cli(["train", "--data", world["seen"], "--model", "alexnet", "--image-size", "32", "--epochs", "1",
-                       "--objective", "retrieval", "--loss", "proxy_anchor", "--per-class", "1", "--out", run,
-                       "--json"], capsys)
+    rc, out, _ = _cli(
+        [
+            "train",
+            "--data",
+            world["seen"],
+            "--model",
+            "alexnet",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--objective",
+            "retrieval",
+            "--loss",
+            "proxy_anchor",
+            "--per-class",
+            "1",
+            "--out",
+            run,
+            "--json",
+        ],
+        capsys,
+    )
     assert rc == 0 and json.loads(out)["epochs_run"] == 1
-    assert _cli(["index", run, "--data", world["full"], "--out", index, "--trees", "5", "--no-thumbnails"],
-                capsys)[0] == 0
+    assert (
+        _cli(["index", run, "--data", world["full"], "--out", index, "--trees", "5", "--no-thumbnails"], capsys)[0] == 0
+    )
     r = evaluate_retrieval(index, queries="test", k=3, exclude_train_classes=True, progress=False)
     stripes = data.class_names(world["full"]).index("stripes")
     test_labels = [ex["label"] for ex in data.load(world["full"], "test").as_numpy_iterator()]
@@ -157,17 +213,35 @@ def test_held_out_classes(world, tmp_path, capsys):
     assert rc == 0 and "(classes the run never saw)" in out
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--loss", "triplet"], "unknown --loss 'triplet': choose one of multi_similarity"),
-    (["--per-class", "40"], "--per-class 40 is more than the photos of any class"),
-    (["--embedding-dim", "1"], "--embedding-dim 1 is too small: use at least 2"),
-    (["--classes-per-batch", "5"], "--classes-per-batch 5 is more than the 4 classes"),
-    (["--per-class", "1"], "--per-class 1 gives --loss multi_similarity no positive pairs"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--loss", "triplet"], "unknown --loss 'triplet': choose one of multi_similarity"),
+        (["--per-class", "40"], "--per-class 40 is more than the photos of any class"),
+        (["--embedding-dim", "1"], "--embedding-dim 1 is too small: use at least 2"),
+        (["--classes-per-batch", "5"], "--classes-per-batch 5 is more than the 4 classes"),
+        (["--per-class", "1"], "--per-class 1 gives --loss multi_similarity no positive pairs"),
+    ],
+)
 def test_bad_input_is_one_line_before_training(world, tmp_path, capsys, extra, message):
     out = tmp_path / "never"
-    rc, _, err = _cli(["train", "--data", world["full"], "--model", "alexnet", "--image-size", "32",
-                       "--objective", "retrieval", "--out", str(out)] + extra, capsys)
+    rc, _, err = _cli(
+        [
+            "train",
+            "--data",
+            world["full"],
+            "--model",
+            "alexnet",
+            "--image-size",
+            "32",
+            "--objective",
+            "retrieval",
+            "--out",
+            str(out),
+        ]
+        + extra,
+        capsys,
+    )
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()  # nothing written: refused before any training
 
@@ -177,17 +251,29 @@ def test_one_class_dataset_and_classify_only_flags(tmp_path, capsys):
     with pytest.raises(UserError, match="fewer than 2 classes have products"):
         helpers_training.tiny_dataset(tmp_path, classes=("red",), per_class=6, size=32, name="one")
     two = helpers_training.tiny_dataset(tmp_path, classes=("red", "blue"), per_class=6, size=32, name="two")
-    rc, _, err = _cli(["train", "--data", two, "--model", "alexnet", "--per-class", "2", "--out", str(tmp_path / "r")],
-                      capsys)
+    rc, _, err = _cli(
+        ["train", "--data", two, "--model", "alexnet", "--per-class", "2", "--out", str(tmp_path / "r")], capsys
+    )
     assert rc == 2 and "--per-class only apply to --objective retrieval" in err
 
 
 def test_embedding_dim_sizes_a_classifier_head(world, tmp_path, capsys):
-    summary = training.train(world["full"], model="vgg16_bn", out=tmp_path / "c", image_size=32, epochs=1,
-                             steps_per_epoch=1, validation_steps=1, embedding_dim=24, model_kwargs={"width": 0.125},
-                             quiet=True)
+    summary = training.train(
+        world["full"],
+        model="vgg16_bn",
+        out=tmp_path / "c",
+        image_size=32,
+        epochs=1,
+        steps_per_epoch=1,
+        validation_steps=1,
+        embedding_dim=24,
+        model_kwargs={"width": 0.125},
+        quiet=True,
+    )
     _, config, _ = training.load_run(summary["run_dir"])
     assert (config["objective"], config["embedding_dim"]) == ("classify", 24)
-    rc, _, err = _cli(["train", "--data", world["full"], "--model", "alexnet", "--embedding-dim", "24",
-                       "--out", str(tmp_path / "a")], capsys)
+    rc, _, err = _cli(
+        ["train", "--data", world["full"], "--model", "alexnet", "--embedding-dim", "24", "--out", str(tmp_path / "a")],
+        capsys,
+    )
     assert rc == 2 and "--embedding-dim does not size alexnet's classifier" in err

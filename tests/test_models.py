@@ -1,4 +1,5 @@
 """Models: registry, preprocessing, embedding layer, hinge loss, weights loading."""
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -44,7 +45,7 @@ def test_svm_loss_adds_l2_weight_decay():
     scores = keras.ops.convert_to_numpy(fit(x))
     w = model.get_layer("predictions").kernel.numpy()
     by_hand = np.mean([sum(max(0.0, s[j] - s[i] + 1) for j in range(3) if j != i) for i, s in enumerate(scores)])
-    by_hand += 0.01 * np.sum(w ** 2)
+    by_hand += 0.01 * np.sum(w**2)
     result = fit.evaluate(x, y, verbose=0, return_dict=True)
     assert result["loss"] == pytest.approx(by_hand, rel=1e-4)
 
@@ -120,8 +121,10 @@ def test_vgg16_bn_loads_vgg16_conv_weights(tmp_path, fmt):
     # from a model object too
     fresh = models.build("vgg16_bn", 4, image_size=32)
     assert load_vgg16_conv_weights(fresh, vgg) == 13
-    np.testing.assert_array_equal(models.find_backbone(fresh).get_layer("block5_conv3").get_weights()[0],
-                                  vgg.get_layer("block5_conv3").get_weights()[0])
+    np.testing.assert_array_equal(
+        models.find_backbone(fresh).get_layer("block5_conv3").get_weights()[0],
+        vgg.get_layer("block5_conv3").get_weights()[0],
+    )
 
 
 def test_weights_file_with_top_loads_into_backbone(tmp_path):
@@ -131,9 +134,12 @@ def test_weights_file_with_top_loads_into_backbone(tmp_path):
     full.save_weights(path)
     model = models.build("mobilenet_v2", 3, image_size=32, weights=path)
     backbone = models.find_backbone(model)
-    np.testing.assert_array_equal(backbone.get_layer("Conv1").get_weights()[0], full.get_layer("Conv1").get_weights()[0])
-    np.testing.assert_array_equal(backbone.get_layer("Conv_1").get_weights()[0],
-                                  full.get_layer("Conv_1").get_weights()[0])
+    np.testing.assert_array_equal(
+        backbone.get_layer("Conv1").get_weights()[0], full.get_layer("Conv1").get_weights()[0]
+    )
+    np.testing.assert_array_equal(
+        backbone.get_layer("Conv_1").get_weights()[0], full.get_layer("Conv_1").get_weights()[0]
+    )
 
 
 def test_weights_file_that_does_not_fit_is_a_user_error(tmp_path):
@@ -159,7 +165,12 @@ def test_build_embedder_and_saved_model_roundtrip(tmp_path):
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, compile=False)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(models.embedding_model(loaded)(x)),
-                               keras.ops.convert_to_numpy(models.embedding_model(model)(x)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(models.embedding_model(loaded)(x)),
+        keras.ops.convert_to_numpy(models.embedding_model(model)(x)),
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -1,4 +1,5 @@
 """Per-family recipes, the warm-up + cosine schedule, the time-budget split."""
+
 import json
 import math
 import os
@@ -11,12 +12,27 @@ from amazon_visual.training import recipes
 
 
 def test_every_family_has_a_recipe_with_every_key():
-    keys = {"learning_rate", "warmup", "min_lr_factor", "batch_size", "augment", "label_smoothing",
-            "weight_decay", "fine_tune_lr_factor", "head_budget", "name"}
-    for model, family, pretrained in (("svm", "svm", False), ("alexnet", "alexnet", False),
-                                      ("vgg16_bn", "vgg", False), ("vgg16", "applications", False),
-                                      ("resnet50", "applications", False), ("mobilenet_v2", "applications", True),
-                                      ("vgg16_bn", "vgg", True)):
+    keys = {
+        "learning_rate",
+        "warmup",
+        "min_lr_factor",
+        "batch_size",
+        "augment",
+        "label_smoothing",
+        "weight_decay",
+        "fine_tune_lr_factor",
+        "head_budget",
+        "name",
+    }
+    for model, family, pretrained in (
+        ("svm", "svm", False),
+        ("alexnet", "alexnet", False),
+        ("vgg16_bn", "vgg", False),
+        ("vgg16", "applications", False),
+        ("resnet50", "applications", False),
+        ("mobilenet_v2", "applications", True),
+        ("vgg16_bn", "vgg", True),
+    ):
         r = recipes.recipe(model, family, pretrained)
         assert keys <= set(r), (model, keys - set(r))
         assert r["augment"] in recipes.AUGMENT_LEVELS
@@ -91,8 +107,16 @@ def test_training_records_recipe_schedule_and_learning_rates(tmp_path):
 
     data = tiny_dataset(tmp_path, per_class=8, size=32)
     out = tmp_path / "run"
-    training.train(data, model="alexnet", out=str(out), image_size=32, epochs=3, quiet=True,
-                   model_kwargs={"width": 0.125, "fc_units": 32}, callbacks=False)
+    training.train(
+        data,
+        model="alexnet",
+        out=str(out),
+        image_size=32,
+        epochs=3,
+        quiet=True,
+        model_kwargs={"width": 0.125, "fc_units": 32},
+        callbacks=False,
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"]["name"] == "alexnet" and config["batch_size"] == config["recipe"]["batch_size"]
     assert config["schedule"]["kind"] == "warmup_cosine" and config["augment"] == "light"
@@ -122,8 +146,12 @@ def test_short_runs_get_smaller_batches_and_alexnet_less_dropout():
     rec, kw = recipes.fit_to_run(alex, 1280, 6, batch_given=True, model_kwargs_given={"dropout": 0.5})
     assert rec["batch_size"] == 64 and kw == {"dropout": 0.5} and rec["short_run"] == {"planned_steps": 120}
     # long runs (and the time-budgeted ones, epochs 200) are untouched; so are the svm and pretrained recipes
-    for r, n, e in ((alex, 3002, 200), (alex, 30000, 6), (recipes.recipe("svm", "svm", False), 100, 1),
-                    (recipes.recipe("mobilenet_v2", "applications", True), 100, 1)):
+    for r, n, e in (
+        (alex, 3002, 200),
+        (alex, 30000, 6),
+        (recipes.recipe("svm", "svm", False), 100, 1),
+        (recipes.recipe("mobilenet_v2", "applications", True), 100, 1),
+    ):
         out, kw = recipes.fit_to_run(r, n, e, batch_given=False, model_kwargs_given=None)
         assert out == r and kw == {}
     vgg, kw = recipes.fit_to_run(recipes.recipe("vgg16_bn", "vgg", False), 1000, 2, False, None)

@@ -1,4 +1,5 @@
 """Recommender: ASIN and image queries, filters, bad input, 8 threads, the recommend CLI."""
+
 import http.server
 import io
 import json
@@ -43,7 +44,7 @@ def _stored_image(world, asin):
 
 def test_asin_query_excludes_itself_and_is_sorted(rec):
     items = rec.index.items
-    for asin in items["asin"][:: 5]:
+    for asin in items["asin"][::5]:
         res = rec.similar_to_asin(asin, k=10)
         assert len(res) == 10
         assert asin not in [r["asin"] for r in res]
@@ -74,7 +75,8 @@ def test_filters(rec):
     res = rec.similar_to_asin(asin, k=20, min_similarity=s)
     assert res and all(r["similarity"] >= s for r in res) and len(res) <= 20
     assert rec.similar_to_asin(asin, k=5, min_similarity=1.0) == [] or all(
-        r["similarity"] >= 1.0 for r in rec.similar_to_asin(asin, k=5, min_similarity=1.0))
+        r["similarity"] >= 1.0 for r in rec.similar_to_asin(asin, k=5, min_similarity=1.0)
+    )
     other = [lab for lab in set(rec.index.items["label"]) if lab != label][0]
     res = rec.similar_to_asin(asin, k=5, same_category=other)  # an explicit label
     assert res and all(r["label"] == other for r in res)

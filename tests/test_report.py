@@ -1,4 +1,5 @@
 """The HTML report over fake stage folders (no TensorFlow): every section, embedded images, CLI."""
+
 import base64
 import csv
 import json
@@ -37,25 +38,68 @@ def make_fake_experiment(root, with_compare=True, with_recs=True):
     run = os.path.join(root, "run")
     os.makedirs(data)
     os.makedirs(os.path.join(run, "eval_test"))
-    _dump({"splits": [{"name": "train", "shardLengths": ["21"]}, {"name": "validation", "shardLengths": ["6"]},
-                          {"name": "test", "shardLengths": ["6"]}]}, os.path.join(data, "dataset_info.json"))
-    _dump({"featuresDict": {"features": {"label": {"classLabel": {"names": CLASSES}}}}}, os.path.join(data, "features.json"))
-    _dump({"classes": CLASSES, "image_size": 64,
-               "counts": {"train": {c: 7 for c in CLASSES}, "validation": {c: 2 for c in CLASSES},
-                          "test": {c: 2 for c in CLASSES}}}, os.path.join(data, "build_report.json"))
+    _dump(
+        {
+            "splits": [
+                {"name": "train", "shardLengths": ["21"]},
+                {"name": "validation", "shardLengths": ["6"]},
+                {"name": "test", "shardLengths": ["6"]},
+            ]
+        },
+        os.path.join(data, "dataset_info.json"),
+    )
+    _dump(
+        {"featuresDict": {"features": {"label": {"classLabel": {"names": CLASSES}}}}},
+        os.path.join(data, "features.json"),
+    )
+    _dump(
+        {
+            "classes": CLASSES,
+            "image_size": 64,
+            "counts": {
+                "train": {c: 7 for c in CLASSES},
+                "validation": {c: 2 for c in CLASSES},
+                "test": {c: 2 for c in CLASSES},
+            },
+        },
+        os.path.join(data, "build_report.json"),
+    )
     _png(os.path.join(data, "label_distribution.png"))
 
-    _dump({"model": "alexnet", "image_size": 64, "weights": "none", "data_dir": data, "num_classes": 3,
-               "embedding_layer": "embedding", "embedding_dim": 8}, os.path.join(run, "config.json"))
+    _dump(
+        {
+            "model": "alexnet",
+            "image_size": 64,
+            "weights": "none",
+            "data_dir": data,
+            "num_classes": 3,
+            "embedding_layer": "embedding",
+            "embedding_dim": 8,
+        },
+        os.path.join(run, "config.json"),
+    )
     _dump(CLASSES, os.path.join(run, "labels.json"))
     with open(os.path.join(run, "history.csv"), "w") as f:
         f.write("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.3,1.2,0.35,1.1\n1,0.5,0.9,0.5,1.0\n")
     # no learning_curves.png: the report draws it from history.csv
     rep = {c: {"precision": 0.5, "recall": 0.5, "f1-score": 0.5, "support": 2} for c in CLASSES}
-    rep.update({"accuracy": 0.5, "macro avg": {"precision": 0.5, "recall": 0.5, "f1-score": 0.5, "support": 6},
-                "weighted avg": {"precision": 0.5, "recall": 0.5, "f1-score": 0.5, "support": 6}})
-    _dump({"split": "test", "accuracy": 0.5, "classification_report": rep,
-               "confusion_matrix": [[1, 1, 0], [0, 1, 1], [1, 0, 1]], "labels": CLASSES}, os.path.join(run, "eval_test", "metrics.json"))
+    rep.update(
+        {
+            "accuracy": 0.5,
+            "macro avg": {"precision": 0.5, "recall": 0.5, "f1-score": 0.5, "support": 6},
+            "weighted avg": {"precision": 0.5, "recall": 0.5, "f1-score": 0.5, "support": 6},
+        }
+    )
+    _dump(
+        {
+            "split": "test",
+            "accuracy": 0.5,
+            "classification_report": rep,
+            "confusion_matrix": [[1, 1, 0], [0, 1, 1], [1, 0, 1]],
+            "labels": CLASSES,
+        },
+        os.path.join(run, "eval_test", "metrics.json"),
+    )
     _png(os.path.join(run, "eval_test", "confusion_matrix.png"), (20, 160, 20))
 
     if with_compare:
@@ -81,10 +125,28 @@ def make_fake_experiment(root, with_compare=True, with_recs=True):
             for k in range(3):
                 t = os.path.join(idx, "thumbs", f"R{qi}{k}.jpg")
                 _jpg(t, (50, k * 80, 50))
-                results.append({"rank": k + 1, "asin": f"B0R{qi}{k}", "title": f"result {k} <b>", "label": CLASSES[k],
-                                "similarity": 0.9 - 0.1 * k, "thumb": os.path.relpath(t, recs_dir)})
-            queries.append({"query": {"asin": f"B0Q{qi}", "title": f"query {qi}", "label": CLASSES[qi],
-                                      "kind": "asin", "thumb": qimg}, "results": results})
+                results.append(
+                    {
+                        "rank": k + 1,
+                        "asin": f"B0R{qi}{k}",
+                        "title": f"result {k} <b>",
+                        "label": CLASSES[k],
+                        "similarity": 0.9 - 0.1 * k,
+                        "thumb": os.path.relpath(t, recs_dir),
+                    }
+                )
+            queries.append(
+                {
+                    "query": {
+                        "asin": f"B0Q{qi}",
+                        "title": f"query {qi}",
+                        "label": CLASSES[qi],
+                        "kind": "asin",
+                        "thumb": qimg,
+                    },
+                    "results": results,
+                }
+            )
         _dump({"k": 3, "queries": queries}, os.path.join(recs_dir, "recommendations.json"))
     return root
 
@@ -159,12 +221,16 @@ def test_report_errors_are_user_errors(tmp_path):
 def test_report_cli(tmp_path):
     root = make_fake_experiment(str(tmp_path / "exp"))
     out = tmp_path / "page.html"
-    r = subprocess.run([sys.executable, "-m", "amazon_visual.cli", "report", root, "--out", str(out), "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "amazon_visual.cli", "report", root, "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["report"] == str(out) and out.is_file()
-    r = subprocess.run([sys.executable, "-m", "amazon_visual.cli", "report", str(tmp_path / "nothing")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "amazon_visual.cli", "report", str(tmp_path / "nothing")], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert r.stderr.startswith("amazon-visual: error:") and "Traceback" not in r.stderr

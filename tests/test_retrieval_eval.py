@@ -1,4 +1,5 @@
 """eval-retrieval: metric definitions, the report on a tiny index, and the clothing-small integration (slow)."""
+
 import json
 import os
 import time
@@ -43,8 +44,7 @@ def test_evaluate_on_tiny_index(world, capsys):
     from amazon_visual.cli import main
     from amazon_visual.retrieval.metrics import evaluate_retrieval
 
-    r = evaluate_retrieval(world["index"], data_dir=world["data"], queries="test", k=5, search_k=10_000,
-                           progress=False)
+    r = evaluate_retrieval(world["index"], data_dir=world["data"], queries="test", k=5, search_k=10_000, progress=False)
     n_test = data.num_examples(world["data"], "test")
     assert r["n_queries"] == n_test and r["n_indexed"] == 36 - n_test
     assert r["recall_at_k"] == pytest.approx(1.0)  # search_k covers the whole tiny index
@@ -70,8 +70,16 @@ def test_evaluate_embeds_a_split_the_index_lacks(world, tmp_path):
     from amazon_visual.retrieval.metrics import evaluate_retrieval
 
     idx = str(tmp_path / "train-only")
-    build_index(world["data"], idx, run_dir=world["run"], splits=["train"], trees=5, batch_size=8,
-                thumbnails=False, progress=False)
+    build_index(
+        world["data"],
+        idx,
+        run_dir=world["run"],
+        splits=["train"],
+        trees=5,
+        batch_size=8,
+        thumbnails=False,
+        progress=False,
+    )
     r = evaluate_retrieval(idx, data_dir=world["data"], queries="test", k=3, progress=False)
     assert r["query_source"] == "data_dir" and r["n_indexed"] == 20 and r["n_queries"] == 10
 
@@ -103,17 +111,30 @@ def test_clothing_small_trained_run_beats_the_class_prior(tmp_path_factory):
     d = clothing_small(root, image_size=64)
     t_data = time.time() - t0
     run = os.path.join(root, "run")
-    train(d, model="alexnet", out=run, weights="none", image_size=64, epochs=6, batch_size=32, augment=False,
-          early_stopping=0, quiet=True, learning_rate=0.003,
-          model_kwargs={"width": 0.25, "fc_units": 128, "dropout": 0.1})
+    train(
+        d,
+        model="alexnet",
+        out=run,
+        weights="none",
+        image_size=64,
+        epochs=6,
+        batch_size=32,
+        augment=False,
+        early_stopping=0,
+        quiet=True,
+        learning_rate=0.003,
+        model_kwargs={"width": 0.25, "fc_units": 128, "dropout": 0.1},
+    )
     t_train = time.time() - t0 - t_data
     idx = os.path.join(root, "index")
     build_index(d, idx, run_dir=run, trees=20, batch_size=128, progress=False)
     r = evaluate_retrieval(idx, data_dir=d, queries="test", k=10, progress=False)
-    print(f"\nclothing-small 64px: data {t_data:.0f}s, train {t_train:.0f}s; {r['n_queries']} test queries vs "
-          f"{r['n_indexed']} items: precision@10 {r['precision_at_k']:.3f} (class prior {r['class_prior']:.3f}), "
-          f"mAP@10 {r['map_at_k']:.3f}, recall@10 vs exact {r['recall_at_k']:.3f}, "
-          f"p50 {r['latency_ms_p50']:.3f} ms, p99 {r['latency_ms_p99']:.3f} ms")
+    print(
+        f"\nclothing-small 64px: data {t_data:.0f}s, train {t_train:.0f}s; {r['n_queries']} test queries vs "
+        f"{r['n_indexed']} items: precision@10 {r['precision_at_k']:.3f} (class prior {r['class_prior']:.3f}), "
+        f"mAP@10 {r['map_at_k']:.3f}, recall@10 vs exact {r['recall_at_k']:.3f}, "
+        f"p50 {r['latency_ms_p50']:.3f} ms, p99 {r['latency_ms_p99']:.3f} ms"
+    )
     with open(os.path.join(root, "result.json"), "w") as f:
         json.dump(r, f, indent=2)
     assert r["n_queries"] > 100

@@ -1,5 +1,6 @@
 """Index backends: HNSW beside Annoy, with everything above the index (Index, Recommender,
 eval-retrieval) working on either; block-wise builds; the streamed assembly of shards."""
+
 import json
 import os
 import shutil
@@ -28,11 +29,19 @@ def test_backend_builds_from_blocks_and_finds_exact_neighbours(tmp_path, name):
     B = backends.get(name)
     params = B.params(search_k=400) if name == "hnsw" else B.params(trees=10, search_k=20000)
     path = str(tmp_path / B.index_file)
-    blocks = (x[s:s + 700] for s in range(0, 3000, 700))  # a generator: the builder never sees the whole array
+    blocks = (x[s : s + 700] for s in range(0, 3000, 700))  # a generator: the builder never sees the whole array
     st = B.build(blocks, 3000, 24, path, params, n_jobs=1)
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
-    searcher = B.open(path, 24, 3000, {"index_size_bytes": st["size_bytes"], "index_sample_sha256": st["sample_sha256"],
-                                       "search_k": params["search_k"]})
+    searcher = B.open(
+        path,
+        24,
+        3000,
+        {
+            "index_size_bytes": st["size_bytes"],
+            "index_sample_sha256": st["sample_sha256"],
+            "search_k": params["search_k"],
+        },
+    )
     hits = 0
     for i in range(0, 3000, 100):
         exact = np.argsort(-(x @ x[i]))[:10]
@@ -50,8 +59,28 @@ def test_hnsw_index_works_for_recommender_and_eval_retrieval(world, tmp_path, ca
     from amazon_visual.retrieval.recommend import Recommender
 
     out = str(tmp_path / "hnsw")
-    assert main(["index", world["run"], "--data", world["data"], "--out", out, "--backend", "hnsw",
-                 "--hnsw-m", "8", "--ef-construction", "50", "--search-k", "40", "--json"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                world["run"],
+                "--data",
+                world["data"],
+                "--out",
+                out,
+                "--backend",
+                "hnsw",
+                "--hnsw-m",
+                "8",
+                "--ef-construction",
+                "50",
+                "--search-k",
+                "40",
+                "--json",
+            ]
+        )
+        == 0
+    )
     m = json.loads(capsys.readouterr().out)
     assert m["backend"] == "hnsw" and m["index_file"] == "index.hnsw" and m["hnsw_m"] == 8
     assert m["search_k"] == 40 and "trees" not in m
@@ -82,9 +111,11 @@ def test_damaged_hnsw_file_is_a_clear_error(world, tmp_path):
     build_index(world["data"], out, run_dir=world["run"], backend="hnsw", progress=False, thumbnails=False)
     path = os.path.join(out, "index.hnsw")
     keep = open(path, "rb").read()
-    for damage in (lambda: open(path, "r+b").truncate(len(keep) // 2),
-                   lambda: open(path, "wb").write(np.random.default_rng(0).bytes(len(keep))),
-                   lambda: os.remove(path)):
+    for damage in (
+        lambda: open(path, "r+b").truncate(len(keep) // 2),
+        lambda: open(path, "wb").write(np.random.default_rng(0).bytes(len(keep))),
+        lambda: os.remove(path),
+    ):
         damage()
         with pytest.raises(UserError, match="index file"):
             load_index(out)
@@ -119,7 +150,8 @@ def test_assemble_streams_shards_in_order(tmp_path):
 
     items = read_items(out)
     assert items["title"].tolist() == [r["title"] for r in rows] and items["label_id"].tolist() == list(
-        [r["label_id"] for r in rows])
+        [r["label_id"] for r in rows]
+    )
     with pytest.raises(UserError, match="expected 16"):
         shards.assemble(bases, out, 6, 16)
     assert sorted(os.listdir(out)) == ["embeddings.npy", "items.csv"]  # no temporary file left

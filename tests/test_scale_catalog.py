@@ -1,5 +1,6 @@
 """The synthetic catalog of the scale benchmarks: 2023-format metadata the builder reads, photos
 from a folder or a loopback HTTP server, deterministic, learnable classes."""
+
 import gzip
 import json
 import os
@@ -42,11 +43,20 @@ def test_builder_reads_the_catalog_and_downloads_its_photos(tmp_path):
     server, url = sc.serve(classes=3, px=24)
     try:
         paths = sc.write_catalog(str(tmp_path / "cat"), 60, classes=3, px=24, images="http", base_url=url)
-        report = build_data(paths["metadata"], str(tmp_path / "data"), download=True,
-                            categories_file=paths["classes"], image_size=24, workers=1, progress=False)
+        report = build_data(
+            paths["metadata"],
+            str(tmp_path / "data"),
+            download=True,
+            categories_file=paths["classes"],
+            image_size=24,
+            workers=1,
+            progress=False,
+        )
     finally:
         server.shutdown()
     assert report["totals"]["all"] == 60 and report["metadata"]["formats"] == {"meta.jsonl.gz": "2023"}
     assert report["classes"] == sc.class_names(3)
     per_class = {c: sum(report["counts"][s][c] for s in report["counts"]) for c in report["classes"]}
-    assert per_class == {name: sum(sc.class_of(i, 3) == k for i in range(60)) for k, name in enumerate(sc.class_names(3))}
+    assert per_class == {
+        name: sum(sc.class_of(i, 3) == k for i in range(60)) for k, name in enumerate(sc.class_names(3))
+    }

@@ -1,5 +1,6 @@
 """The service's API on a tiny index: search by photo / ASIN / URL, browsing, thumbnails, metrics,
 the bad-input list (each answered by a 4xx JSON, then a good query still answers) and SSRF rules."""
+
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -211,8 +212,9 @@ def image_server(world, asins):
 @pytest.fixture(scope="module")
 def url_client(world):
     """URL fetching on, and the test's own loopback server allowed explicitly."""
-    with client_for(world["index"], allow_url_fetch=True, url_allow_hosts=("127.0.0.1",), url_timeout=1.0,
-                    max_upload_mb=1) as c:
+    with client_for(
+        world["index"], allow_url_fetch=True, url_allow_hosts=("127.0.0.1",), url_timeout=1.0, max_upload_mb=1
+    ) as c:
         yield c
 
 
@@ -232,9 +234,13 @@ def test_url_query_through_the_allow_list(url_client, image_server, asins):
 
 
 def test_loopback_is_refused_without_the_allow_list(strict_client, image_server, asins):
-    for url in (image_server.base + "/img.jpg", f"http://localhost:{image_server.port}/img.jpg",
-                f"http://[::1]:{image_server.port}/img.jpg", f"http://0.0.0.0:{image_server.port}/img.jpg",
-                f"http://127.1:{image_server.port}/img.jpg"):
+    for url in (
+        image_server.base + "/img.jpg",
+        f"http://localhost:{image_server.port}/img.jpg",
+        f"http://[::1]:{image_server.port}/img.jpg",
+        f"http://0.0.0.0:{image_server.port}/img.jpg",
+        f"http://127.1:{image_server.port}/img.jpg",
+    ):
         r = strict_client.post("/v1/search", json={"url": url})
         assert r.status_code in (400, 403), (url, r.text)
         assert r.status_code == 403 or "cannot be resolved" in r.json()["detail"], (url, r.text)

@@ -3,6 +3,7 @@ server on 127.0.0.1: upload a photo, see k results whose images all load, click 
 press Enter on one) to get a new grid, filter by category, browse the catalog, read it at
 phone width. Screenshots: build/serve.png, build/serve-phone.png. Skipped only when Chromium or
 Playwright is not installed."""
+
 import os
 
 import pytest
@@ -63,7 +64,9 @@ def test_upload_click_filter_browse(browser, server, world):  # noqa: F811
     page.screenshot(path=os.path.join(BUILD, "serve.png"), full_page=True)
 
     page.select_option("#category", "green")
-    page.wait_for_function("() => Array.from(document.querySelectorAll('#results .cat')).every(c => c.textContent === 'green')")
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('#results .cat')).every(c => c.textContent === 'green')"
+    )
     assert {r["cat"] for r in _grid(page)} == {"green"}
 
     # keyboard: focus a result and press Enter

@@ -1,6 +1,7 @@
 """A short load test: the benchmark's own load generator (benchmarks/serve_load.py) against a real
 uvicorn server on 127.0.0.1, mixed photo and ASIN queries at concurrency 8: no error, and the
 photo queries shared model calls."""
+
 import importlib.util
 import os
 
@@ -48,7 +49,9 @@ def test_short_mixed_load_has_no_error(world):
         metrics = srv.pool.request("GET", "/metrics").data.decode()
     assert out["requests"] == 240 and out["errors"] == 0, out
     assert out["asin"]["requests"] == 120 and out["photo"]["requests"] == 120
-    count = next(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("amazon_visual_model_batch_size_count"))
+    count = next(
+        float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("amazon_visual_model_batch_size_count")
+    )
     assert count < 120  # 120 photo queries in fewer model calls
 
 

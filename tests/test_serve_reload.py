@@ -2,6 +2,7 @@
 --overwrite` rebuilds the served INDEX_DIR; none fails, and the server ends on the new index.
 Also: a failed reload keeps the old index; a server killed (SIGKILL) during a reload restarts
 on the complete new index."""
+
 import os
 import shutil
 import signal
@@ -31,8 +32,16 @@ def _copy_index(world, dest):
 def _rebuild(world, index_dir, splits):
     from amazon_visual.retrieval.index import build_index
 
-    return build_index(world["data"], index_dir, run_dir=world["run"], splits=splits, trees=5, batch_size=8,
-                       overwrite=True, progress=False)
+    return build_index(
+        world["data"],
+        index_dir,
+        run_dir=world["run"],
+        splits=splits,
+        trees=5,
+        batch_size=8,
+        overwrite=True,
+        progress=False,
+    )
 
 
 def _wait(predicate, timeout=60):
@@ -104,9 +113,23 @@ def test_a_broken_rebuild_keeps_the_old_index(world, tmp_path):
 
 def _start_server(index_dir, port):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "amazon_visual.cli", "serve", index_dir, "--port", str(port),
-                             "--reload-poll", "0", "--no-warm-up"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "amazon_visual.cli",
+            "serve",
+            index_dir,
+            "--port",
+            str(port),
+            "--reload-poll",
+            "0",
+            "--no-warm-up",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _ready(port):

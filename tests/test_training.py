@@ -1,4 +1,5 @@
 """Training: every model learns, the run folder, two phases, resume after SIGKILL, CLI errors."""
+
 import json
 import os
 import signal
@@ -21,7 +22,12 @@ from amazon_visual.errors import UserError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {"alexnet": {"width": 0.25, "fc_units": 64}, "vgg16_bn": {"width": 0.125}}
-NO_DROPOUT = {"alexnet": {"dropout": 0.0}, "vgg16_bn": {"dropout": 0.0}, "vgg16": {"dropout": 0.0}, "resnet50": {"dropout": 0.0}}
+NO_DROPOUT = {
+    "alexnet": {"dropout": 0.0},
+    "vgg16_bn": {"dropout": 0.0},
+    "vgg16": {"dropout": 0.0},
+    "resnet50": {"dropout": 0.0},
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +64,34 @@ def test_every_model_overfits_eight_images(name):
 
 def test_train_writes_run_folder_that_reloads(tiny, tmp_path):
     out = tmp_path / "run"
-    summary = training.train(tiny, model="alexnet", out=out, image_size=32, epochs=2, batch_size=8,
-                             model_kwargs=SMALL["alexnet"], quiet=True, seed=1)
+    summary = training.train(
+        tiny,
+        model="alexnet",
+        out=out,
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        model_kwargs=SMALL["alexnet"],
+        quiet=True,
+        seed=1,
+    )
     assert summary["epochs_run"] == 2 and summary["phases"] == ["train"]
     for f in ("model.keras", "labels.json", "config.json", "history.csv", "learning_curves.png", "state.json"):
         assert (out / f).is_file(), f
     assert not (out / "backup").exists()  # cleaned once training finished
     model, config, labels = training.load_run(out)
     assert labels == ["red", "green", "blue"]
-    for key in ("model", "image_size", "preprocessing", "embedding_layer", "embedding_dim", "num_classes",
-                "weights", "data_dir", "dataset_fingerprint"):
+    for key in (
+        "model",
+        "image_size",
+        "preprocessing",
+        "embedding_layer",
+        "embedding_dim",
+        "num_classes",
+        "weights",
+        "data_dir",
+        "dataset_fingerprint",
+    ):
         assert key in config, key
     assert config["embedding_layer"] == "embedding" and config["embedding_dim"] == 16
     assert config["dataset_fingerprint"]["class_names"] == labels
@@ -76,8 +100,17 @@ def test_train_writes_run_folder_that_reloads(tiny, tmp_path):
     model2, _, _ = training.load_run(out)
     np.testing.assert_array_equal(p1, keras.ops.convert_to_numpy(model2(x)))
     # rerunning a finished run does nothing
-    again = training.train(tiny, model="alexnet", out=out, image_size=32, epochs=2, batch_size=8,
-                           model_kwargs=SMALL["alexnet"], quiet=True, seed=1)
+    again = training.train(
+        tiny,
+        model="alexnet",
+        out=out,
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        model_kwargs=SMALL["alexnet"],
+        quiet=True,
+        seed=1,
+    )
     assert again["epochs_run"] == 2
     # another model into the same folder is refused
     with pytest.raises(UserError, match="holds another run"):
@@ -87,8 +120,17 @@ def test_train_writes_run_folder_that_reloads(tiny, tmp_path):
 def test_best_model_is_saved_with_identical_predictions(tiny, tmp_path):
     """The model kept in memory at the best epoch equals model.keras reloaded."""
     out = tmp_path / "svm"
-    summary = training.train(tiny, model="svm", out=out, image_size=32, epochs=1, batch_size=8, quiet=True,
-                             early_stopping=0, mixed_precision=True)
+    summary = training.train(
+        tiny,
+        model="svm",
+        out=out,
+        image_size=32,
+        epochs=1,
+        batch_size=8,
+        quiet=True,
+        early_stopping=0,
+        mixed_precision=True,
+    )
     model, config, _ = training.load_run(out)
     assert config["mixed_precision_policy"] == "mixed_bfloat16"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after train
@@ -104,16 +146,29 @@ def test_two_phases_with_a_weights_file(tiny, tmp_path):
     path = str(tmp_path / "mobilenet_v2_notop.weights.h5")
     keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(path)
     out = tmp_path / "two"
-    summary = training.train(tiny, model="mobilenet_v2", out=out, weights=path, image_size=32, epochs=2,
-                             batch_size=8, steps_per_epoch=1, validation_steps=1, fine_tune_at="block_15",
-                             quiet=True)
+    summary = training.train(
+        tiny,
+        model="mobilenet_v2",
+        out=out,
+        weights=path,
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        steps_per_epoch=1,
+        validation_steps=1,
+        fine_tune_at="block_15",
+        quiet=True,
+    )
     assert summary["phases"] == ["head", "fine_tune"]
     hist = training.read_history(out)
     assert [r["phase"] for r in hist] == ["head", "fine_tune"]
     model, config, _ = training.load_run(out)
     # fine-tuning peaks at a tenth of the head's rate; the logged rates follow each phase's schedule
     assert config["fine_tune_learning_rate"] == pytest.approx(config["learning_rate"] / 10, rel=1e-6)
-    assert hist[0]["learning_rate"] <= config["learning_rate"] and hist[1]["learning_rate"] <= config["fine_tune_learning_rate"]
+    assert (
+        hist[0]["learning_rate"] <= config["learning_rate"]
+        and hist[1]["learning_rate"] <= config["fine_tune_learning_rate"]
+    )
     assert config["weights"] == os.path.abspath(path) and config["phases"] == ["head", "fine_tune"]
 
 
@@ -154,8 +209,22 @@ def test_cli_bad_inputs(tiny, tmp_path, capsys):
     assert rc == 2 and "is not an amazon-visual dataset" in err
     bad = tmp_path / "weights.h5"
     bad.write_bytes(b"\x89HDF junk")
-    rc, _, err = _run_cli(["train", "--data", tiny, "--model", "mobilenet_v2", "--weights", str(bad),
-                           "--image-size", "32", "--out", str(tmp_path / "r")], capsys)
+    rc, _, err = _run_cli(
+        [
+            "train",
+            "--data",
+            tiny,
+            "--model",
+            "mobilenet_v2",
+            "--weights",
+            str(bad),
+            "--image-size",
+            "32",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capsys,
+    )
     assert rc == 2 and "weights.h5 does not fit model mobilenet_v2" in err
     rc, _, err = _run_cli(["evaluate", str(tmp_path / "nothing"), "--data", tiny], capsys)
     assert rc == 2 and "is not a training run" in err
@@ -164,8 +233,26 @@ def test_cli_bad_inputs(tiny, tmp_path, capsys):
 
 def test_cli_train_json(tiny, tmp_path, capsys):
     out = tmp_path / "cli_svm"
-    rc, stdout, _ = _run_cli(["train", "--data", tiny, "--model", "svm", "--out", str(out), "--image-size", "32",
-                              "--epochs", "2", "--batch-size", "8", "--no-augment", "--json"], capsys)
+    rc, stdout, _ = _run_cli(
+        [
+            "train",
+            "--data",
+            tiny,
+            "--model",
+            "svm",
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--no-augment",
+            "--json",
+        ],
+        capsys,
+    )
     assert rc == 0
     summary = json.loads(stdout)
     assert summary["model"] == "svm" and summary["epochs_run"] == 2

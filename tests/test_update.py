@@ -3,6 +3,7 @@ attributes, embeddings, search results) with products added, re-photographed, re
 only new and changed photos are embedded; generations are swapped by the manifest and the one before
 the previous is removed; another model means a full build; kill -9 mid-update, then the same command
 finishes it; a running server reloads the new generation and serves its thumbnails."""
+
 import json
 import os
 import random
@@ -46,23 +47,41 @@ def _catalog(root, name, new):
         _photo(os.path.join(images, f"{asin}.jpg"), cls, seed=i + (1000 if new and asin in PHOTO else 0))
         price = 10.0 + i + (5.5 if new and asin in PRICE else 0)
         title = f"{CLASSES[cls]} thing {asin}" + (" (new title)" if new and asin in TITLE else "")
-        lines.append(json.dumps({"asin": asin, "title": title, "category": ["Top", "Clothing", CLASSES[cls]],
-                                 "imageURL": [f"{asin}.jpg"], "price": f"${price:.2f}", "brand": f"Brand{i % 4}"}))
+        lines.append(
+            json.dumps(
+                {
+                    "asin": asin,
+                    "title": title,
+                    "category": ["Top", "Clothing", CLASSES[cls]],
+                    "imageURL": [f"{asin}.jpg"],
+                    "price": f"${price:.2f}",
+                    "brand": f"Brand{i % 4}",
+                }
+            )
+        )
     meta = os.path.join(root, f"{name}-meta.jsonl")
     with open(meta, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     out = os.path.join(root, name)
-    build_data(meta, out, images_dir=images, categories=list(CLASSES), image_size=SIZE, splits=(0.6, 0.2, 0.2),
-               seed=0, workers=1, progress=False)
+    build_data(
+        meta,
+        out,
+        images_dir=images,
+        categories=list(CLASSES),
+        image_size=SIZE,
+        splits=(0.6, 0.2, 0.2),
+        seed=0,
+        workers=1,
+        progress=False,
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from test_index import make_run
-
     from amazon_visual import data
     from amazon_visual.retrieval.index import build_index
+    from test_index import make_run
 
     root = str(tmp_path_factory.mktemp("update"))
     old, new = _catalog(root, "old", False), _catalog(root, "new", True)
@@ -117,8 +136,12 @@ def test_update_equals_a_full_index_and_embeds_only_the_changes(world, tmp_path)
     out = _copy(world["index_old"], tmp_path / "index")
     m = _update(world, out)
     u = m["update"]
-    assert (u["added"], u["changed"], u["removed"], u["reused"]) == (len(NEW), len(PHOTO), len(GONE),
-                                                                     PER_CLASS * 3 - len(GONE) - len(PHOTO))
+    assert (u["added"], u["changed"], u["removed"], u["reused"]) == (
+        len(NEW),
+        len(PHOTO),
+        len(GONE),
+        PER_CLASS * 3 - len(GONE) - len(PHOTO),
+    )
     assert u["embedded"] == len(NEW) + len(PHOTO) and u["full_build"] is None
     assert set(u["seconds"]) == {"read_plan", "hash", "embed", "assemble", "ann_build", "swap"}
     assert m["generation"] == 2 and m["items_file"] == "gen-000002/items.csv"
@@ -130,13 +153,13 @@ def test_update_equals_a_full_index_and_embeds_only_the_changes(world, tmp_path)
         assert items.loc["P006", "brand"] == "Brand2"
     assert all(t.startswith("gen-000002/thumbs/") for t in items["thumb"])
     # generation 1 (the top-level files) stays for a server that has not reloaded yet
-    assert os.path.isfile(os.path.join(out, "items.csv")) and not os.path.exists(os.path.join(out, "gen-000002",
-                                                                                              ".partial"))
+    assert os.path.isfile(os.path.join(out, "items.csv")) and not os.path.exists(
+        os.path.join(out, "gen-000002", ".partial")
+    )
     # a second update (back to the old catalog): generation 3; generation 1 is removed, 2 stays
     m = _update(world, out, data="old")
     assert m["generation"] == 3 and m["update"]["reused"] == PER_CLASS * 3 - len(GONE) - len(PHOTO)
-    assert (m["update"]["added"], m["update"]["removed"], m["update"]["changed"]) == (len(GONE), len(NEW),
-                                                                                      len(PHOTO))
+    assert (m["update"]["added"], m["update"]["removed"], m["update"]["changed"]) == (len(GONE), len(NEW), len(PHOTO))
     assert not os.path.exists(os.path.join(out, "items.csv")) and not os.path.exists(os.path.join(out, "thumbs"))
     assert sorted(n for n in os.listdir(out) if n.startswith("gen-")) == ["gen-000002", "gen-000003"]
     assert_same_index(out, world["index_old"])
@@ -144,10 +167,9 @@ def test_update_equals_a_full_index_and_embeds_only_the_changes(world, tmp_path)
 
 
 def test_cli_update_json_and_another_model_is_a_full_build(world, tmp_path, capsys):
-    from test_index import make_run
-
     from amazon_visual import data
     from amazon_visual.cli import main
+    from test_index import make_run
 
     out = _copy(world["index_old"], tmp_path / "index")
     args = ["index", world["run"], "--data", world["new"], "--out", out, "--update", "--batch-size", "8", "--json"]
@@ -203,9 +225,8 @@ UPDATE_SCRIPT = textwrap.dedent("""
 
 
 def test_kill_during_an_update_then_the_same_command_finishes_it(world, tmp_path):
-    from test_killsafe import SEED, kill_when, run_to_end
-
     from amazon_visual.retrieval.index import load_index, read_items
+    from test_killsafe import SEED, kill_when, run_to_end
 
     out = _copy(world["index_old"], tmp_path / "index")
     script = tmp_path / "update.py"
@@ -215,8 +236,9 @@ def test_kill_during_an_update_then_the_same_command_finishes_it(world, tmp_path
     partial = os.path.join(out, "gen-000002", ".partial")
 
     def some_shards():
-        return os.path.isdir(partial) and sum(n.endswith(".json") and n != "state.json"
-                                              for n in os.listdir(partial)) >= 2
+        return (
+            os.path.isdir(partial) and sum(n.endswith(".json") and n != "state.json" for n in os.listdir(partial)) >= 2
+        )
 
     assert kill_when(cmd, log, some_shards, random.Random(SEED).uniform(0, 0.05)), f"seed {SEED}: ended first"
     idx = load_index(out)  # still the old generation, whole

@@ -13,6 +13,7 @@ absent, empty or not understood. A price is a number >= 0: a number stays a numb
 gives 12.99, a range gives its low end, anything else (``"N/A"``, ``"Currently unavailable"``,
 CSS residue, a negative number, NaN) is missing.
 """
+
 import html
 import math
 import re
@@ -106,11 +107,18 @@ def attributes(rec, fmt):
         details = rec.get("details")
         if brand is None and isinstance(details, dict):
             brand = parse_brand(details.get("Brand"))
-        return {"brand": brand, "price": parse_price(rec.get("price")),
-                "average_rating": parse_rating(rec.get("average_rating")),
-                "rating_number": parse_count(rec.get("rating_number"))}
-    return {"brand": parse_brand(rec.get("brand")), "price": parse_price(rec.get("price")),
-            "average_rating": None, "rating_number": None}
+        return {
+            "brand": brand,
+            "price": parse_price(rec.get("price")),
+            "average_rating": parse_rating(rec.get("average_rating")),
+            "rating_number": parse_count(rec.get("rating_number")),
+        }
+    return {
+        "brand": parse_brand(rec.get("brand")),
+        "price": parse_price(rec.get("price")),
+        "average_rating": None,
+        "rating_number": None,
+    }
 
 
 #: the attribute names, in the dataset's and the items table's order

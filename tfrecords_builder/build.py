@@ -7,6 +7,7 @@ sibling folder -> write the report -> move the finished dataset into ``out``.
 Between the steps the products live in the build plan on disk (:mod:`tfrecords_builder.plan`),
 not in memory: a build's memory does not grow with the catalog.
 """
+
 import contextlib
 import logging
 import os
@@ -56,8 +57,10 @@ def _check_out(out, overwrite):
         if not overwrite:
             raise UserError(f"--out {out} is not empty: pass --overwrite to replace it, or choose another folder")
         if not any(os.path.exists(os.path.join(out, m)) for m in DATASET_MARKERS):
-            raise UserError(f"--out {out} is not empty and holds no dataset: --overwrite only replaces a dataset "
-                            "folder; empty it or choose another folder")
+            raise UserError(
+                f"--out {out} is not empty and holds no dataset: --overwrite only replaces a dataset "
+                "folder; empty it or choose another folder"
+            )
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         raise UserError(f"--out {out}: its parent folder {parent} does not exist: create it first")
@@ -68,8 +71,10 @@ def _choose_classes(metadata, categories, categories_file, top, preset, progress
     """``(class names, source, category level or None, the option in words)``."""
     given = sum(x is not None and x != [] for x in (categories or None, categories_file, top, preset))
     if given == 0:
-        raise UserError("name the classes: --category NAME (repeatable), --categories-file FILE, "
-                        "--top-categories N or --preset seed20")
+        raise UserError(
+            "name the classes: --category NAME (repeatable), --categories-file FILE, "
+            "--top-categories N or --preset seed20"
+        )
     if given > 1:
         raise UserError("give only one of --category, --categories-file, --top-categories, --preset")
     if categories:
@@ -94,9 +99,11 @@ def _choose_classes(metadata, categories, categories_file, top, preset, progress
     names, level, counts = top_categories(counted(), top)
     bar.close()
     if not names:
-        raise UserError(f"--top-categories {top}: no level of the category paths has {top} categories "
-                        f"({counts.describe()}): pass a smaller N, or name the classes with --category NAME "
-                        "(repeatable) or --categories-file FILE")
+        raise UserError(
+            f"--top-categories {top}: no level of the category paths has {top} categories "
+            f"({counts.describe()}): pass a smaller N, or name the classes with --category NAME "
+            "(repeatable) or --categories-file FILE"
+        )
     return names, f"top {top}", level, f"--top-categories {top} (level {level} of the category paths)"
 
 
@@ -107,10 +114,11 @@ def _check_classes(names, n_per_label, counts, how, when="", dropped=None):
     have = ", ".join(f"{n} ({n_per_label.get(i, 0)})" for i, n in enumerate(names)) or "none"
     if dropped:
         have += "; dropped by --min-per-class: " + ", ".join(f"{k} ({v})" for k, v in dropped.items())
-    raise UserError(f"{how}: fewer than 2 classes have products{when} ({have}), and a dataset needs 2; the "
-                    f"metadata's categories: {counts.describe()}: name 2 or more with --category NAME (repeatable) "
-                    "or --categories-file FILE, or use --top-categories N" + (", or a smaller --min-per-class"
-                                                                             if dropped else ""))
+    raise UserError(
+        f"{how}: fewer than 2 classes have products{when} ({have}), and a dataset needs 2; the "
+        f"metadata's categories: {counts.describe()}: name 2 or more with --category NAME (repeatable) "
+        "or --categories-file FILE, or use --top-categories N" + (", or a smaller --min-per-class" if dropped else "")
+    )
 
 
 def _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops, progress, counts, decided=None):
@@ -144,8 +152,18 @@ def _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops,
                 drops["no_image_url"] += 1
                 continue
             source, url = None, p.image_urls[0]
-        store.add(p.asin, p.title, category, label, source, url, p.image_urls, split_of(p.asin, seed, fractions),
-                  unit_hash(seed, p.asin, "cap"), {name: getattr(p, name) for name in ATTRIBUTES})
+        store.add(
+            p.asin,
+            p.title,
+            category,
+            label,
+            source,
+            url,
+            p.image_urls,
+            split_of(p.asin, seed, fractions),
+            unit_hash(seed, p.asin, "cap"),
+            {name: getattr(p, name) for name in ATTRIBUTES},
+        )
     store.commit()
     bar.close()
 
@@ -176,8 +194,11 @@ def _load_decisions(store, decisions, class_names):
     returns their counters (None without decision files)."""
     if decisions is None:
         return None
-    relabel = (relabel_labels(decisions["relabel_info"]["file"], decisions["relabel"], class_names)
-               if decisions["relabel_info"] else [])
+    relabel = (
+        relabel_labels(decisions["relabel_info"]["file"], decisions["relabel"], class_names)
+        if decisions["relabel_info"]
+        else []
+    )
     store.add_decisions(decisions["excluded"], relabel)
     return Counter({"relabelled": 0, "relabel_unchanged": 0})
 
@@ -203,13 +224,23 @@ def _decisions_report(decisions, store, decided):
     out = {"exclude_file": None, "relabel_file": None}
     if decisions["exclude_info"]:
         info = decisions["exclude_info"]
-        out.update(exclude_file=info["file"], exclude_form=info["form"], exclude_listed=info["listed"],
-                   representatives_kept=info["representatives_kept"], excluded=decided["excluded"],
-                   exclude_not_found=not_found[0])
+        out.update(
+            exclude_file=info["file"],
+            exclude_form=info["form"],
+            exclude_listed=info["listed"],
+            representatives_kept=info["representatives_kept"],
+            excluded=decided["excluded"],
+            exclude_not_found=not_found[0],
+        )
     if decisions["relabel_info"]:
         info = decisions["relabel_info"]
-        out.update(relabel_file=info["file"], relabel_listed=info["listed"], relabelled=decided["relabelled"],
-                   relabel_unchanged=decided["relabel_unchanged"], relabel_not_found=not_found[1])
+        out.update(
+            relabel_file=info["file"],
+            relabel_listed=info["listed"],
+            relabelled=decided["relabelled"],
+            relabel_unchanged=decided["relabel_unchanged"],
+            relabel_not_found=not_found[1],
+        )
     return out
 
 
@@ -233,8 +264,17 @@ def _download(store, cache_dir, failures, workers, timeout, retries, backoff, ma
     log = dl.UrlLog(cache_dir, load=False)  # the records already there live in the plan
     stats = {"cached": 0, "downloaded": 0, "refreshed": 0, "failed": 0}
     bar = _tqdm(progress, desc="downloading images", total=store.count(), unit=" img")
-    for asin, path, url, reason in dl.download_iter(store.download_tasks(), cache_dir, workers, timeout, retries,
-                                                    backoff, max_bytes, known_url=store.known_url, log=log):
+    for asin, path, url, reason in dl.download_iter(
+        store.download_tasks(),
+        cache_dir,
+        workers,
+        timeout,
+        retries,
+        backoff,
+        max_bytes,
+        known_url=store.known_url,
+        log=log,
+    ):
         if path:
             stats[reason if reason in ("cached", "refreshed") else "downloaded"] += 1
         else:
@@ -277,8 +317,9 @@ def tfds_shuffle_buffer(mb):
     from tensorflow_datasets.core import shuffle
 
     if not hasattr(shuffle, "MAX_MEM_BUFFER_SIZE"):  # a TFDS without it: its own default applies
-        logging.getLogger(__name__).warning("this tensorflow-datasets has no MAX_MEM_BUFFER_SIZE; "
-                                            "--shuffle-buffer-mb has no effect")
+        logging.getLogger(__name__).warning(
+            "this tensorflow-datasets has no MAX_MEM_BUFFER_SIZE; --shuffle-buffer-mb has no effect"
+        )
         yield
         return
     with _SHUFFLE_LOCK:  # builds in several threads: TFDS's value comes back when the last one ends
@@ -308,8 +349,7 @@ def _run_tfds(tmp, plan, beam, beam_args, shard_mb):
             raise UserError("--beam needs apache-beam: pip install 'amazon-visual[beam]'") from None
         kwargs["beam_options"] = PipelineOptions(beam_args)
     max_shard = int(shard_mb * 1024 * 1024)
-    config = tfds.download.DownloadConfig(max_shard_size=max_shard, min_shard_size=min(max_shard, 64 << 20),
-                                          **kwargs)
+    config = tfds.download.DownloadConfig(max_shard_size=max_shard, min_shard_size=min(max_shard, 64 << 20), **kwargs)
     builder = AmazonProducts(plan=plan, data_dir=tmp)
     # tfds prints its progress messages to stdout, and Beam worker processes inherit it;
     # stdout belongs to the command's result (one JSON document with --json)
@@ -371,12 +411,36 @@ def _move_into_place(version_dir, out):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, categories=None,
-               categories_file=None, top_categories=None, preset=None, min_per_class=0, max_per_class=None,
-               image_size=256, splits=(0.8, 0.1, 0.1), seed=0, workers=None, beam=False, beam_options=None,
-               overwrite=False, download_workers=16, timeout=10.0, retries=3, backoff=0.5,
-               max_bytes=dl.MAX_BYTES, shard_mb=256, shuffle_buffer_mb=SHUFFLE_BUFFER_MB, progress=True,
-               exclude_file=None, relabel_file=None):
+def build_data(
+    metadata,
+    out,
+    images_dir=None,
+    download=False,
+    cache_dir=None,
+    categories=None,
+    categories_file=None,
+    top_categories=None,
+    preset=None,
+    min_per_class=0,
+    max_per_class=None,
+    image_size=256,
+    splits=(0.8, 0.1, 0.1),
+    seed=0,
+    workers=None,
+    beam=False,
+    beam_options=None,
+    overwrite=False,
+    download_workers=16,
+    timeout=10.0,
+    retries=3,
+    backoff=0.5,
+    max_bytes=dl.MAX_BYTES,
+    shard_mb=256,
+    shuffle_buffer_mb=SHUFFLE_BUFFER_MB,
+    progress=True,
+    exclude_file=None,
+    relabel_file=None,
+):
     """Build DATA_DIR ``out`` from Amazon metadata files and images; returns the report dict.
 
     Args:
@@ -442,10 +506,35 @@ def build_data(metadata, out, images_dir=None, download=False, cache_dir=None, c
             pool.warm(warm_up)  # the workers start while the metadata is read
         try:
             with tfds_shuffle_buffer(shuffle_buffer_mb):
-                return _build(metadata, out, images_dir, download, cache_dir, categories, categories_file,
-                              top_categories, preset, min_per_class, max_per_class, image_size, fractions, seed,
-                              workers, beam, beam_args, download_workers, timeout, retries, backoff, max_bytes,
-                              shard_mb, progress, pool, t0, decisions)
+                return _build(
+                    metadata,
+                    out,
+                    images_dir,
+                    download,
+                    cache_dir,
+                    categories,
+                    categories_file,
+                    top_categories,
+                    preset,
+                    min_per_class,
+                    max_per_class,
+                    image_size,
+                    fractions,
+                    seed,
+                    workers,
+                    beam,
+                    beam_args,
+                    download_workers,
+                    timeout,
+                    retries,
+                    backoff,
+                    max_bytes,
+                    shard_mb,
+                    progress,
+                    pool,
+                    t0,
+                    decisions,
+                )
         finally:
             if pool is not None:
                 pool.close()
@@ -471,8 +560,10 @@ def _build_lock(out):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UserError(f"--out {out} is being built by another build-data (it holds {path}): wait for it "
-                            "to end, or choose another --out") from None
+            raise UserError(
+                f"--out {out} is being built by another build-data (it holds {path}): wait for it "
+                "to end, or choose another --out"
+            ) from None
         if _same_file(fd, path):
             break
         os.close(fd)  # its holder removed it as we took it: take the current file
@@ -511,20 +602,61 @@ def _recover(out):
     shutil.rmtree(f"{out}.tmp-build", ignore_errors=True)
 
 
-def _build(metadata, out, images_dir, download, cache_dir, categories, categories_file, top_categories, preset,
-           min_per_class, max_per_class, image_size, fractions, seed, workers, beam, beam_args,
-           download_workers, timeout, retries, backoff, max_bytes, shard_mb, progress, pool, t0, decisions):
+def _build(
+    metadata,
+    out,
+    images_dir,
+    download,
+    cache_dir,
+    categories,
+    categories_file,
+    top_categories,
+    preset,
+    min_per_class,
+    max_per_class,
+    image_size,
+    fractions,
+    seed,
+    workers,
+    beam,
+    beam_args,
+    download_workers,
+    timeout,
+    retries,
+    backoff,
+    max_bytes,
+    shard_mb,
+    progress,
+    pool,
+    t0,
+    decisions,
+):
     if download:
         cache_dir = os.path.abspath(os.fspath(cache_dir)) if cache_dir else f"{out}.image-cache"
         if cache_dir == out or cache_dir.startswith(out + os.sep):
             raise UserError(f"--cache-dir {cache_dir} is inside --out: put the image cache elsewhere")
 
     # ---- metadata, classes, selection -------------------------------------------------
-    drops = Counter({k: 0 for k in ("malformed_line", "duplicate_asin", "no_class", "no_image_url",
-                                    "no_image_file", "class_too_small", "over_max_per_class",
-                                    "download_failed", "image_failed", "excluded")})
-    class_names, class_source, level, how = _choose_classes(metadata, categories, categories_file, top_categories,
-                                                            preset, progress)
+    drops = Counter(
+        {
+            k: 0
+            for k in (
+                "malformed_line",
+                "duplicate_asin",
+                "no_class",
+                "no_image_url",
+                "no_image_file",
+                "class_too_small",
+                "over_max_per_class",
+                "download_failed",
+                "image_failed",
+                "excluded",
+            )
+        }
+    )
+    class_names, class_source, level, how = _choose_classes(
+        metadata, categories, categories_file, top_categories, preset, progress
+    )
     labeler = Labeler(class_names)
     tmp = f"{out}.tmp-build"  # (one left by a killed run was removed by _recover)
     os.makedirs(os.path.join(tmp, PLAN_DIR))
@@ -536,8 +668,7 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
         stats = ReadStats()
         categories_seen = CategoryCounts()
         decided = _load_decisions(store, decisions, class_names)
-        _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops, progress, categories_seen,
-                decided)
+        _select(metadata, labeler, store, images_dir, seed, fractions, stats, drops, progress, categories_seen, decided)
         if decided is not None:
             decided["excluded"] = drops["excluded"]
         drops["malformed_line"] = stats.malformed
@@ -555,15 +686,19 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
                 keep_labels.append(i)
         warnings = []
         if dropped_classes:
-            warnings.append(f"classes with fewer than {min_per_class} products dropped: "
-                            + ", ".join(f"{k} ({v})" for k, v in dropped_classes.items()))
+            warnings.append(
+                f"classes with fewer than {min_per_class} products dropped: "
+                + ", ".join(f"{k} ({v})" for k, v in dropped_classes.items())
+            )
             store.drop_labels(i for i, name in enumerate(class_names) if name in dropped_classes)
         store.remap = {old: new for new, old in enumerate(keep_labels)}
         final_names = [class_names[i] for i in keep_labels]
         if not store.count():
             why = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in drops.items() if v) or "none read"
-            raise UserError(f"no product is left to build from {stats.products} products ({why}): check the class "
-                            "names against the metadata categories and the image source")
+            raise UserError(
+                f"no product is left to build from {stats.products} products ({why}): check the class "
+                "names against the metadata categories and the image source"
+            )
         if max_per_class:
             for label in keep_labels:
                 drops["over_max_per_class"] += store.cap_label(label, int(max_per_class))
@@ -577,8 +712,9 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
         failures = FailureLog()
         dl_stats = {}
         if download:
-            dl_stats = _download(store, cache_dir, failures, download_workers, timeout, retries, backoff,
-                                 max_bytes, progress)
+            dl_stats = _download(
+                store, cache_dir, failures, download_workers, timeout, retries, backoff, max_bytes, progress
+            )
             drops["download_failed"] += dl_stats["failed"]
             _check_classes(final_names, _final_per_label(store), categories_seen, how, " once downloaded")
         t_dl = time.time()
@@ -601,8 +737,16 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
         n_items = store.count()
         before = failures.count  # the image failures are what the build adds (every attempt, both modes)
         bar = _tqdm(progress and not beam, desc="writing examples", total=n_items, unit=" img")
-        plan = BuildPlan(class_names=final_names, store=store, image_size=image_size, pool=pool, beam=bool(beam),
-                         failures_dir=failures_dir, failures=failures, progress=bar)
+        plan = BuildPlan(
+            class_names=final_names,
+            store=store,
+            image_size=image_size,
+            pool=pool,
+            beam=bool(beam),
+            failures_dir=failures_dir,
+            failures=failures,
+            progress=bar,
+        )
         try:
             builder = _retry_build(tmp, plan, beam, beam_args, shard_mb)
         finally:
@@ -618,8 +762,10 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
         for per_label in plan.counts.values():
             written.update(dict(enumerate(per_label)))
         _check_classes(final_names, written, categories_seen, how, " with a usable image")
-        counts = {s: {final_names[i]: int(v) for i, v in enumerate(plan.counts.get(s, [0] * len(final_names)))}
-                  for s in SPLIT_NAMES}
+        counts = {
+            s: {final_names[i]: int(v) for i, v in enumerate(plan.counts.get(s, [0] * len(final_names)))}
+            for s in SPLIT_NAMES
+        }
         totals = {s: sum(counts[s].values()) for s in SPLIT_NAMES}
         totals["all"] = sum(totals.values())
         for s in SPLIT_NAMES:
@@ -638,9 +784,10 @@ def _build(metadata, out, images_dir, download, cache_dir, categories, categorie
             "seed": seed,
             "split_fractions": dict(zip(SPLIT_NAMES, fractions)),
             "split_method": "hash of (seed, asin) -> [0,1) cut at the cumulative fractions (stable; per class "
-                            "proportional in expectation)",
-            "image_source": {"images_dir": os.path.abspath(images_dir)} if images_dir else
-                            {"download": True, "cache_dir": cache_dir, **dl_stats},
+            "proportional in expectation)",
+            "image_source": {"images_dir": os.path.abspath(images_dir)}
+            if images_dir
+            else {"download": True, "cache_dir": cache_dir, **dl_stats},
             "metadata": {"files": [os.path.abspath(m) for m in metadata], **stats.as_dict()},
             "counts": counts,
             "totals": totals,

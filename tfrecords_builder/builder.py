@@ -14,6 +14,7 @@ Besides the photo, its class and its texts, each example carries the product's a
 ``average_rating``, ``rating_number`` (float32 scalars, NaN when missing). Datasets of
 version 1.0.0 were built before them; readers treat their absence as "all missing".
 """
+
 import json
 import math
 import os
@@ -57,8 +58,11 @@ class BuildPlan:
         writes one split's shards, the next split's images are already in work).
         """
         if self._stream is None:
-            tasks = ((it["asin"], it["source"], self.image_size)
-                     for name in self.split_names() for it in self.store.items(name))
+            tasks = (
+                (it["asin"], it["source"], self.image_size)
+                for name in self.split_names()
+                for it in self.store.items(name)
+            )
             self._stream = self.pool.imap(process_item, tasks) if self.pool is not None else map(process_item, tasks)
         return self._stream
 
@@ -68,16 +72,18 @@ class BuildPlan:
 
 
 def _features(class_names):
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-        "label": tfds.features.ClassLabel(names=list(class_names)),
-        "asin": tfds.features.Text(),
-        "title": tfds.features.Text(),
-        "category": tfds.features.Text(),
-        "image_url": tfds.features.Text(),
-        "brand": tfds.features.Text(),
-        **{name: tfds.features.Scalar(dtype=np.float32) for name in NUMERIC_ATTRIBUTES},
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "label": tfds.features.ClassLabel(names=list(class_names)),
+            "asin": tfds.features.Text(),
+            "title": tfds.features.Text(),
+            "category": tfds.features.Text(),
+            "image_url": tfds.features.Text(),
+            "brand": tfds.features.Text(),
+            **{name: tfds.features.Scalar(dtype=np.float32) for name in NUMERIC_ATTRIBUTES},
+        }
+    )
 
 
 def _number(value):
@@ -119,8 +125,10 @@ class AmazonProducts(tfds.core.GeneratorBasedBuilder):
     """Amazon product photos labelled with catalog categories (built by amazon-visual build-data)."""
 
     VERSION = tfds.core.Version(DATASET_VERSION)
-    RELEASE_NOTES = {"1.0.0": "Built by amazon-visual build-data.",
-                     DATASET_VERSION: "Product attributes: brand, price, average_rating, rating_number."}
+    RELEASE_NOTES = {
+        "1.0.0": "Built by amazon-visual build-data.",
+        DATASET_VERSION: "Product attributes: brand, price, average_rating, rating_number.",
+    }
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -136,8 +144,10 @@ class AmazonProducts(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         names = self._plan.class_names if self._plan is not None else []
         return self.dataset_info_from_configs(
-            description=("Amazon product photos (normalised RGB JPEG) labelled with the class found in each "
-                         "product's catalog category paths; built by `amazon-visual build-data`."),
+            description=(
+                "Amazon product photos (normalised RGB JPEG) labelled with the class found in each "
+                "product's catalog category paths; built by `amazon-visual build-data`."
+            ),
             features=_features(names),
             supervised_keys=("image", "label"),
             homepage="https://amazon-reviews-2023.github.io/",
@@ -155,10 +165,12 @@ class AmazonProducts(tfds.core.GeneratorBasedBuilder):
             # the split's items as JSON lines, read by the runner's workers (nothing pickled into the pipeline)
             path = os.path.join(os.path.dirname(plan.store.path), f"{split}.jsonl")
             plan.store.export_split(split, path)
-            return (beam.io.ReadFromText(path)
-                    | f"Items_{split}" >> beam.Map(json.loads)
-                    | f"Images_{split}" >> beam.FlatMap(_beam_process, image_size=plan.image_size,
-                                                        failures_dir=plan.failures_dir))
+            return (
+                beam.io.ReadFromText(path)
+                | f"Items_{split}" >> beam.Map(json.loads)
+                | f"Images_{split}"
+                >> beam.FlatMap(_beam_process, image_size=plan.image_size, failures_dir=plan.failures_dir)
+            )
         return self._generate_local(split)
 
     def _generate_local(self, split):
@@ -172,8 +184,9 @@ class AmazonProducts(tfds.core.GeneratorBasedBuilder):
             if plan.progress is not None:
                 plan.progress.update(1)
             if jpeg is None:
-                plan.failures.append({"asin": item["asin"], "url": item["image_url"], "reason": reason,
-                                      "stage": "image"})
+                plan.failures.append(
+                    {"asin": item["asin"], "url": item["image_url"], "reason": reason, "stage": "image"}
+                )
                 plan.store.image_failed(item["asin"])
                 continue
             counts[item["label"]] += 1

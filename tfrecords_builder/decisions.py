@@ -20,6 +20,7 @@ an empty ASIN, an unknown ``representative`` value or an unknown class is a :cla
 naming the file, the line and what to do. ASINs that the metadata does not hold are not an
 error: the build report counts them.
 """
+
 import csv
 import os
 
@@ -40,20 +41,24 @@ def _rows(path, option, required):
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
-                raise UserError(f"{option} {path} is empty: it needs a header row with the columns "
-                                f"{', '.join(required)}")
+                raise UserError(
+                    f"{option} {path} is empty: it needs a header row with the columns {', '.join(required)}"
+                )
             header = [h.strip().casefold() for h in header]
             missing = [c for c in required if c not in header]
             if missing:
-                raise UserError(f"{option} {path} has no column {', '.join(missing)} (its header: "
-                                f"{', '.join(header) or 'empty'}): give a CSV with a header row naming "
-                                f"{', '.join(required)}")
+                raise UserError(
+                    f"{option} {path} has no column {', '.join(missing)} (its header: "
+                    f"{', '.join(header) or 'empty'}): give a CSV with a header row naming "
+                    f"{', '.join(required)}"
+                )
             rows = []
             for row in reader:
                 if not any(cell.strip() for cell in row):
                     continue  # a blank line
-                rows.append((reader.line_num, {h: (row[i].strip() if i < len(row) else "")
-                                               for i, h in enumerate(header)}))
+                rows.append(
+                    (reader.line_num, {h: (row[i].strip() if i < len(row) else "") for i, h in enumerate(header)})
+                )
             return header, rows
     except UnicodeDecodeError:
         raise UserError(f"{option} {path} is not UTF-8 text: save it as a UTF-8 CSV file") from None
@@ -85,11 +90,17 @@ def read_exclude_file(path):
         elif value in FALSE:
             excluded.append(asin)
         else:
-            raise UserError(f"{option} {path} line {line}: representative is {row.get('representative')!r}: "
-                            "write true or false (1/0, yes/no)")
+            raise UserError(
+                f"{option} {path} line {line}: representative is {row.get('representative')!r}: "
+                "write true or false (1/0, yes/no)"
+            )
     excluded = list(dict.fromkeys(excluded))
-    info = {"file": os.path.abspath(path), "form": "duplicates" if duplicates else "asin list",
-            "listed": len(excluded), "representatives_kept": len(kept - set(excluded))}
+    info = {
+        "file": os.path.abspath(path),
+        "form": "duplicates" if duplicates else "asin list",
+        "listed": len(excluded),
+        "representatives_kept": len(kept - set(excluded)),
+    }
     return excluded, info
 
 
@@ -102,12 +113,15 @@ def read_relabel_file(path):
         asin = _asin(path, option, line, row)
         suggested = row.get("suggested", "")
         if not suggested:
-            raise UserError(f"{option} {path} line {line}: suggested is empty for {asin}: name its class "
-                            "or delete the row")
+            raise UserError(
+                f"{option} {path} line {line}: suggested is empty for {asin}: name its class or delete the row"
+            )
         before = seen.get(asin)
         if before is not None and norm(before[1]) != norm(suggested):
-            raise UserError(f"{option} {path} line {line}: {asin} is relabelled {suggested!r} here and "
-                            f"{before[1]!r} on line {before[0]}: keep one of the rows")
+            raise UserError(
+                f"{option} {path} line {line}: {asin} is relabelled {suggested!r} here and "
+                f"{before[1]!r} on line {before[0]}: keep one of the rows"
+            )
         if before is None:
             seen[asin] = (line, suggested)
             out.append((line, asin, suggested))
@@ -129,6 +143,8 @@ def relabel_labels(path, rows, class_names):
         line, name = unknown[0]
         more = f" (and {len(unknown) - 1} more rows)" if len(unknown) > 1 else ""
         shown = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
-        raise UserError(f"--relabel-file {path} line {line}: suggested class {name!r} is not one of this build's "
-                        f"classes{more} ({shown}): fix the rows or build with those classes")
+        raise UserError(
+            f"--relabel-file {path} line {line}: suggested class {name!r} is not one of this build's "
+            f"classes{more} ({shown}): fix the rows or build with those classes"
+        )
     return out

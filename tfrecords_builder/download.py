@@ -17,6 +17,7 @@
 
 Every failure is returned as ``{"asin", "url", "reason"}``; the build goes on.
 """
+
 import hashlib
 import json
 import os
@@ -147,8 +148,7 @@ def _fetch_once(url, dest, timeout, max_bytes, before_commit=None):
                 pass
 
 
-def fetch(asin, url, cache_dir, timeout=10.0, retries=3, backoff=0.5, max_bytes=MAX_BYTES, log=None,
-          refresh=False):
+def fetch(asin, url, cache_dir, timeout=10.0, retries=3, backoff=0.5, max_bytes=MAX_BYTES, log=None, refresh=False):
     """Fetch one image into the cache; ``(path, None)`` or ``(None, reason)``. Cached files are kept
     unless ``refresh`` (then the new image replaces the cached one once complete; on failure the
     cached one stays).
@@ -169,7 +169,7 @@ def fetch(asin, url, cache_dir, timeout=10.0, retries=3, backoff=0.5, max_bytes=
             last = f.reason
             if not f.retry or attempt == retries:
                 break
-            time.sleep(backoff * (2 ** attempt))
+            time.sleep(backoff * (2**attempt))
     tries = f" after {attempt + 1} tries" if attempt else ""
     return None, last + tries
 
@@ -191,8 +191,9 @@ def clean_partials(cache_dir):
     return n
 
 
-def download_iter(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=0.5,
-                  max_bytes=MAX_BYTES, known_url=None, log=None):
+def download_iter(
+    items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=0.5, max_bytes=MAX_BYTES, known_url=None, log=None
+):
     """Download ``items`` (iterable of ``(asin, urls)``) concurrently, streamed.
 
     Yields ``(asin, path, url, reason)`` per item as each one finishes (not in item order: a
@@ -237,8 +238,17 @@ def download_iter(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff
             yield f.result()
 
 
-def download_all(items, cache_dir, workers=16, timeout=10.0, retries=3, backoff=0.5,
-                 max_bytes=MAX_BYTES, progress=None, used_urls=None):
+def download_all(
+    items,
+    cache_dir,
+    workers=16,
+    timeout=10.0,
+    retries=3,
+    backoff=0.5,
+    max_bytes=MAX_BYTES,
+    progress=None,
+    used_urls=None,
+):
     """Download ``items`` (iterable of ``(asin, urls)``) concurrently (in memory: see :func:`download_iter`).
 
     Returns ``(paths, failures, stats)``: ``paths`` maps ASIN -> cache file for the

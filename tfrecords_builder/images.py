@@ -14,6 +14,7 @@ that would be decoded beyond :data:`MAX_IMAGE_PIXELS` (a PNG, GIF, WebP, TIFF ..
 decoded at full size, so Pillow's own guard at that limit stays in force for them),
 and a JPEG whose header claims more than :data:`MAX_JPEG_PIXELS`.
 """
+
 import io
 import os
 import struct
@@ -174,4 +175,3 @@ def iter_image_files(images_dir):
             # image fails later as an unreadable image and is reported
             if ext in rank and stem:
                 yield stem, entry.path, rank[ext]
-

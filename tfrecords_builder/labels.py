@@ -6,6 +6,7 @@ deepest level over all its category paths, so classes of mixed levels work:
 "Clothing" (level 2, under "Clothing, Shoes & Jewelry") wins over "Clothing, Shoes &
 Jewelry" if both are classes; ties at the same depth go to the class listed first.
 """
+
 import html
 import os
 import re
@@ -15,10 +16,26 @@ from amazon_visual.errors import UserError
 
 PRESETS = {
     "seed20": [
-        "Pet Supplies", "Grocery & Gourmet Food", "Patio, Lawn & Garden", "Cell Phones & Accessories",
-        "Beauty", "Health & Personal Care", "Clothing", "Arts, Crafts & Sewing", "Baby",
-        "Musical Instruments", "Automotive", "Jewelry", "Home Improvement", "Kitchen & Dining",
-        "Watches", "Shoes", "Home & Kitchen", "Camera & Photo", "Electronics", "Computers & Accessories",
+        "Pet Supplies",
+        "Grocery & Gourmet Food",
+        "Patio, Lawn & Garden",
+        "Cell Phones & Accessories",
+        "Beauty",
+        "Health & Personal Care",
+        "Clothing",
+        "Arts, Crafts & Sewing",
+        "Baby",
+        "Musical Instruments",
+        "Automotive",
+        "Jewelry",
+        "Home Improvement",
+        "Kitchen & Dining",
+        "Watches",
+        "Shoes",
+        "Home & Kitchen",
+        "Camera & Photo",
+        "Electronics",
+        "Computers & Accessories",
     ],
 }
 
@@ -37,8 +54,9 @@ def read_categories_file(path):
         with open(path, encoding="utf-8") as f:
             names = [ln.strip() for ln in f]
     except OSError as e:
-        raise UserError(f"categories file {path}: {e.strerror}: pass a text file with one class name "
-                        "per line") from None
+        raise UserError(
+            f"categories file {path}: {e.strerror}: pass a text file with one class name per line"
+        ) from None
     names = [n for n in names if n and not n.startswith("#")]
     if not names:
         raise UserError(f"categories file {path} names no class: write one class name per line")

@@ -19,6 +19,7 @@ stream that ends early or is corrupt is a :class:`UserError` naming the file.
 Fields of the wrong type are ignored (a title that is a list is no title); text is
 made valid Unicode (lone surrogates replaced).
 """
+
 import ast
 import gzip
 import html
@@ -65,8 +66,13 @@ class ReadStats:
             self.malformed_lines.append({"file": os.path.basename(path), "line": lineno, "reason": reason})
 
     def as_dict(self):
-        return {"lines": self.lines, "products": self.products, "malformed": self.malformed,
-                "malformed_lines": self.malformed_lines, "formats": self.formats}
+        return {
+            "lines": self.lines,
+            "products": self.products,
+            "malformed": self.malformed,
+            "malformed_lines": self.malformed_lines,
+            "formats": self.formats,
+        }
 
 
 def open_text(path):
@@ -95,8 +101,10 @@ def _encoding(head):
 
 def _read_error(path, lineno, e):
     where = f"after line {lineno}" if lineno else "at its start"
-    return UserError(f"metadata file {path}: its data ends early or is corrupt {where} "
-                     f"({type(e).__name__}: {str(e)[:80]}): download or copy the file again")
+    return UserError(
+        f"metadata file {path}: its data ends early or is corrupt {where} "
+        f"({type(e).__name__}: {str(e)[:80]}): download or copy the file again"
+    )
 
 
 def _lines(f, path):
@@ -199,8 +207,10 @@ def _parse_2023(line):
         images = [dict(zip(images, vals)) for vals in zip(*[v for v in images.values() if isinstance(v, list)])]
     if isinstance(images, list):
         # the MAIN picture first, then the others; per picture large (<=500 px), then hi_res
-        images = sorted((im for im in images if isinstance(im, dict)),
-                        key=lambda im: 0 if str(im.get("variant", "")).upper() == "MAIN" else 1)
+        images = sorted(
+            (im for im in images if isinstance(im, dict)),
+            key=lambda im: 0 if str(im.get("variant", "")).upper() == "MAIN" else 1,
+        )
         for im in images:
             urls.extend([im.get("large"), im.get("hi_res"), im.get("thumb")])
     return asin, rec.get("title"), paths, _urls(urls), main, attributes(rec, "2023")
@@ -224,8 +234,11 @@ def detect_line_format(line):
         return "2014" if isinstance(rec, dict) else None
     if not isinstance(rec, dict):
         return None
-    if "parent_asin" in rec or "main_category" in rec or (
-            isinstance(rec.get("images"), list) and "categories" in rec and "asin" not in rec):
+    if (
+        "parent_asin" in rec
+        or "main_category" in rec
+        or (isinstance(rec.get("images"), list) and "categories" in rec and "asin" not in rec)
+    ):
         return "2023"
     if "imUrl" in rec or ("categories" in rec and "category" not in rec and "images" not in rec):
         return "2014"
@@ -243,8 +256,10 @@ def detect_format(path, max_lines=1000):
             fmt = detect_line_format(line)
             if fmt:
                 return fmt
-    raise UserError(f"metadata file {path}: no Amazon product record in its first {max_lines} lines "
-                    "(expected the 2014, 2018 or 2023 format, one record per line)")
+    raise UserError(
+        f"metadata file {path}: no Amazon product record in its first {max_lines} lines "
+        "(expected the 2014, 2018 or 2023 format, one record per line)"
+    )
 
 
 def read_products(paths, stats=None, fmt=None):

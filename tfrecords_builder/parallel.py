@@ -9,6 +9,7 @@ finishes the remaining tasks in this process and says so on stderr.
 Workers are started with ``spawn``: the parent usually has TensorFlow loaded, and
 forking a process that runs TensorFlow threads is unsafe.
 """
+
 import collections
 import itertools
 import multiprocessing
@@ -69,8 +70,11 @@ class OrderedPool:
             yield fn(t)
 
     def _broken(self):
-        print("amazon-visual: worker processes failed to start or died; continuing in this process "
-              "(run from a script file for parallel image work)", file=sys.stderr)
+        print(
+            "amazon-visual: worker processes failed to start or died; continuing in this process "
+            "(run from a script file for parallel image work)",
+            file=sys.stderr,
+        )
         self.fallback = True
         self.close()
 

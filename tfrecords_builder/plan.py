@@ -8,6 +8,7 @@ Python's standard library; its page cache is bounded by ``CACHE_KIB``). Every st
 streams rows in and out in metadata order; Beam reads a split from JSON-lines files
 (:meth:`PlanStore.export_split`) instead of a list pickled into the pipeline.
 """
+
 import json
 import os
 import sqlite3
@@ -48,8 +49,9 @@ def _pages(db, columns, where="", args=()):
     last = -1
     cond = f"seq > ?{' AND ' + where if where else ''}"
     while True:
-        rows = db.execute(f"SELECT seq, {columns} FROM products WHERE {cond} ORDER BY seq LIMIT {FETCH}",
-                          (last, *args)).fetchall()
+        rows = db.execute(
+            f"SELECT seq, {columns} FROM products WHERE {cond} ORDER BY seq LIMIT {FETCH}", (last, *args)
+        ).fetchall()
         if not rows:
             return
         last = rows[-1][0]
@@ -84,9 +86,11 @@ class PlanStore:
 
     def add_image_files(self, files):
         """``(asin, path, rank)`` of an images folder; per ASIN the lowest rank (preferred extension) wins."""
-        self._db.executemany("INSERT INTO files VALUES (?, ?, ?) ON CONFLICT (asin) DO UPDATE "
-                             "SET path = excluded.path, rank = excluded.rank WHERE excluded.rank < files.rank",
-                             files)
+        self._db.executemany(
+            "INSERT INTO files VALUES (?, ?, ?) ON CONFLICT (asin) DO UPDATE "
+            "SET path = excluded.path, rank = excluded.rank WHERE excluded.rank < files.rank",
+            files,
+        )
         self._db.commit()
 
     def image_file(self, asin):
@@ -96,18 +100,31 @@ class PlanStore:
     def add(self, asin, title, category, label, source, image_url, urls, split, cap_hash, attributes=None):
         """One selected product; ``attributes``: {name: value or None} of :data:`ATTRIBUTES`."""
         attributes = attributes or {}
-        self._db.execute("INSERT INTO products (asin, title, category, label, source, image_url, urls, split, "
-                         "cap_hash, brand, price, average_rating, rating_number) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (asin, title, category, int(label), source, image_url, json.dumps(list(urls or [])),
-                          split, cap_hash, *(attributes.get(name) for name in ATTRIBUTES)))
+        self._db.execute(
+            "INSERT INTO products (asin, title, category, label, source, image_url, urls, split, "
+            "cap_hash, brand, price, average_rating, rating_number) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                asin,
+                title,
+                category,
+                int(label),
+                source,
+                image_url,
+                json.dumps(list(urls or [])),
+                split,
+                cap_hash,
+                *(attributes.get(name) for name in ATTRIBUTES),
+            ),
+        )
 
     # ---- review decisions (build-data --exclude-file / --relabel-file) ----------------
     def add_decisions(self, excluded=(), relabel=()):
         """ASINs to leave out, and ``(asin, label)`` pairs whose class is set by a review."""
         self._db.executemany("INSERT OR IGNORE INTO excluded (asin) VALUES (?)", ((a,) for a in excluded))
-        self._db.executemany("INSERT OR REPLACE INTO relabel (asin, label) VALUES (?, ?)",
-                             ((a, int(x)) for a, x in relabel))
+        self._db.executemany(
+            "INSERT OR REPLACE INTO relabel (asin, label) VALUES (?, ?)", ((a, int(x)) for a, x in relabel)
+        )
         self._db.commit()
 
     def is_excluded(self, asin):
@@ -124,8 +141,9 @@ class PlanStore:
 
     def decisions_unknown(self):
         """``(excluded ASINs never found in the metadata, relabelled ones never found)``."""
-        return tuple(self._db.execute(f"SELECT COUNT(*) FROM {t} WHERE seen = 0").fetchone()[0]
-                     for t in ("excluded", "relabel"))
+        return tuple(
+            self._db.execute(f"SELECT COUNT(*) FROM {t} WHERE seen = 0").fetchone()[0] for t in ("excluded", "relabel")
+        )
 
     def per_label(self):
         """Products per label (the labels as stored, before :attr:`remap`)."""
@@ -138,8 +156,11 @@ class PlanStore:
     def cap_label(self, label, n):
         """Keep the ``n`` products of ``label`` first by their cap hash (ties: metadata order); returns how many
         went."""
-        cur = self._db.execute("DELETE FROM products WHERE label = ? AND seq NOT IN (SELECT seq FROM products "
-                               "WHERE label = ? ORDER BY cap_hash, seq LIMIT ?)", (int(label), int(label), int(n)))
+        cur = self._db.execute(
+            "DELETE FROM products WHERE label = ? AND seq NOT IN (SELECT seq FROM products "
+            "WHERE label = ? ORDER BY cap_hash, seq LIMIT ?)",
+            (int(label), int(label), int(n)),
+        )
         self._db.commit()
         return cur.rowcount
 
@@ -174,15 +195,19 @@ class PlanStore:
     def download_failures(self):
         """``(asin, url, reason)`` of the failed downloads, in metadata order (before :meth:`apply_downloads`)."""
         self._db.commit()
-        return self._db.execute("SELECT p.asin, f.url, f.reason FROM products p JOIN fetched f ON f.asin = p.asin "
-                                "WHERE f.source IS NULL ORDER BY p.seq")
+        return self._db.execute(
+            "SELECT p.asin, f.url, f.reason FROM products p JOIN fetched f ON f.asin = p.asin "
+            "WHERE f.source IS NULL ORDER BY p.seq"
+        )
 
     def apply_downloads(self):
         """Products take their downloaded file and URL; those without one leave the plan."""
         self._db.commit()
-        self._db.execute("UPDATE products SET source = (SELECT f.source FROM fetched f WHERE f.asin = products.asin), "
-                         "image_url = COALESCE((SELECT f.url FROM fetched f WHERE f.asin = products.asin "
-                         "AND f.source IS NOT NULL), image_url)")
+        self._db.execute(
+            "UPDATE products SET source = (SELECT f.source FROM fetched f WHERE f.asin = products.asin), "
+            "image_url = COALESCE((SELECT f.url FROM fetched f WHERE f.asin = products.asin "
+            "AND f.source IS NOT NULL), image_url)"
+        )
         self._db.execute("DELETE FROM products WHERE source IS NULL")
         self._db.execute("DELETE FROM fetched")
         self._db.commit()
@@ -205,8 +230,11 @@ class PlanStore:
     # ---- reading the plan back -----------------------------------------------------
     def items(self, split=None):
         """Item dicts (:data:`COLUMNS`, labels after :attr:`remap`) of one split or all, in metadata order."""
-        rows = (_pages(self._db, ", ".join(COLUMNS)) if split is None else
-                _pages(self._db, ", ".join(COLUMNS), "split = ?", (split,)))
+        rows = (
+            _pages(self._db, ", ".join(COLUMNS))
+            if split is None
+            else _pages(self._db, ", ".join(COLUMNS), "split = ?", (split,))
+        )
         for row in rows:
             item = dict(zip(COLUMNS, row))
             if self.remap is not None:

@@ -1,4 +1,5 @@
 """The build report: ``build_report.json``, ``label_distribution.png`` and the summary table."""
+
 import os
 from collections import Counter
 
@@ -46,8 +47,10 @@ def summary_table(report):
     w = max([len("class")] + [len(c) for c in classes] + [len("total")])
     lines = [f"Dataset {report['data_dir']}  ({len(classes)} classes, image size {report['image_size']})"]
     if report.get("category_level"):
-        lines.append(f"classes: the most frequent categories at level {report['category_level']} of the category "
-                     "paths (level 1 = the top level)")
+        lines.append(
+            f"classes: the most frequent categories at level {report['category_level']} of the category "
+            "paths (level 1 = the top level)"
+        )
     lines.append("")
     head = f"{'class':<{w}}  " + "  ".join(f"{s:>10}" for s in SPLIT_NAMES) + f"  {'all':>8}"
     lines += [head, "-" * len(head)]
@@ -68,8 +71,10 @@ def summary_table(report):
     for msg in report.get("warnings", []):
         lines.append(f"warning: {msg}")
     t = report["timings"]
-    lines.append(f"time: {t['total_s']:.1f} s (metadata {t['metadata_s']:.1f} s, download {t['download_s']:.1f} s, "
-                 f"build {t['build_s']:.1f} s, {t['images_per_s']:.1f} images/s)")
+    lines.append(
+        f"time: {t['total_s']:.1f} s (metadata {t['metadata_s']:.1f} s, download {t['download_s']:.1f} s, "
+        f"build {t['build_s']:.1f} s, {t['images_per_s']:.1f} images/s)"
+    )
     lines.append(f"report: {os.path.join(report['data_dir'], 'build_report.json')}")
     return "\n".join(lines)
 
@@ -79,21 +84,28 @@ def _extra_lines(report):
     lines = []
     src = report.get("image_source", {})
     if src.get("download"):
-        lines.append(f"images: {src.get('cached', 0)} reused from the cache, {src.get('downloaded', 0)} downloaded, "
-                     f"{src.get('refreshed', 0)} downloaded again (the product's photo URL changed), "
-                     f"{src.get('failed', 0)} failed")
+        lines.append(
+            f"images: {src.get('cached', 0)} reused from the cache, {src.get('downloaded', 0)} downloaded, "
+            f"{src.get('refreshed', 0)} downloaded again (the product's photo URL changed), "
+            f"{src.get('failed', 0)} failed"
+        )
     attrs = report.get("attributes")
     if attrs:
-        lines.append("attributes: " + ", ".join(f"{k} {v['count']} ({100 * v['share']:.1f}%)"
-                                                for k, v in attrs.items()))
+        lines.append(
+            "attributes: " + ", ".join(f"{k} {v['count']} ({100 * v['share']:.1f}%)" for k, v in attrs.items())
+        )
     dec = report.get("decisions") or {}
     if dec.get("exclude_file"):
-        lines.append(f"excluded: {dec['excluded']} products of {dec['exclude_listed']} listed in {dec['exclude_file']}"
-                     f" ({dec['exclude_not_found']} not in the metadata)")
+        lines.append(
+            f"excluded: {dec['excluded']} products of {dec['exclude_listed']} listed in {dec['exclude_file']}"
+            f" ({dec['exclude_not_found']} not in the metadata)"
+        )
     if dec.get("relabel_file"):
-        lines.append(f"relabelled: {dec['relabelled']} products of {dec['relabel_listed']} listed in "
-                     f"{dec['relabel_file']} ({dec['relabel_unchanged']} already in their suggested class, "
-                     f"{dec['relabel_not_found']} not in the metadata)")
+        lines.append(
+            f"relabelled: {dec['relabelled']} products of {dec['relabel_listed']} listed in "
+            f"{dec['relabel_file']} ({dec['relabel_unchanged']} already in their suggested class, "
+            f"{dec['relabel_not_found']} not in the metadata)"
+        )
     return lines
 
 

@@ -6,6 +6,7 @@ moves an old one to another split, and every class is split in the given proport
 in expectation (a pure hash threshold, not an exact per-class cut: an exact cut would
 move products near the boundaries whenever products are added).
 """
+
 import hashlib
 
 from amazon_visual.errors import UserError
@@ -34,7 +35,7 @@ def parse_fractions(text):
 def unit_hash(seed, asin, salt="split"):
     """A uniform number in [0, 1) from (salt, seed, asin)."""
     h = hashlib.sha256(f"{salt}\x00{seed}\x00{asin}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2.0 ** 64
+    return int.from_bytes(h[:8], "big") / 2.0**64
 
 
 def split_of(asin, seed, fractions):

@@ -14,13 +14,21 @@
 3. :func:`groups`: connected components of the accepted pairs, each with a representative (the
    most metadata, then the largest photo, then the first item) and its rows for ``duplicates.csv``.
 """
+
 import concurrent.futures
 import os
 
 import numpy as np
 
-DEFAULTS = {"k": 10, "rank_gate": 4, "cosine_floor": 0.60, "cosine_gate": 0.90, "near_aligned": 0.60,
-            "colour": 0.60, "exact_phash": 8}
+DEFAULTS = {
+    "k": 10,
+    "rank_gate": 4,
+    "cosine_floor": 0.60,
+    "cosine_gate": 0.90,
+    "near_aligned": 0.60,
+    "colour": 0.60,
+    "exact_phash": 8,
+}
 METADATA = ("title", "brand", "price", "average_rating", "rating_number", "category")
 
 
@@ -33,10 +41,11 @@ def neighbours(index, k, search_k=None, workers=None):
     annoy = index.annoy
     hnsw = getattr(index.ann, "index", None)
     if annoy is not None:
+
         def block(lo, hi):
             for i in range(lo, hi):
                 ids = annoy.get_nns_by_item(i, want, search_k=sk)
-                out[i, :len(ids)] = ids
+                out[i, : len(ids)] = ids
     elif hnsw is not None:
         hnsw.set_ef(max(want, int(index.manifest.get("search_k") or 0), 2 * want))
 
@@ -44,10 +53,12 @@ def neighbours(index, k, search_k=None, workers=None):
             labels, _ = hnsw.knn_query(np.asarray(index.embeddings[lo:hi], np.float32), k=want, num_threads=1)
             out[lo:hi, :want] = labels
     else:
+
         def block(lo, hi):
             for i in range(lo, hi):
                 ids = index.ann.search(index.vector(i), want, sk)
-                out[i, :len(ids)] = ids
+                out[i, : len(ids)] = ids
+
     step = 4096
     with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         list(pool.map(lambda lo: block(lo, min(n, lo + step)), range(0, n, step)))
@@ -58,14 +69,22 @@ def pair_cosines(embeddings, i, j, chunk=65536):
     """Exact cosine of item pairs ``(i[t], j[t])`` from the normalised embeddings."""
     out = np.empty(len(i), np.float32)
     for lo in range(0, len(i), chunk):
-        a = np.asarray(embeddings[i[lo:lo + chunk]], np.float32)
-        b = np.asarray(embeddings[j[lo:lo + chunk]], np.float32)
-        out[lo:lo + chunk] = np.einsum("ij,ij->i", a, b)
+        a = np.asarray(embeddings[i[lo : lo + chunk]], np.float32)
+        b = np.asarray(embeddings[j[lo : lo + chunk]], np.float32)
+        out[lo : lo + chunk] = np.einsum("ij,ij->i", a, b)
     return out
 
 
-def candidate_pairs(index, k=DEFAULTS["k"], cosine_gate=DEFAULTS["cosine_gate"], rank_gate=DEFAULTS["rank_gate"],
-                    cosine_floor=DEFAULTS["cosine_floor"], search_k=None, nbrs=None, **_):
+def candidate_pairs(
+    index,
+    k=DEFAULTS["k"],
+    cosine_gate=DEFAULTS["cosine_gate"],
+    rank_gate=DEFAULTS["rank_gate"],
+    cosine_floor=DEFAULTS["cosine_floor"],
+    search_k=None,
+    nbrs=None,
+    **_,
+):
     """Dict of arrays ``i < j``, ``cosine``, ``rank``, ``mutual``, ``same_bytes``: the pairs worth a second look.
 
     A pair is kept when each is among the other's ``rank_gate`` nearest (mutual neighbours) at
@@ -98,8 +117,14 @@ def candidate_pairs(index, k=DEFAULTS["k"], cosine_gate=DEFAULTS["cosine_gate"],
     code = _sha_codes(index)
     same_bytes = (code[a] >= 0) & (code[a] == code[b])
     keep = (cos >= cosine_gate) | ((best <= rank_gate) & (cos >= cosine_floor)) | same_bytes
-    return {"i": a[keep], "j": b[keep], "cosine": cos[keep], "rank": best[keep], "mutual": mutual[keep],
-            "same_bytes": same_bytes[keep]}
+    return {
+        "i": a[keep],
+        "j": b[keep],
+        "cosine": cos[keep],
+        "rank": best[keep],
+        "mutual": mutual[keep],
+        "same_bytes": same_bytes[keep],
+    }
 
 
 def _sha_codes(index):
@@ -141,8 +166,9 @@ def second_look(pairs, looks, colour_min=None):
     return {**pairs, "phash": ph, "colour": col, "aligned": al}
 
 
-def decide(pairs, near_aligned=DEFAULTS["near_aligned"], colour=DEFAULTS["colour"],
-           exact_phash=DEFAULTS["exact_phash"], **_):
+def decide(
+    pairs, near_aligned=DEFAULTS["near_aligned"], colour=DEFAULTS["colour"], exact_phash=DEFAULTS["exact_phash"], **_
+):
     """``(accepted bool array, exact bool array)`` of the looked-at pairs."""
     with np.errstate(invalid="ignore"):
         accepted = pairs["same_bytes"] | ((pairs["aligned"] >= near_aligned) & (pairs["colour"] >= colour))
@@ -191,11 +217,22 @@ def groups(index, pairs, accepted, exact, sizes):
         any_exact = any(exact_comp[t] == exact_comp[rep] for t in m if t != rep)
         for t, sim in zip(m, sims):
             item = index.items.iloc[int(nodes[t])]
-            kind = ("exact" if any_exact else "near") if t == rep else (
-                "exact" if exact_comp[t] == exact_comp[rep] else "near")
-            rows.append({"group": g, "asin": item["asin"], "split": item["split"],
-                         "similarity": round(float(sim), 4), "representative": "true" if t == rep else "false",
-                         "kind": kind, "id": int(nodes[t])})
+            kind = (
+                ("exact" if any_exact else "near")
+                if t == rep
+                else ("exact" if exact_comp[t] == exact_comp[rep] else "near")
+            )
+            rows.append(
+                {
+                    "group": g,
+                    "asin": item["asin"],
+                    "split": item["split"],
+                    "similarity": round(float(sim), 4),
+                    "representative": "true" if t == rep else "false",
+                    "kind": kind,
+                    "id": int(nodes[t]),
+                }
+            )
     return rows, len(ordered)
 
 

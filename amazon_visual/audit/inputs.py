@@ -9,6 +9,7 @@
   ``--data``, the index's thumbnails.
 - :func:`check_run`: RUN_DIR must be a classifier trained on the index's dataset, else one line.
 """
+
 import io
 import os
 
@@ -23,8 +24,10 @@ def open_index(index_dir):
     manifest = read_manifest(index_dir)
     path = os.path.join(os.fspath(index_dir), manifest.get("embeddings_file") or EMBEDDINGS)
     if not os.path.isfile(path):
-        raise UserError(f"{index_dir} has no embeddings ({os.path.basename(path)} is missing): the audit needs them; "
-                        "rebuild the index with amazon-visual index --overwrite")
+        raise UserError(
+            f"{index_dir} has no embeddings ({os.path.basename(path)} is missing): the audit needs them; "
+            "rebuild the index with amazon-visual index --overwrite"
+        )
     return load_index(index_dir)
 
 
@@ -34,14 +37,17 @@ def check_data(index, data_dir):
 
     data_dir = os.fspath(data_dir)
     if not os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
-        raise UserError(f"--data {data_dir} is not a dataset (no dataset_info.json): pass the DATA_DIR the index "
-                        "was built from")
+        raise UserError(
+            f"--data {data_dir} is not a dataset (no dataset_info.json): pass the DATA_DIR the index was built from"
+        )
     want = index.manifest.get("dataset_fingerprint")
     got = dataset_fingerprint(data_dir)
     if want and got != want:
-        raise UserError(f"--data {data_dir} is not the dataset {index.index_dir} was built from (fingerprint {got}, "
-                        f"the index's {want}; built from {index.manifest.get('data_dir')}): pass that dataset, "
-                        "or rebuild the index from this one")
+        raise UserError(
+            f"--data {data_dir} is not the dataset {index.index_dir} was built from (fingerprint {got}, "
+            f"the index's {want}; built from {index.manifest.get('data_dir')}): pass that dataset, "
+            "or rebuild the index from this one"
+        )
 
 
 def _image_bytes(record):
@@ -88,8 +94,10 @@ def _dataset_photos(index, wanted, data_dir):
                 continue
             data = _image_bytes(record)
             if sha[i] and hashlib.sha256(data).hexdigest() != sha[i]:
-                raise UserError(f"--data {data_dir}: item {i} ({index.items['asin'].iloc[i]}) has another photo than "
-                                f"the index: pass the dataset the index was built from, or rebuild the index")
+                raise UserError(
+                    f"--data {data_dir}: item {i} ({index.items['asin'].iloc[i]}) has another photo than "
+                    f"the index: pass the dataset the index was built from, or rebuild the index"
+                )
             out[i] = Image.open(io.BytesIO(data)).convert("RGB")
     return out
 
@@ -100,11 +108,15 @@ def check_run(run_dir, index, data_dir):
 
     model, config, labels = load_run(run_dir)
     if config.get("objective") == "retrieval":
-        raise UserError(f"--run {run_dir} was trained with --objective retrieval and has no classifier: "
-                        "pass a classifier run of this dataset")
+        raise UserError(
+            f"--run {run_dir} was trained with --objective retrieval and has no classifier: "
+            "pass a classifier run of this dataset"
+        )
     names = index.manifest.get("class_names")
     fp = (config.get("dataset_fingerprint") or {}).get("sha1")
     if (names and list(labels) != list(names)) or (fp and fp != dataset_fingerprint(data_dir)["sha1"]):
-        raise UserError(f"--run {run_dir} was trained on another dataset than {data_dir} (other classes or split "
-                        "sizes): pass a run trained on the dataset the index was built from")
+        raise UserError(
+            f"--run {run_dir} was trained on another dataset than {data_dir} (other classes or split "
+            "sizes): pass a run trained on the dataset the index was built from"
+        )
     return model, config, labels

@@ -6,6 +6,7 @@ lists every member of a group that spans splits (``leaks.csv``: ``group,asin,spl
 test items beside the accuracy without the leaked ones (and the figure ``evaluate`` reported,
 when ``RUN_DIR/eval_test/metrics.json`` is there).
 """
+
 import json
 import os
 
@@ -30,8 +31,12 @@ def find(duplicate_rows):
         splits = sorted({m["split"] for m in by_group[g]})
         key = "+".join(splits)
         pairs[key] = pairs.get(key, 0) + 1
-    summary = {"groups": len({r["group"] for r in rows}), "items": len(rows), "test_items": len(leaked_test),
-               "groups_by_splits": pairs}
+    summary = {
+        "groups": len({r["group"] for r in rows}),
+        "items": len(rows),
+        "test_items": len(leaked_test),
+        "groups_by_splits": pairs,
+    }
     return rows, summary, set(leaked_test)
 
 
@@ -54,10 +59,14 @@ def run_accuracy(run_dir, model, config, data_dir, leaked_test):
     """Test accuracy of RUN_DIR's classifier with and without the leaked test items."""
     asins, y, pred = predict_split(model, data_dir, config["image_size"])
     keep = np.array([a not in leaked_test for a in asins], bool)
-    out = {"run_dir": os.path.abspath(run_dir), "test_items": int(len(y)), "leaked_test_items": int((~keep).sum()),
-           "accuracy": round(float((y == pred).mean()), 4) if len(y) else None,
-           "accuracy_without_leaks": round(float((y[keep] == pred[keep]).mean()), 4) if keep.any() else None,
-           "accuracy_on_leaked": round(float((y[~keep] == pred[~keep]).mean()), 4) if (~keep).any() else None}
+    out = {
+        "run_dir": os.path.abspath(run_dir),
+        "test_items": int(len(y)),
+        "leaked_test_items": int((~keep).sum()),
+        "accuracy": round(float((y == pred).mean()), 4) if len(y) else None,
+        "accuracy_without_leaks": round(float((y[keep] == pred[keep]).mean()), 4) if keep.any() else None,
+        "accuracy_on_leaked": round(float((y[~keep] == pred[~keep]).mean()), 4) if (~keep).any() else None,
+    }
     path = os.path.join(run_dir, "eval_test", "metrics.json")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:

@@ -19,6 +19,7 @@ products, worst first, and the cut is one of
 Each flagged product gets its filed class, the suggested one (the most probable) and a
 confidence (the out-of-fold probability of the suggested class).
 """
+
 import numpy as np
 
 from amazon_visual.errors import UserError
@@ -92,8 +93,15 @@ def rows(items, flagged, probs, class_names):
     asins, labels = items["asin"].tolist(), items["label_id"].to_numpy()
     for i in flagged:
         s = int(probs[i].argmax())
-        out.append({"asin": asins[i], "filed": class_names[int(labels[i])], "suggested": class_names[s],
-                     "confidence": round(float(probs[i, s]), 4), "id": int(i)})
+        out.append(
+            {
+                "asin": asins[i],
+                "filed": class_names[int(labels[i])],
+                "suggested": class_names[s],
+                "confidence": round(float(probs[i, s]), 4),
+                "id": int(i),
+            }
+        )
     return out
 
 
@@ -109,12 +117,23 @@ def audit(index, groups=None, folds=5, cut="confidence", seed=0, max_train=50_00
     if known.sum() < 2 * folds or len(np.unique(labels[known])) < 2:
         return [], {"skipped": "fewer than two classes or too few labelled items"}
     ids = np.flatnonzero(known)
-    probs = out_of_fold(index.embeddings[ids] if len(ids) < len(labels) else index.embeddings, labels[ids], folds,
-                        None if groups is None else np.asarray(groups)[ids], seed, max_train)
+    probs = out_of_fold(
+        index.embeddings[ids] if len(ids) < len(labels) else index.embeddings,
+        labels[ids],
+        folds,
+        None if groups is None else np.asarray(groups)[ids],
+        seed,
+        max_train,
+    )
     flagged, quality, estimate = find(labels[ids], probs, cut)
     found = rows(items.iloc[ids].reset_index(drop=True), flagged, probs, names)
     for r in found:
         r["id"] = int(ids[r["id"]])
-    summary = {"cut": cut, "folds": folds, "estimated_issues": estimate, "flagged": len(found),
-               "oof_accuracy": round(float((probs.argmax(1) == labels[ids]).mean()), 4)}
+    summary = {
+        "cut": cut,
+        "folds": folds,
+        "estimated_issues": estimate,
+        "flagged": len(found),
+        "oof_accuracy": round(float((probs.argmax(1) == labels[ids]).mean()), 4),
+    }
     return found, summary

@@ -19,6 +19,7 @@ real copies). Each photo of a candidate pair is therefore reduced to a :class:`L
 
 :func:`pair_scores` gives the three numbers for a pair; :mod:`.duplicates` decides.
 """
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,8 +55,9 @@ def detail(small):
     from PIL import ImageFilter
 
     gray = small.convert("L")
-    return (np.asarray(gray, dtype=np.float32)
-            - np.asarray(gray.filter(ImageFilter.GaussianBlur(DETAIL_SIGMA)), dtype=np.float32))
+    return np.asarray(gray, dtype=np.float32) - np.asarray(
+        gray.filter(ImageFilter.GaussianBlur(DETAIL_SIGMA)), dtype=np.float32
+    )
 
 
 def colour_histogram(small):
@@ -94,8 +96,10 @@ def _sums(lk):
     """Integral images of ``lk.gray`` and of its square (the local sums of every window)."""
     if "sums" not in lk.cache:
         g = lk.gray.astype(np.float64)
-        lk.cache["sums"] = (np.pad(g, ((1, 0), (1, 0))).cumsum(0).cumsum(1),
-                            np.pad(g * g, ((1, 0), (1, 0))).cumsum(0).cumsum(1))
+        lk.cache["sums"] = (
+            np.pad(g, ((1, 0), (1, 0))).cumsum(0).cumsum(1),
+            np.pad(g * g, ((1, 0), (1, 0))).cumsum(0).cumsum(1),
+        )
     return lk.cache["sums"]
 
 
@@ -143,5 +147,8 @@ def aligned_correlation(a, b, scales=SCALES):
 
 def pair_scores(a, b):
     """``{"phash": Hamming distance, "colour": similarity, "aligned": correlation}`` of two Looks."""
-    return {"phash": int(a.phash - b.phash), "colour": colour_similarity(a.hist, b.hist),
-            "aligned": aligned_correlation(a, b)}
+    return {
+        "phash": int(a.phash - b.phash),
+        "colour": colour_similarity(a.hist, b.hist),
+        "aligned": aligned_correlation(a, b),
+    }

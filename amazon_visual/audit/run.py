@@ -6,6 +6,7 @@ AUDIT_DIR holds ``audit.json`` (counts, the thresholds used, timings), ``duplica
 row, and ``audit.html``. Every file is written atomically; ``build-data --exclude-file`` and
 ``--relabel-file`` read the CSVs back, and ``serve --audit AUDIT_DIR`` collapses the groups.
 """
+
 import csv
 import io
 import os
@@ -23,9 +24,11 @@ MISFILED_CSV = "misfiled.csv"
 LEAKS_CSV = "leaks.csv"
 AUDIT_JSON = "audit.json"
 AUDIT_HTML = "audit.html"
-COLUMNS = {DUPLICATES_CSV: ["group", "asin", "split", "similarity", "representative", "kind"],
-           MISFILED_CSV: ["asin", "filed", "suggested", "confidence"],
-           LEAKS_CSV: ["group", "asin", "split"]}
+COLUMNS = {
+    DUPLICATES_CSV: ["group", "asin", "split", "similarity", "representative", "kind"],
+    MISFILED_CSV: ["asin", "filed", "suggested", "confidence"],
+    LEAKS_CSV: ["group", "asin", "split"],
+}
 
 
 def _say(progress, text):
@@ -57,12 +60,16 @@ def find_duplicates(index, data_dir, settings, timings, progress):
     pairs = duplicates.candidate_pairs(index, **settings)
     timings["candidates"] = round(time.perf_counter() - t0, 3)
     ids = np.unique(np.concatenate([pairs["i"], pairs["j"]]))
-    _say(progress, f"{len(pairs['i'])} candidate pairs over {len(ids)} items (ANN k={settings['k']}); "
-                   "a second look at their photos")
+    _say(
+        progress,
+        f"{len(pairs['i'])} candidate pairs over {len(ids)} items (ANN k={settings['k']}); "
+        "a second look at their photos",
+    )
     t0 = time.perf_counter()
     if data_dir is None and len(ids) and not index.manifest.get("thumbnails", True):
-        raise UserError(f"{index.index_dir} has no thumbnails: pass --data DATA_DIR so the audit can look at the "
-                        "photos")
+        raise UserError(
+            f"{index.index_dir} has no thumbnails: pass --data DATA_DIR so the audit can look at the photos"
+        )
     looks = {i: look(img) for i, img in inputs.photos(index, ids, data_dir).items()}
     timings["photos"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
@@ -70,8 +77,12 @@ def find_duplicates(index, data_dir, settings, timings, progress):
     accepted, exact = duplicates.decide(pairs, **settings)
     rows, n_groups = duplicates.groups(index, pairs, accepted, exact, {i: lk.size for i, lk in looks.items()})
     timings["second_look"] = round(time.perf_counter() - t0, 3)
-    counts = {"candidate_pairs": int(len(pairs["i"])), "accepted_pairs": int(accepted.sum()),
-              "exact_pairs": int(exact.sum()), "mutual_candidate_pairs": int(pairs["mutual"].sum())}
+    counts = {
+        "candidate_pairs": int(len(pairs["i"])),
+        "accepted_pairs": int(accepted.sum()),
+        "exact_pairs": int(exact.sum()),
+        "mutual_candidate_pairs": int(pairs["mutual"].sum()),
+    }
     return rows, n_groups, counts, pairs
 
 
@@ -102,8 +113,11 @@ def audit(index_dir, out_dir, data_dir=None, run_dir=None, folds=5, cut="confide
     timings = {}
     _say(progress, f"{index.n_items} items in {index_dir}")
     dup_rows, n_groups, pair_counts, _ = find_duplicates(index, data_dir, settings, timings, progress)
-    _say(progress, f"{n_groups} duplicate groups ({len(dup_rows)} products); misfiled products by {folds}-fold "
-                   "logistic regression and cleanlab")
+    _say(
+        progress,
+        f"{n_groups} duplicate groups ({len(dup_rows)} products); misfiled products by {folds}-fold "
+        "logistic regression and cleanlab",
+    )
     t0 = time.perf_counter()
     group_of = np.arange(index.n_items) + len(dup_rows) + 1
     for r in dup_rows:
@@ -123,11 +137,17 @@ def audit(index_dir, out_dir, data_dir=None, run_dir=None, folds=5, cut="confide
         "data_dir": os.path.abspath(os.fspath(data_dir)) if data_dir else None,
         "photos": "dataset" if data_dir else "thumbnails",
         "n_items": index.n_items,
-        "duplicates": {"groups": n_groups, "products": len(dup_rows),
-                       "exact_products": sum(r["kind"] == "exact" for r in dup_rows),
-                       "to_exclude": sum(r["representative"] == "false" for r in dup_rows), **pair_counts},
-        "misfiled": mis_summary, "leaks": leak_summary,
-        "thresholds": settings, "timings": timings,
+        "duplicates": {
+            "groups": n_groups,
+            "products": len(dup_rows),
+            "exact_products": sum(r["kind"] == "exact" for r in dup_rows),
+            "to_exclude": sum(r["representative"] == "false" for r in dup_rows),
+            **pair_counts,
+        },
+        "misfiled": mis_summary,
+        "leaks": leak_summary,
+        "thresholds": settings,
+        "timings": timings,
         "files": {name: name for name in (AUDIT_JSON, DUPLICATES_CSV, MISFILED_CSV, LEAKS_CSV, AUDIT_HTML)},
     }
     write_csv(os.path.join(out_dir, DUPLICATES_CSV), COLUMNS[DUPLICATES_CSV], dup_rows)
@@ -145,14 +165,18 @@ def audit(index_dir, out_dir, data_dir=None, run_dir=None, folds=5, cut="confide
 def format_summary(s):
     """The few lines the CLI prints."""
     d, m, lk = s["duplicates"], s["misfiled"], s["leaks"]
-    lines = [f"{s['n_items']} items audited in {s['timings']['total']:.1f} s",
-             f"duplicates: {d['groups']} groups, {d['products']} products ({d['exact_products']} exact), "
-             f"{d['to_exclude']} to exclude",
-             f"misfiled: {m.get('flagged', 0)} products" + (f" ({m['skipped']})" if m.get("skipped") else ""),
-             f"leaks: {lk['groups']} groups across splits, {lk['test_items']} test items"]
+    lines = [
+        f"{s['n_items']} items audited in {s['timings']['total']:.1f} s",
+        f"duplicates: {d['groups']} groups, {d['products']} products ({d['exact_products']} exact), "
+        f"{d['to_exclude']} to exclude",
+        f"misfiled: {m.get('flagged', 0)} products" + (f" ({m['skipped']})" if m.get("skipped") else ""),
+        f"leaks: {lk['groups']} groups across splits, {lk['test_items']} test items",
+    ]
     run = lk.get("run")
     if run:
-        lines.append(f"test accuracy {run['accuracy']} on all {run['test_items']} test items, "
-                     f"{run['accuracy_without_leaks']} without the {run['leaked_test_items']} leaked ones")
+        lines.append(
+            f"test accuracy {run['accuracy']} on all {run['test_items']} test items, "
+            f"{run['accuracy_without_leaks']} without the {run['leaked_test_items']} leaked ones"
+        )
     lines.append(f"written to {s['out_dir']} (audit.html, audit.json, duplicates.csv, misfiled.csv, leaks.csv)")
     return "\n".join(lines)

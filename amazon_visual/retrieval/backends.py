@@ -21,6 +21,7 @@ INDEX_DIR share its pages; reads are thread-safe. HNSW: ``index.hnsw`` is read i
 process's memory (hnswlib has no memory-mapped mode); queries go through a lock, because
 ``ef`` is a property of the whole index.
 """
+
 import contextlib
 import hashlib
 import os
@@ -59,7 +60,7 @@ def file_sample_hash(path, size):
 def iter_blocks(vectors, chunk=65536):
     """Row blocks (float32) of an array or memmap, ``chunk`` rows at a time."""
     for start in range(0, int(vectors.shape[0]), chunk):
-        yield np.asarray(vectors[start:start + chunk], dtype=np.float32)
+        yield np.asarray(vectors[start : start + chunk], dtype=np.float32)
 
 
 def _check_counts(n, dim):
@@ -95,8 +96,14 @@ def _add_blocks(blocks, n, add):
 def _finish(tmp, path, t0, n, dim, **extra):
     os.replace(tmp, path)
     size = os.path.getsize(path)
-    return {"build_seconds": round(time.perf_counter() - t0, 6), "size_bytes": size, "n_items": n, "dim": dim,
-            "sample_sha256": file_sample_hash(path, size), **extra}
+    return {
+        "build_seconds": round(time.perf_counter() - t0, 6),
+        "size_bytes": size,
+        "n_items": n,
+        "dim": dim,
+        "sample_sha256": file_sample_hash(path, size),
+        **extra,
+    }
 
 
 def _check_file(path, size_bytes, sample_sha256):
@@ -144,7 +151,7 @@ def check_annoy_file(path, dim, n_items, size_bytes=None, sample_sha256=None, ve
         _check_annoy_nodes(raw, rng, n_items, n_nodes, what)
         if verify == "full":
             for start in range(0, n_items, 65536):
-                if (np.asarray(raw[start:min(n_items, start + 65536), 0]) != 1).any():
+                if (np.asarray(raw[start : min(n_items, start + 65536), 0]) != 1).any():
                     raise UserError(f"{what} is corrupt (bad item node): {_FIX}")
     finally:
         del raw
@@ -155,7 +162,7 @@ def _check_annoy_nodes(raw, rng, n_items, n_nodes, what):
     """Every internal node in ``rng`` points inside the file (item ids < n_items, children < n_nodes)."""
     K = raw.shape[1] - 1  # ids an internal leaf node can hold (children[] overlaps v[])
     for start in range(rng.start, rng.stop, 65536):
-        block = np.asarray(raw[start:min(rng.stop, start + 65536)])
+        block = np.asarray(raw[start : min(rng.stop, start + 65536)])
         nd = block[:, 0]
         if (nd < 1).any():
             raise UserError(f"{what} is corrupt (bad node header): {_FIX}")
@@ -240,8 +247,9 @@ class AnnoyBackend:
     @staticmethod
     def open(path, dim, n_items, manifest=None, verify="quick"):
         m = manifest or {}
-        return AnnoySearcher(open_annoy(path, dim, n_items, m.get("index_size_bytes"), m.get("index_sample_sha256"),
-                                        verify))
+        return AnnoySearcher(
+            open_annoy(path, dim, n_items, m.get("index_size_bytes"), m.get("index_sample_sha256"), verify)
+        )
 
 
 # --------------------------------------------------------------------------
@@ -297,14 +305,29 @@ class HnswBackend:
         _check_counts(n, dim)
         t0 = time.perf_counter()
         index = hnswlib.Index(space="cosine", dim=dim)
-        index.init_index(max_elements=n, M=int(params["hnsw_m"]), ef_construction=int(params["hnsw_ef_construction"]),
-                         random_seed=int(seed))
+        index.init_index(
+            max_elements=n,
+            M=int(params["hnsw_m"]),
+            ef_construction=int(params["hnsw_ef_construction"]),
+            random_seed=int(seed),
+        )
         with _temporary(os.fspath(path)) as tmp:
-            _add_blocks(blocks, n, lambda first, block: index.add_items(block, np.arange(first, first + len(block)),
-                                                                         num_threads=n_jobs))
+            _add_blocks(
+                blocks,
+                n,
+                lambda first, block: index.add_items(block, np.arange(first, first + len(block)), num_threads=n_jobs),
+            )
             index.save_index(tmp)
-            return _finish(tmp, os.fspath(path), t0, n, dim, hnsw_m=int(params["hnsw_m"]),
-                           hnsw_ef_construction=int(params["hnsw_ef_construction"]), on_disk=False)
+            return _finish(
+                tmp,
+                os.fspath(path),
+                t0,
+                n,
+                dim,
+                hnsw_m=int(params["hnsw_m"]),
+                hnsw_ef_construction=int(params["hnsw_ef_construction"]),
+                on_disk=False,
+            )
 
     @staticmethod
     def open(path, dim, n_items, manifest=None, verify="quick"):
@@ -317,8 +340,10 @@ class HnswBackend:
         except (RuntimeError, OSError, ValueError, MemoryError) as e:
             raise UserError(f"index file {path} cannot be loaded ({e}): {_FIX}") from None
         if index.get_current_count() != n_items or index.dim != int(dim):
-            raise UserError(f"index file {path} holds {index.get_current_count()} items of dim {index.dim}, "
-                            f"the manifest says {n_items} of dim {dim}: {_FIX}")
+            raise UserError(
+                f"index file {path} holds {index.get_current_count()} items of dim {index.dim}, "
+                f"the manifest says {n_items} of dim {dim}: {_FIX}"
+            )
         ef = m.get("search_k")
         return HnswSearcher(index, ef if ef and int(ef) > 0 else DEFAULT_HNSW_EF)
 

@@ -25,6 +25,7 @@ index is built from them on disk (:func:`amazon_visual.retrieval.index.build_ind
 killed pipeline loses only the ranges in flight: rerun the command and it submits the
 ranges whose shard is missing.
 """
+
 import os
 import shlex
 import sys
@@ -80,8 +81,15 @@ class KerasEmbeddingHandler(ModelHandler):
 
         results = []
         for serialized in batch:
-            emb, fields = embed_records(lambda b: self._predict(model.model, b), serialized, model.features,
-                                        self.image_size, self.resize, self.thumbnails, self.batch_size)
+            emb, fields = embed_records(
+                lambda b: self._predict(model.model, b),
+                serialized,
+                model.features,
+                self.image_size,
+                self.resize,
+                self.thumbnails,
+                self.batch_size,
+            )
             results.append(PredictionResult(len(serialized), {"embeddings": emb, "fields": fields}))
         return results
 
@@ -125,13 +133,15 @@ def _pipeline(argv, job, handler):
         p = beam.Pipeline(options=PipelineOptions(argv))
     except (ValueError, TypeError, ImportError) as e:  # an unknown runner, a bad option value
         raise UserError(f"--beam-options {' '.join(argv)}: {str(e).splitlines()[0][:300]}") from None
-    _ = (p
-         | "Ranges" >> beam.Create(job["todo"])
-         | "Spread" >> beam.Reshuffle()
-         | "ReadRange" >> beam.FlatMap(_read_range)
-         | "Embed" >> RunInference(KeyedModelHandler(handler).with_no_batching())
-         | "WriteShard" >> beam.FlatMap(_write_shard, partial=job["partial"], names=job["names"],
-                                        thumbs_root=job["thumbs_root"]))
+    _ = (
+        p
+        | "Ranges" >> beam.Create(job["todo"])
+        | "Spread" >> beam.Reshuffle()
+        | "ReadRange" >> beam.FlatMap(_read_range)
+        | "Embed" >> RunInference(KeyedModelHandler(handler).with_no_batching())
+        | "WriteShard"
+        >> beam.FlatMap(_write_shard, partial=job["partial"], names=job["names"], thumbs_root=job["thumbs_root"])
+    )
     return p
 
 
@@ -153,8 +163,18 @@ def _watch(job, stop, progress):
     bar.close()
 
 
-def embed_dataset_beam(embedder, data_dir, out_dir, splits=("train", "validation", "test"), batch_size=64,
-                       thumbnails=True, beam_options=None, progress=True, chunk_items=None, cleanup=False):
+def embed_dataset_beam(
+    embedder,
+    data_dir,
+    out_dir,
+    splits=("train", "validation", "test"),
+    batch_size=64,
+    thumbnails=True,
+    beam_options=None,
+    progress=True,
+    chunk_items=None,
+    cleanup=False,
+):
     """Embed DATA_DIR's ``splits`` into ``out_dir`` with a Beam pipeline (see the module doc).
 
     Same files and same summary as :func:`~amazon_visual.retrieval.embeddings.embed_dataset`.
@@ -171,8 +191,9 @@ def embed_dataset_beam(embedder, data_dir, out_dir, splits=("train", "validation
     job = E.start_dataset(embedder, data_dir, out_dir, splits, batch_size, chunk_items or E.CHUNK_ITEMS, thumbnails)
     if job["todo"]:
         model_path = E.model_for_workers(embedder, job["partial"])
-        handler = KerasEmbeddingHandler(model_path, data_dir, embedder.image_size, embedder.resize, thumbnails,
-                                        batch_size, embedder.with_probs)
+        handler = KerasEmbeddingHandler(
+            model_path, data_dir, embedder.image_size, embedder.resize, thumbnails, batch_size, embedder.with_probs
+        )
         stop = threading.Event()
         watcher = threading.Thread(target=_watch, args=(job, stop, progress), daemon=True)
         watcher.start()
@@ -181,10 +202,13 @@ def embed_dataset_beam(embedder, data_dir, out_dir, splits=("train", "validation
         finally:
             stop.set()
             watcher.join()
-        missing = [r.name for r in job["todo"] if not shard_complete(os.path.join(job["partial"], r.name),
-                                                                      job["thumbs_root"])]
+        missing = [
+            r.name for r in job["todo"] if not shard_complete(os.path.join(job["partial"], r.name), job["thumbs_root"])
+        ]
         if missing:
-            raise UserError(f"the Beam pipeline ({' '.join(argv) or 'DirectRunner'}) finished without writing "
-                            f"{len(missing)} of {len(job['todo'])} embedding shards ({', '.join(missing[:3])}...): "
-                            "rerun the command (it resumes) or use another runner")
+            raise UserError(
+                f"the Beam pipeline ({' '.join(argv) or 'DirectRunner'}) finished without writing "
+                f"{len(missing)} of {len(job['todo'])} embedding shards ({', '.join(missing[:3])}...): "
+                "rerun the command (it resumes) or use another runner"
+            )
     return E.finish_dataset(job, embedder, data_dir, out_dir, cleanup)

@@ -7,6 +7,7 @@ audit of an older index). :func:`group_ids` reads the file once per loaded index
 :func:`collapsed_search` asks the search for more candidates until ``k`` items of distinct
 groups are found or the candidates run out.
 """
+
 import csv
 import os
 
@@ -24,8 +25,10 @@ def group_ids(index):
         return cached
     path = os.path.join(index.index_dir, DUPLICATES)
     if not os.path.isfile(path):
-        raise UserError(f"collapse_duplicates needs duplicate groups: {index.index_dir} has no {DUPLICATES} "
-                        "(copy the one amazon-visual audit wrote into the index folder)")
+        raise UserError(
+            f"collapse_duplicates needs duplicate groups: {index.index_dir} has no {DUPLICATES} "
+            "(copy the one amazon-visual audit wrote into the index folder)"
+        )
     groups = np.arange(index.n_items, dtype=np.int64) + 1  # own groups: 1..n; audit groups: negative
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -34,8 +37,10 @@ def group_ids(index):
                 if i is not None and 0 <= int(i) < len(groups):  # a product written live keeps its own group
                     groups[int(i)] = -int(row["group"])
     except (KeyError, ValueError, csv.Error) as e:
-        raise UserError(f"{path} is not a duplicates.csv of amazon-visual audit ({type(e).__name__}: {e}): "
-                        "copy the audit's file again") from None
+        raise UserError(
+            f"{path} is not a duplicates.csv of amazon-visual audit ({type(e).__name__}: {e}): "
+            "copy the audit's file again"
+        ) from None
     index._duplicate_groups = groups
     return groups
 

@@ -15,6 +15,7 @@ training. The model itself does the model-specific preprocessing (first layers).
   (:mod:`.records` cuts the work, :mod:`.shards` writes and assembles it; :mod:`.beam_embed`
   does the same work on Apache Beam).
 """
+
 import hashlib
 import io
 import json
@@ -54,7 +55,9 @@ def _fetch_url(url):
             data = r.read(MAX_URL_BYTES + 1)
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        raise UserError(f"query image {url} cannot be downloaded ({reason}): check the URL or pass a local file") from None
+        raise UserError(
+            f"query image {url} cannot be downloaded ({reason}): check the URL or pass a local file"
+        ) from None
     if len(data) > MAX_URL_BYTES:
         raise UserError(f"query image {url} is larger than {MAX_URL_BYTES >> 20} MiB: pass a smaller image")
     return data
@@ -103,8 +106,10 @@ def load_image(img):
                     with open(s, "rb") as f:
                         data = f.read()
             else:
-                raise UserError(f"query image of type {type(img).__name__} is not supported: "
-                                "pass a path, URL, bytes, PIL image or array")
+                raise UserError(
+                    f"query image of type {type(img).__name__} is not supported: "
+                    "pass a path, URL, bytes, PIL image or array"
+                )
             pil = Image.open(io.BytesIO(data))
             pil.load()
         pil = ImageOps.exif_transpose(pil)
@@ -118,8 +123,10 @@ def load_image(img):
     except UserError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError(f"query image {name} is not a readable image ({type(e).__name__}): "
-                        "pass a JPEG, PNG, WebP or other image Pillow can read") from None
+        raise UserError(
+            f"query image {name} is not a readable image ({type(e).__name__}): "
+            "pass a JPEG, PNG, WebP or other image Pillow can read"
+        ) from None
     if a.ndim != 3 or a.shape[0] < 1 or a.shape[1] < 1:
         raise UserError(f"query image {name} is empty: pass a real image")
     return np.ascontiguousarray(a)
@@ -217,18 +224,32 @@ class Embedder:
         try:
             emb_out = model.get_layer(layer_name).output
         except ValueError:
-            raise UserError(f"model of {run_dir} has no layer named {layer_name!r}: retrain it with amazon-visual train") from None
+            raise UserError(
+                f"model of {run_dir} has no layer named {layer_name!r}: retrain it with amazon-visual train"
+            ) from None
         # a retrieval run (metric learning) outputs its embedding and has no class probabilities
         objective = config.get("objective", "classify")
         outputs = emb_out if objective == "retrieval" else [emb_out, model.output]
         combined = keras.Model(model.inputs, outputs, name=f"{model.name}_embed_and_predict")
         dim = int(emb_out.shape[-1])
         image_size = int(config.get("image_size") or model.inputs[0].shape[1])
-        info = {"source": "run", "model": config.get("model", model.name), "run_dir": os.path.abspath(run_dir),
-                "fingerprint": fingerprint, "embedding_layer": layer_name, "embedding_dim": dim,
-                "image_size": image_size, "weights": config.get("weights"), "resize": config.get("resize", DEFAULT_RESIZE),
-                "preprocessing": config.get("preprocessing"), "objective": objective, "train_classes": list(labels)}
-        return cls(combined, image_size, info, labels=labels, resize=info["resize"], with_probs=objective != "retrieval")
+        info = {
+            "source": "run",
+            "model": config.get("model", model.name),
+            "run_dir": os.path.abspath(run_dir),
+            "fingerprint": fingerprint,
+            "embedding_layer": layer_name,
+            "embedding_dim": dim,
+            "image_size": image_size,
+            "weights": config.get("weights"),
+            "resize": config.get("resize", DEFAULT_RESIZE),
+            "preprocessing": config.get("preprocessing"),
+            "objective": objective,
+            "train_classes": list(labels),
+        }
+        return cls(
+            combined, image_size, info, labels=labels, resize=info["resize"], with_probs=objective != "retrieval"
+        )
 
     @classmethod
     def from_backbone(cls, name, weights="imagenet", image_size=224):
@@ -242,14 +263,24 @@ class Embedder:
         except UserError:
             raise
         except Exception as e:  # e.g. imagenet weights that cannot be downloaded
-            raise UserError(f"backbone {name} with weights {weights} cannot be built ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200] if str(e) else ''}): pass --weights PATH to a local "
-                            "weights file or check the network") from None
+            raise UserError(
+                f"backbone {name} with weights {weights} cannot be built ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''}): pass --weights PATH to a local "
+                "weights file or check the network"
+            ) from None
         dim = int(model.outputs[0].shape[-1])
-        info = {"source": "backbone", "model": str(name).lower().replace("-", "_"), "run_dir": None,
-                "fingerprint": fingerprint, "embedding_layer": "embedding", "embedding_dim": dim,
-                "image_size": image_size, "weights": fingerprint.split(":", 1)[1].rsplit(":", 1)[0],
-                "resize": DEFAULT_RESIZE, "preprocessing": None}
+        info = {
+            "source": "backbone",
+            "model": str(name).lower().replace("-", "_"),
+            "run_dir": None,
+            "fingerprint": fingerprint,
+            "embedding_layer": "embedding",
+            "embedding_dim": dim,
+            "image_size": image_size,
+            "weights": fingerprint.split(":", 1)[1].rsplit(":", 1)[0],
+            "resize": DEFAULT_RESIZE,
+            "preprocessing": None,
+        }
         if info["weights"].startswith("sha256:"):  # a weights file: where it was, so queries can load it
             info["weights_path"] = os.path.abspath(os.fspath(weights))
         return cls(model, image_size, info, labels=None, resize=DEFAULT_RESIZE, with_probs=False)
@@ -272,28 +303,49 @@ class Embedder:
             try:
                 model = keras.saving.load_model(path, compile=False)
             except Exception as e:
-                raise UserError(f"{path} cannot be loaded ({type(e).__name__}): rebuild the index with "
-                                "amazon-visual index --overwrite") from None
-            info = {k: manifest.get(k) for k in ("source", "model", "run_dir", "fingerprint", "embedding_layer",
-                                                 "embedding_dim", "image_size", "weights", "resize", "preprocessing")}
+                raise UserError(
+                    f"{path} cannot be loaded ({type(e).__name__}): rebuild the index with "
+                    "amazon-visual index --overwrite"
+                ) from None
+            info = {
+                k: manifest.get(k)
+                for k in (
+                    "source",
+                    "model",
+                    "run_dir",
+                    "fingerprint",
+                    "embedding_layer",
+                    "embedding_dim",
+                    "image_size",
+                    "weights",
+                    "resize",
+                    "preprocessing",
+                )
+            }
             return cls(model, manifest["image_size"], info, resize=manifest.get("resize") or DEFAULT_RESIZE)
         if manifest.get("source") == "backbone":
             weights = manifest.get("weights") or "imagenet"
             if str(weights).startswith("sha256:"):
                 path = manifest.get("weights_path")
                 if not path or not os.path.isfile(path):
-                    raise UserError(f"this index was built from the backbone weights file {path or '(not recorded)'} "
-                                    f"({weights}), which is not there: pass --weights PATH to that file "
-                                    "(Python: Recommender.load(INDEX_DIR, backbone_weights=PATH))")
+                    raise UserError(
+                        f"this index was built from the backbone weights file {path or '(not recorded)'} "
+                        f"({weights}), which is not there: pass --weights PATH to that file "
+                        "(Python: Recommender.load(INDEX_DIR, backbone_weights=PATH))"
+                    )
                 if "sha256:" + _sha256_file(path).hexdigest()[:16] != weights:
-                    raise UserError(f"the weights file {path} is not the one this index was built from "
-                                    f"({weights}): pass --weights PATH to that file")
+                    raise UserError(
+                        f"the weights file {path} is not the one this index was built from "
+                        f"({weights}): pass --weights PATH to that file"
+                    )
                 weights = path
             return cls.from_backbone(manifest["model"], weights, manifest["image_size"])
         run_dir = run_dir or manifest.get("run_dir")
         if not run_dir or not os.path.isdir(run_dir):
-            raise UserError(f"the run this index was built from ({run_dir}) is not there: "
-                            "pass run_dir= (Python) or --run RUN_DIR (CLI) with that run")
+            raise UserError(
+                f"the run this index was built from ({run_dir}) is not there: "
+                "pass run_dir= (Python) or --run RUN_DIR (CLI) with that run"
+            )
         return cls.from_run(run_dir)
 
     @property
@@ -365,8 +417,10 @@ def embedder_for_index(run_dir, backbone, weights, image_size, partial):
     if run_dir is not None:
         emb = Embedder.from_run(run_dir)
         if image_size and int(image_size) != emb.image_size:
-            raise UserError(f"--image-size {image_size} differs from the run's image size {emb.image_size}: "
-                            "leave it out for a trained run")
+            raise UserError(
+                f"--image-size {image_size} differs from the run's image size {emb.image_size}: "
+                "leave it out for a trained run"
+            )
         return emb
     size = int(image_size or 224)
     if not _is_random(weights):
@@ -374,9 +428,18 @@ def embedder_for_index(run_dir, backbone, weights, image_size, partial):
     base = backbone_fingerprint(backbone, weights, size)
     path, present = kept_model(partial, base)
     if present:
-        info = {"source": "backbone", "model": str(backbone).lower().replace("-", "_"), "run_dir": None,
-                "fingerprint": base, "embedding_layer": "embedding", "image_size": size, "weights": "none",
-                "resize": DEFAULT_RESIZE, "preprocessing": None, "embedder_file": os.path.basename(path)}
+        info = {
+            "source": "backbone",
+            "model": str(backbone).lower().replace("-", "_"),
+            "run_dir": None,
+            "fingerprint": base,
+            "embedding_layer": "embedding",
+            "image_size": size,
+            "weights": "none",
+            "resize": DEFAULT_RESIZE,
+            "preprocessing": None,
+            "embedder_file": os.path.basename(path),
+        }
         emb = Embedder.from_manifest(info, index_dir=partial)
         emb.info["embedding_dim"] = int(emb.model.outputs[0].shape[-1])
     else:
@@ -397,8 +460,15 @@ def _load_run(run_dir):
 # --------------------------------------------------------------------------
 def partial_state(embedder_fingerprint, data_dir, splits, counts, chunk_items, thumbnails):
     """What a resumed embedding must share with the run that wrote ``.partial`` (local or Beam alike)."""
-    return {"format": 2, "splits": list(splits), "chunk_items": int(chunk_items), "thumbnails": bool(thumbnails),
-            "model": embedder_fingerprint, "dataset": dataset_fingerprint(data_dir), "counts": counts}
+    return {
+        "format": 2,
+        "splits": list(splits),
+        "chunk_items": int(chunk_items),
+        "thumbnails": bool(thumbnails),
+        "model": embedder_fingerprint,
+        "dataset": dataset_fingerprint(data_dir),
+        "counts": counts,
+    }
 
 
 def open_partial(out_dir, state):
@@ -451,8 +521,15 @@ def start_dataset(embedder, data_dir, out_dir, splits, batch_size, chunk_items, 
         os.makedirs(os.path.join(out_dir, THUMBS), exist_ok=True)
     thumbs_root = out_dir if thumbnails else None
     todo = [r for r in ranges if not shards.shard_complete(os.path.join(partial, r.name), thumbs_root)]
-    return {"ranges": ranges, "todo": todo, "counts": counts, "total": total, "names": names, "partial": partial,
-            "thumbs_root": thumbs_root}
+    return {
+        "ranges": ranges,
+        "todo": todo,
+        "counts": counts,
+        "total": total,
+        "names": names,
+        "partial": partial,
+        "thumbs_root": thumbs_root,
+    }
 
 
 def finish_dataset(job, embedder, data_dir, out_dir, cleanup):
@@ -460,16 +537,30 @@ def finish_dataset(job, embedder, data_dir, out_dir, cleanup):
     from amazon_visual.retrieval import shards
 
     partial = job["partial"]
-    shards.assemble([os.path.join(partial, r.name) for r in job["ranges"]], os.fspath(out_dir), embedder.dim,
-                    job["total"])
+    shards.assemble(
+        [os.path.join(partial, r.name) for r in job["ranges"]], os.fspath(out_dir), embedder.dim, job["total"]
+    )
     if cleanup:
         shutil.rmtree(partial, ignore_errors=True)
-    return {"n_items": job["total"], "split_counts": job["counts"], "class_names": job["names"],
-            "dataset_fingerprint": dataset_fingerprint(data_dir)}
+    return {
+        "n_items": job["total"],
+        "split_counts": job["counts"],
+        "class_names": job["names"],
+        "dataset_fingerprint": dataset_fingerprint(data_dir),
+    }
 
 
-def embed_dataset(embedder, data_dir, out_dir, splits=("train", "validation", "test"), batch_size=64,
-                  thumbnails=True, progress=True, chunk_items=CHUNK_ITEMS, cleanup=True):
+def embed_dataset(
+    embedder,
+    data_dir,
+    out_dir,
+    splits=("train", "validation", "test"),
+    batch_size=64,
+    thumbnails=True,
+    progress=True,
+    chunk_items=CHUNK_ITEMS,
+    cleanup=True,
+):
     """Embed DATA_DIR's ``splits`` into ``out_dir``: ``embeddings.npy`` (float32, L2-normalised),
     ``items.csv`` and ``thumbs/``.
 
@@ -489,9 +580,16 @@ def embed_dataset(embedder, data_dir, out_dir, splits=("train", "validation", "t
     bar.update(job["total"] - sum(len(r) for r in job["todo"]))
     features = data.info(data_dir).features
     for r in job["todo"]:
-        emb, fields = records.embed_records(lambda b: embedder.predict(b)[0], records.read_range(r), features,
-                                            embedder.image_size, embedder.resize, thumbnails, batch_size,
-                                            on_batch=bar.update)
+        emb, fields = records.embed_records(
+            lambda b: embedder.predict(b)[0],
+            records.read_range(r),
+            features,
+            embedder.image_size,
+            embedder.resize,
+            thumbnails,
+            batch_size,
+            on_batch=bar.update,
+        )
         records.write_range(job["partial"], r, emb, fields, job["names"], job["thumbs_root"])
     bar.close()
     return finish_dataset(job, embedder, data_dir, out_dir, cleanup)

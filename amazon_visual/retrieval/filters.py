@@ -35,6 +35,7 @@ number ``m`` of the ``n`` items the filter allows, per query:
 So every result matches and k results come back whenever at least k items match (less the
 excluded ones), and an unselective filter costs about what an unfiltered query costs.
 """
+
 import dataclasses
 import math
 import threading
@@ -64,6 +65,7 @@ ROWS_CACHE_BYTES = 128 << 20
 @dataclasses.dataclass(frozen=True)
 class Filters:
     """A parsed filter (hashable: the mask cache's key). Empty (``not f``) matches everything."""
+
     category: str = None
     brands: tuple = ()
     min_price: float = None
@@ -139,8 +141,9 @@ def parse_filters(spec):
             if kw[name] < 0:
                 raise UserError(f"filter {name} must not be negative, not {spec[name]!r}")
     if kw.get("min_price") is not None and kw.get("max_price") is not None and kw["min_price"] > kw["max_price"]:
-        raise UserError(f"filter min_price {kw['min_price']:g} is above max_price {kw['max_price']:g}: "
-                        "give min_price <= max_price")
+        raise UserError(
+            f"filter min_price {kw['min_price']:g} is above max_price {kw['max_price']:g}: give min_price <= max_price"
+        )
     if "min_rating" in spec:
         kw["min_rating"] = _number("min_rating", spec["min_rating"])
         if not 0.0 <= kw["min_rating"] <= MAX_RATING:
@@ -154,6 +157,7 @@ def parse_filters(spec):
 class Selection:
     """The items a filter allows: ``mask`` (bool, one per item), ``count``, and ``ids`` (sorted, on first use).
     ``key``: the Filters of a selection made by :meth:`Columns.select` (None for any other mask)."""
+
     key = None
 
     def __init__(self, mask, count=None):
@@ -279,16 +283,24 @@ class Columns:
     def _summarize(self, top_brands):
         def num(x):
             ok = x[np.isfinite(x)]
-            return {"count": int(ok.size), "min": float(ok.min()) if ok.size else None,
-                    "max": float(ok.max()) if ok.size else None}
+            return {
+                "count": int(ok.size),
+                "min": float(ok.min()) if ok.size else None,
+                "max": float(ok.max()) if ok.size else None,
+            }
 
         display = self._display_names()
         valid = np.isin(self.brand_codes, list(display)) if display else np.zeros(self.n, bool)
         codes, counts = np.unique(self.brand_codes[valid], return_counts=True)
         order = np.lexsort((codes, -counts))
         brands = [{"name": display[int(codes[i])], "count": int(counts[i])} for i in order[:top_brands]]
-        return {"n_items": self.n, "brand": {"count": int(valid.sum()), "distinct": int(codes.size), "top": brands},
-                "price": num(self.price), "average_rating": num(self.rating), "rating_number": num(self.rating_number)}
+        return {
+            "n_items": self.n,
+            "brand": {"count": int(valid.sum()), "distinct": int(codes.size), "top": brands},
+            "price": num(self.price),
+            "average_rating": num(self.rating),
+            "rating_number": num(self.rating_number),
+        }
 
 
 _COLUMNS_LOCK = threading.Lock()

@@ -22,6 +22,7 @@ checked against the manifest (exact byte size, node-size multiple, checksum of i
 first and last MiB, the root nodes at the end of the file); ``verify="full"`` also
 checks every node's child pointers. A mismatch is a :class:`UserError`.
 """
+
 import datetime
 import json
 import os
@@ -35,11 +36,24 @@ import numpy as np
 from amazon_visual.atomic import write_json
 from amazon_visual.errors import UserError
 from amazon_visual.retrieval import backends
-from amazon_visual.retrieval.backends import (DEFAULT_SEARCH_K, DEFAULT_TREES, AnnoyBackend,  # noqa: F401
-                                              check_annoy_file, iter_blocks, node_size, open_annoy)
-from amazon_visual.retrieval.layout import (EMBEDDER_FILE, EMBEDDINGS, FORMAT_VERSION, INDEX_FILE,  # noqa: F401
-                                            ITEMS, MANIFEST, METRIC, NUMERIC_ATTRIBUTES, PARTIAL, THUMBS, cosine_from_angular,
-                                            normalize)
+from amazon_visual.retrieval.backends import (
+    DEFAULT_TREES,
+    AnnoyBackend,  # noqa: F401
+    iter_blocks,
+)
+from amazon_visual.retrieval.layout import (
+    EMBEDDER_FILE,
+    EMBEDDINGS,
+    FORMAT_VERSION,
+    INDEX_FILE,  # noqa: F401
+    ITEMS,
+    MANIFEST,
+    METRIC,
+    NUMERIC_ATTRIBUTES,
+    PARTIAL,
+    THUMBS,
+    normalize,
+)
 
 
 # --------------------------------------------------------------------------
@@ -69,8 +83,16 @@ def build_annoy(vectors, path, trees=DEFAULT_TREES, on_disk=False, n_jobs=-1, se
     "n_items", "trees", "dim", "sample_sha256", "on_disk"}``.
     """
     n, dim = int(vectors.shape[0]), int(vectors.shape[1])
-    return AnnoyBackend.build(iter_blocks(vectors, chunk), n, dim, path, AnnoyBackend.params(trees=trees),
-                              on_disk=on_disk, n_jobs=n_jobs, seed=seed)
+    return AnnoyBackend.build(
+        iter_blocks(vectors, chunk),
+        n,
+        dim,
+        path,
+        AnnoyBackend.params(trees=trees),
+        on_disk=on_disk,
+        n_jobs=n_jobs,
+        seed=seed,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -85,7 +107,9 @@ def read_manifest(index_dir):
     if not os.path.isdir(index_dir):
         raise UserError(f"{index_dir} does not exist: build an index with amazon-visual index")
     if not os.path.isfile(path):
-        raise UserError(f"{index_dir} is not an amazon-visual index (no {MANIFEST}): build one with amazon-visual index")
+        raise UserError(
+            f"{index_dir} is not an amazon-visual index (no {MANIFEST}): build one with amazon-visual index"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
@@ -108,8 +132,10 @@ def check_manifest(manifest, expect, index_dir="the index"):
         if key in expect and expect[key] is not None and key in manifest and manifest[key] is not None:
             if expect[key] != manifest[key]:
                 raise UserError(
-                    f"{index_dir} was built with {key}={manifest[key]!r} but the model given has {key}={expect[key]!r}: "
-                    "query it with the model it was built with, or rebuild the index with amazon-visual index --overwrite")
+                    f"{index_dir} was built with {key}={manifest[key]!r} but the model given has "
+                    f"{key}={expect[key]!r}: query it with the model it was built with, "
+                    "or rebuild the index with amazon-visual index --overwrite"
+                )
 
 
 # --------------------------------------------------------------------------
@@ -133,10 +159,16 @@ def index_path(index_dir, manifest, key, default):
     relative to INDEX_DIR, at the top level or in a generation folder; ``default`` when the manifest lacks it."""
     name = (manifest or {}).get(key) or default
     parts = str(name).replace("\\", "/").split("/")
-    if os.path.isabs(str(name)) or ".." in parts or len(parts) > 2 or (
-            len(parts) == 2 and not is_generation_folder(parts[0])):
-        raise UserError(f"{os.path.join(os.fspath(index_dir), MANIFEST)} names {key} {name!r}, which is not a file "
-                        "of the index: rebuild the index with amazon-visual index --overwrite")
+    if (
+        os.path.isabs(str(name))
+        or ".." in parts
+        or len(parts) > 2
+        or (len(parts) == 2 and not is_generation_folder(parts[0]))
+    ):
+        raise UserError(
+            f"{os.path.join(os.fspath(index_dir), MANIFEST)} names {key} {name!r}, which is not a file "
+            "of the index: rebuild the index with amazon-visual index --overwrite"
+        )
     return os.path.join(os.fspath(index_dir), *parts)
 
 
@@ -214,8 +246,8 @@ class Index:
         """Top ``n`` items for a query vector: ``(ids int64, similarities float32)`` sorted by cosine, best first.
 
         Candidates come from the backend (``search_k``: Annoy's nodes inspected, -1 = Annoy's
-        default ``n * trees``; HNSW's ``ef``, -1 = the manifest's); their similarity is recomputed exactly from the stored normalised
-        embeddings. Items in ``exclude`` are dropped (n + len(exclude) are fetched).
+        default ``n * trees``; HNSW's ``ef``, -1 = the manifest's); their similarity is recomputed
+        exactly from the stored normalised embeddings. Items in ``exclude`` are dropped (n + len(exclude) are fetched).
         """
         q = normalize(np.asarray(vector, dtype=np.float32).reshape(-1))
         if q.shape[0] != self.dim:
@@ -224,7 +256,7 @@ class Index:
         want = min(self.n_items, int(n) + len(exclude))
         sk = self.search_k if search_k is None else int(search_k)
         ids = self.ann.search(q, want, sk)
-        ids = np.array([i for i in ids if i not in exclude][:int(n)], dtype=np.int64)
+        ids = np.array([i for i in ids if i not in exclude][: int(n)], dtype=np.int64)
         if ids.size == 0:
             return ids, np.zeros(0, np.float32)
         order = np.argsort(ids)
@@ -267,18 +299,25 @@ def load_index(index_dir, expect=None, search_k=None, verify="quick"):
     n, dim = int(manifest["n_items"]), int(manifest["embedding_dim"])
     items = read_items(index_dir, manifest)
     if len(items) != n:
-        raise UserError(f"{index_path(index_dir, manifest, 'items_file', ITEMS)} has {len(items)} rows but the "
-                        f"manifest says {n} items: rebuild the index with amazon-visual index --overwrite")
+        raise UserError(
+            f"{index_path(index_dir, manifest, 'items_file', ITEMS)} has {len(items)} rows but the "
+            f"manifest says {n} items: rebuild the index with amazon-visual index --overwrite"
+        )
     emb_path = index_path(index_dir, manifest, "embeddings_file", EMBEDDINGS)
     try:
         emb = np.load(emb_path, mmap_mode="r")
     except (OSError, ValueError) as e:
-        raise UserError(f"{emb_path} is missing or unreadable ({e}): rebuild the index with amazon-visual index --overwrite") from None
+        raise UserError(
+            f"{emb_path} is missing or unreadable ({e}): rebuild the index with amazon-visual index --overwrite"
+        ) from None
     if emb.shape != (n, dim) or emb.dtype != np.float32:
-        raise UserError(f"{emb_path} is {emb.dtype} {emb.shape}, expected float32 ({n}, {dim}): "
-                        "rebuild the index with amazon-visual index --overwrite")
-    ann = backends.for_manifest(manifest).open(index_path(index_dir, manifest, "index_file", INDEX_FILE), dim, n,
-                                               manifest, verify)
+        raise UserError(
+            f"{emb_path} is {emb.dtype} {emb.shape}, expected float32 ({n}, {dim}): "
+            "rebuild the index with amazon-visual index --overwrite"
+        )
+    ann = backends.for_manifest(manifest).open(
+        index_path(index_dir, manifest, "index_file", INDEX_FILE), dim, n, manifest, verify
+    )
     return Index(index_dir, manifest, items, emb, ann, search_k)
 
 
@@ -313,12 +352,24 @@ def _prepare_out(out_dir, overwrite):
     from amazon_visual.retrieval.writelog import LOG_FILE
 
     # a writable build writes its (empty) log just before the manifest: a kill in between leaves it
-    files = {INDEX_FILE, backends.HnswBackend.index_file, EMBEDDINGS, ITEMS, THUMBS, EMBEDDER_FILE,
-             LOG_FILE, f"{LOG_FILE}-wal", f"{LOG_FILE}-shm"}
+    files = {
+        INDEX_FILE,
+        backends.HnswBackend.index_file,
+        EMBEDDINGS,
+        ITEMS,
+        THUMBS,
+        EMBEDDER_FILE,
+        LOG_FILE,
+        f"{LOG_FILE}-wal",
+        f"{LOG_FILE}-shm",
+    }
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         # an interrupted build (no manifest yet, only files of ours) resumes; anything else needs --overwrite
-        resumable = os.path.isdir(os.path.join(out_dir, PARTIAL)) and not os.path.exists(
-            os.path.join(out_dir, MANIFEST)) and all(n in files | {PARTIAL} or ".tmp-" in n for n in os.listdir(out_dir))
+        resumable = (
+            os.path.isdir(os.path.join(out_dir, PARTIAL))
+            and not os.path.exists(os.path.join(out_dir, MANIFEST))
+            and all(n in files | {PARTIAL} or ".tmp-" in n for n in os.listdir(out_dir))
+        )
         if not overwrite and not resumable:
             raise UserError(f"{out_dir} is not empty: choose another --out or pass --overwrite")
         if overwrite:
@@ -338,10 +389,30 @@ def _prepare_out(out_dir, overwrite):
     return out_dir
 
 
-def build_index(data_dir, out_dir, run_dir=None, backbone=None, weights="imagenet", splits=("train", "validation", "test"),
-                trees=None, search_k=None, on_disk=False, image_size=None, batch_size=64, thumbnails=True,
-                overwrite=False, n_jobs=-1, progress=True, backend="annoy", hnsw_m=None, ef_construction=None,
-                beam=False, beam_options=None, chunk_items=None, writable=False):
+def build_index(
+    data_dir,
+    out_dir,
+    run_dir=None,
+    backbone=None,
+    weights="imagenet",
+    splits=("train", "validation", "test"),
+    trees=None,
+    search_k=None,
+    on_disk=False,
+    image_size=None,
+    batch_size=64,
+    thumbnails=True,
+    overwrite=False,
+    n_jobs=-1,
+    progress=True,
+    backend="annoy",
+    hnsw_m=None,
+    ef_construction=None,
+    beam=False,
+    beam_options=None,
+    chunk_items=None,
+    writable=False,
+):
     """Embed DATA_DIR's ``splits`` with a trained run (``run_dir``) or a pretrained ``backbone`` and index them.
 
     Writes INDEX_DIR = ``out_dir`` (manifest.json, items.csv, embeddings.npy, the ANN index
@@ -373,23 +444,50 @@ def build_index(data_dir, out_dir, run_dir=None, backbone=None, weights="imagene
     if beam:
         from amazon_visual.retrieval.beam_embed import embed_dataset_beam
 
-        summary = embed_dataset_beam(embedder, data_dir, out_dir, splits=splits, batch_size=batch_size,
-                                     thumbnails=thumbnails, beam_options=beam_options, progress=progress,
-                                     chunk_items=chunk_items)
+        summary = embed_dataset_beam(
+            embedder,
+            data_dir,
+            out_dir,
+            splits=splits,
+            batch_size=batch_size,
+            thumbnails=thumbnails,
+            beam_options=beam_options,
+            progress=progress,
+            chunk_items=chunk_items,
+        )
         on_disk = on_disk or B is AnnoyBackend
     else:
-        summary = E.embed_dataset(embedder, data_dir, out_dir, splits=splits, batch_size=batch_size,
-                                  thumbnails=thumbnails, progress=progress, cleanup=False,
-                                  chunk_items=chunk_items or E.CHUNK_ITEMS)
+        summary = E.embed_dataset(
+            embedder,
+            data_dir,
+            out_dir,
+            splits=splits,
+            batch_size=batch_size,
+            thumbnails=thumbnails,
+            progress=progress,
+            cleanup=False,
+            chunk_items=chunk_items or E.CHUNK_ITEMS,
+        )
     embed_seconds = time.perf_counter() - t0
     n, dim = int(summary["n_items"]), embedder.dim
     if progress:
         import sys
 
-        print(f"building the {B.name} index: {n} items, dim {dim}, "
-              + ", ".join(f"{k} {v}" for k, v in params.items()) + (" (on disk)" if on_disk else ""), file=sys.stderr)
-    stats = B.build(iter_npy_blocks(os.path.join(out_dir, EMBEDDINGS)), n, dim, os.path.join(out_dir, B.index_file),
-                    params, on_disk=on_disk, n_jobs=n_jobs)
+        print(
+            f"building the {B.name} index: {n} items, dim {dim}, "
+            + ", ".join(f"{k} {v}" for k, v in params.items())
+            + (" (on disk)" if on_disk else ""),
+            file=sys.stderr,
+        )
+    stats = B.build(
+        iter_npy_blocks(os.path.join(out_dir, EMBEDDINGS)),
+        n,
+        dim,
+        os.path.join(out_dir, B.index_file),
+        params,
+        on_disk=on_disk,
+        n_jobs=n_jobs,
+    )
     desc = embedder.describe()
     extra = {}
     if desc["source"] == "backbone" and desc.get("weights") == "none":

@@ -13,6 +13,7 @@ An INDEX_DIR holds::
 :mod:`.embeddings` writes the embeddings, items and thumbnails; :mod:`.index` builds and
 reads the index; both take the names and :func:`normalize` from here.
 """
+
 import re
 
 import numpy as np
@@ -28,8 +29,18 @@ PARTIAL = ".partial"
 # product attributes carried from the metadata (an empty cell in items.csv = missing; NaN once read)
 ATTRIBUTE_COLUMNS = ["brand", "price", "average_rating", "rating_number"]
 NUMERIC_ATTRIBUTES = ["price", "average_rating", "rating_number"]
-ITEM_COLUMNS = ["asin", "title", "category", "label", "label_id", "image_url", "split", "thumb",
-                *ATTRIBUTE_COLUMNS, "image_sha256"]
+ITEM_COLUMNS = [
+    "asin",
+    "title",
+    "category",
+    "label",
+    "label_id",
+    "image_url",
+    "split",
+    "thumb",
+    *ATTRIBUTE_COLUMNS,
+    "image_sha256",
+]
 EMBEDDER_FILE = "embedder.keras"
 FORMAT_VERSION = 1
 

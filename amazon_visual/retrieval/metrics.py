@@ -29,6 +29,7 @@ manifest's ``train_classes``: a run trained on a dataset without them), still se
 against every other item: retrieval on held-out classes. Recall@1 in the metric-learning
 sense (the top result has the query's class) is precision@1: ``k=1``.
 """
+
 import os
 import shutil
 import sys
@@ -64,16 +65,16 @@ def exact_search(queries, gallery, k, chunk=32768, batch=256):
     best_s = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.zeros((len(queries), k), np.int64)
     for g in range(0, n, chunk):
-        block = np.asarray(gallery[g:g + chunk], np.float32)
+        block = np.asarray(gallery[g : g + chunk], np.float32)
         kk = min(k, len(block))
         for s in range(0, len(queries), batch):
-            sc = queries[s:s + batch] @ block.T
+            sc = queries[s : s + batch] @ block.T
             part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
-            cand_s = np.concatenate([best_s[s:s + batch], np.take_along_axis(sc, part, 1)], 1)
-            cand_i = np.concatenate([best_i[s:s + batch], part + g], 1)
+            cand_s = np.concatenate([best_s[s : s + batch], np.take_along_axis(sc, part, 1)], 1)
+            cand_i = np.concatenate([best_i[s : s + batch], part + g], 1)
             top = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-            best_s[s:s + batch] = np.take_along_axis(cand_s, top, 1)
-            best_i[s:s + batch] = np.take_along_axis(cand_i, top, 1)
+            best_s[s : s + batch] = np.take_along_axis(cand_s, top, 1)
+            best_i[s : s + batch] = np.take_along_axis(cand_i, top, 1)
     return best_i, best_s
 
 
@@ -81,7 +82,7 @@ def _gallery(emb, keep, path, chunk=65536):
     """The rows of ``emb`` where ``keep`` holds, streamed into a .npy at ``path``; returned memory-mapped."""
     from amazon_visual.retrieval.shards import write_npy
 
-    blocks = (np.asarray(emb[s:s + chunk], np.float32)[keep[s:s + chunk]] for s in range(0, len(emb), chunk))
+    blocks = (np.asarray(emb[s : s + chunk], np.float32)[keep[s : s + chunk]] for s in range(0, len(emb), chunk))
     write_npy(path, blocks, int(keep.sum()), emb.shape[1])
     return np.load(path, mmap_mode="r")
 
@@ -116,12 +117,16 @@ def _unseen_class_queries(manifest, index_dir, q_emb, q_items):
     """The queries whose class is not one the index's run was trained on."""
     trained = manifest.get("train_classes")
     if trained is None:
-        raise UserError(f"{index_dir} was not built from a trained run, so no class is held out: "
-                        "drop --exclude-train-classes or index a run")
+        raise UserError(
+            f"{index_dir} was not built from a trained run, so no class is held out: "
+            "drop --exclude-train-classes or index a run"
+        )
     keep = ~q_items["label"].isin(set(trained)).to_numpy()
     if not keep.any():
-        raise UserError(f"every query of {index_dir} has a class its run was trained on: train on a dataset "
-                        "without some classes (build-data --category ...) and index the full dataset with it")
+        raise UserError(
+            f"every query of {index_dir} has a class its run was trained on: train on a dataset "
+            "without some classes (build-data --category ...) and index the full dataset with it"
+        )
     return q_emb[keep], q_items[keep].reset_index(drop=True)
 
 
@@ -135,9 +140,20 @@ def _exact_latency(gallery, queries, k, chunk=65536):
     return out
 
 
-def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=None, trees=None,
-                       max_queries=None, latency_queries=1000, run_dir=None, progress=True,
-                       exclude_train_classes=False, backbone_weights=None):
+def evaluate_retrieval(
+    index_dir,
+    data_dir=None,
+    queries="test",
+    k=10,
+    search_k=None,
+    trees=None,
+    max_queries=None,
+    latency_queries=1000,
+    run_dir=None,
+    progress=True,
+    exclude_train_classes=False,
+    backbone_weights=None,
+):
     """Measure an INDEX_DIR; returns a dict of metrics (see the module doc).
 
     ``exclude_train_classes``: query only the items of classes the index's run was not
@@ -158,7 +174,9 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
     except (OSError, ValueError) as e:
         raise UserError(f"{index_dir}/{EMBEDDINGS} is unreadable ({e}): rebuild the index") from None
     if emb.shape[0] != len(items):
-        raise UserError(f"{index_dir}: {EMBEDDINGS} and items.csv disagree ({emb.shape[0]} vs {len(items)} rows): rebuild the index")
+        raise UserError(
+            f"{index_dir}: {EMBEDDINGS} and items.csv disagree ({emb.shape[0]} vs {len(items)} rows): rebuild the index"
+        )
     if data_dir is not None and manifest.get("dataset_fingerprint"):
         from amazon_visual import data
         from amazon_visual.retrieval.embeddings import dataset_fingerprint
@@ -167,8 +185,10 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
         fp = dataset_fingerprint(data_dir)
         in_index = queries in set(items["split"])
         if in_index and fp != manifest["dataset_fingerprint"]:
-            raise UserError(f"{index_dir} was built from another dataset than {data_dir}: "
-                            f"pass the DATA_DIR it was built from ({manifest.get('data_dir')})")
+            raise UserError(
+                f"{index_dir} was built from another dataset than {data_dir}: "
+                f"pass the DATA_DIR it was built from ({manifest.get('data_dir')})"
+            )
     split_mask = (items["split"] == queries).to_numpy()
     if split_mask.any():
         q_idx = np.flatnonzero(split_mask)
@@ -185,7 +205,9 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
         from amazon_visual import data
 
         if list(data.class_names(data_dir)) != list(manifest.get("class_names") or data.class_names(data_dir)):
-            raise UserError(f"{data_dir} has other classes than the index {index_dir}: use the dataset it was built from")
+            raise UserError(
+                f"{data_dir} has other classes than the index {index_dir}: use the dataset it was built from"
+            )
         q_emb, q_items = _embed_split(manifest, index_dir, data_dir, queries, run_dir=run_dir, progress=progress)
         g_idx = np.arange(len(items))
         source = "data_dir"
@@ -213,8 +235,9 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
         ann_path = os.path.join(tmpdir, backend.index_file)
         st = backend.build(backends.iter_blocks(g_emb), len(g_emb), g_emb.shape[1], ann_path, params)
         ann = backend.open(ann_path, g_emb.shape[1], len(g_emb), {"index_size_bytes": st["size_bytes"], "search_k": sk})
-        sub = Index(tmpdir, {"n_items": len(g_emb), "embedding_dim": g_emb.shape[1], "search_k": sk},
-                    g_items, g_emb, ann, sk)
+        sub = Index(
+            tmpdir, {"n_items": len(g_emb), "embedding_dim": g_emb.shape[1], "search_k": sk}, g_items, g_emb, ann, sk
+        )
         nq = len(q_emb)
         annoy_ids = np.full((nq, kk), -1, np.int64)
         lat = np.empty(nq)
@@ -222,10 +245,10 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
             t0 = time.perf_counter()
             ids, _ = sub.search(q_emb[i], kk)
             lat[i] = time.perf_counter() - t0
-            annoy_ids[i, :len(ids)] = ids
+            annoy_ids[i, : len(ids)] = ids
         sub.close()
         exact_ids, exact_sims = exact_search(q_emb, g_emb, kk)
-        elat = _exact_latency(g_emb, q_emb[:min(nq, int(latency_queries))], kk)
+        elat = _exact_latency(g_emb, q_emb[: min(nq, int(latency_queries))], kk)
         # recall@k, tie-aware: an index result counts when its cosine reaches the exact k-th best (within 1e-6)
         hits = []
         for i, (a, e_s) in enumerate(zip(annoy_ids, exact_sims)):
@@ -247,24 +270,42 @@ def evaluate_retrieval(index_dir, data_dir=None, queries="test", k=10, search_k=
     per_cat = {}
     for lab in sorted(set(q_labels)):
         sel = q_labels == lab
-        per_cat[str(lab)] = {"queries": int(sel.sum()), "precision_at_k": float(p_ann[sel].mean()),
-                             "map_at_k": float(ap_ann[sel].mean())}
+        per_cat[str(lab)] = {
+            "queries": int(sel.sum()),
+            "precision_at_k": float(p_ann[sel].mean()),
+            "map_at_k": float(ap_ann[sel].mean()),
+        }
     return {
-        "index_dir": index_dir, "queries": queries, "query_source": source, "n_queries": int(nq),
-        "n_indexed": int(len(g_idx)), "k": k, "backend": backend.name, "trees": params.get("trees"),
-        "hnsw_m": params.get("hnsw_m"), "search_k": int(sk),
-        "precision_at_k": float(p_ann.mean()), "map_at_k": float(ap_ann.mean()),
-        "exact_precision_at_k": float(p_ex.mean()), "exact_map_at_k": float(ap_ex.mean()),
-        "class_prior": prior, "recall_at_k": float(recall),
-        "latency_ms_p50": 1e3 * float(np.percentile(lat, 50)), "latency_ms_p99": 1e3 * float(np.percentile(lat, 99)),
+        "index_dir": index_dir,
+        "queries": queries,
+        "query_source": source,
+        "n_queries": int(nq),
+        "n_indexed": int(len(g_idx)),
+        "k": k,
+        "backend": backend.name,
+        "trees": params.get("trees"),
+        "hnsw_m": params.get("hnsw_m"),
+        "search_k": int(sk),
+        "precision_at_k": float(p_ann.mean()),
+        "map_at_k": float(ap_ann.mean()),
+        "exact_precision_at_k": float(p_ex.mean()),
+        "exact_map_at_k": float(ap_ex.mean()),
+        "class_prior": prior,
+        "recall_at_k": float(recall),
+        "latency_ms_p50": 1e3 * float(np.percentile(lat, 50)),
+        "latency_ms_p99": 1e3 * float(np.percentile(lat, 99)),
         "qps": float(nq / lat.sum()) if lat.sum() > 0 else None,
         "exact_latency_ms_p50": 1e3 * float(np.percentile(elat, 50)),
         "exact_latency_ms_p99": 1e3 * float(np.percentile(elat, 99)),
         "exact_qps": float(m / elat.sum()) if elat.sum() > 0 else None,
-        "build_seconds": st["build_seconds"], "index_size_bytes": st["size_bytes"],
-        "index_dir_bytes": dir_size(index_dir), "per_category": per_cat,
-        "model": manifest.get("model"), "embedding_dim": manifest.get("embedding_dim"),
-        "objective": manifest.get("objective"), "exclude_train_classes": bool(exclude_train_classes),
+        "build_seconds": st["build_seconds"],
+        "index_size_bytes": st["size_bytes"],
+        "index_dir_bytes": dir_size(index_dir),
+        "per_category": per_cat,
+        "model": manifest.get("model"),
+        "embedding_dim": manifest.get("embedding_dim"),
+        "objective": manifest.get("objective"),
+        "exclude_train_classes": bool(exclude_train_classes),
     }
 
 
@@ -275,7 +316,8 @@ def format_report(r):
     lines = [
         f"index {r['index_dir']}  model {r.get('model')}  dim {r.get('embedding_dim')}",
         f"queries: {r['n_queries']} items of split {r['queries']!r}{held_out} against {r['n_indexed']} indexed "
-        f"items ({r.get('backend', 'annoy')}: " + (f"trees {r['trees']}" if r.get("trees") else f"M {r.get('hnsw_m')}")
+        f"items ({r.get('backend', 'annoy')}: "
+        + (f"trees {r['trees']}" if r.get("trees") else f"M {r.get('hnsw_m')}")
         + f", search_k {r['search_k']})",
         "",
         f"{'metric':<28}{r.get('backend', 'annoy'):>10}{'exact':>10}",

@@ -31,6 +31,7 @@ Thread safety: one Recommender may be shared by threads; Annoy reads are thread-
 the model call is serialised by a lock. The model is loaded on the first image query
 (ASIN queries never load TensorFlow).
 """
+
 import dataclasses
 import math
 import os
@@ -74,19 +75,25 @@ class Recommender:
         m = index.manifest
         if run_dir is not None:
             if m.get("source") != "run":
-                raise UserError(f"{index_dir} was built from the backbone {m.get('model')}, not a trained run: "
-                                "leave run_dir out")
+                raise UserError(
+                    f"{index_dir} was built from the backbone {m.get('model')}, not a trained run: leave run_dir out"
+                )
             if not os.path.isfile(os.path.join(run_dir, "model.keras")):
-                raise UserError(f"{run_dir} is not a trained run (no model.keras): pass the run the index was built from")
+                raise UserError(
+                    f"{run_dir} is not a trained run (no model.keras): pass the run the index was built from"
+                )
             check_manifest(m, {"fingerprint": run_fingerprint(run_dir)}, index_dir)
-        elif m.get("source") == "run" and m.get("run_dir") and os.path.isfile(os.path.join(m["run_dir"], "model.keras")):
+        elif (
+            m.get("source") == "run" and m.get("run_dir") and os.path.isfile(os.path.join(m["run_dir"], "model.keras"))
+        ):
             # the run is still where it was: it must still be the same model
             check_manifest(m, {"fingerprint": run_fingerprint(m["run_dir"])}, index_dir)
         if backbone_weights is not None:
             if m.get("source") != "backbone":
                 raise UserError(f"{index_dir} was built from a trained run: leave backbone_weights out")
-            check_manifest(m, {"fingerprint": backbone_fingerprint(m["model"], backbone_weights, m["image_size"])},
-                           index_dir)
+            check_manifest(
+                m, {"fingerprint": backbone_fingerprint(m["model"], backbone_weights, m["image_size"])}, index_dir
+            )
         return cls(writelog.open_live(index), run_dir=run_dir, backbone_weights=backbone_weights)
 
     @property
@@ -118,21 +125,31 @@ class Recommender:
     # ------------------------------------------------------------------ queries
     def similar_to_image(self, img, k=10, min_similarity=None, same_category=False, filters=None):
         """Items that look like ``img`` (path, http(s) URL, bytes, PIL image or array)."""
-        return self.recommend(image=img, k=k, min_similarity=min_similarity, same_category=same_category,
-                              filters=filters)["results"]
+        return self.recommend(
+            image=img, k=k, min_similarity=min_similarity, same_category=same_category, filters=filters
+        )["results"]
 
     def similar_to_asin(self, asin, k=10, min_similarity=None, same_category=False, filters=None):
         """Items that look like the indexed product ``asin`` (never the product itself)."""
-        return self.recommend(asin=asin, k=k, min_similarity=min_similarity, same_category=same_category,
-                              filters=filters)["results"]
+        return self.recommend(
+            asin=asin, k=k, min_similarity=min_similarity, same_category=same_category, filters=filters
+        )["results"]
 
     def embed_image(self, img):
         """(embedding (d,), class probabilities or None, decoded uint8 image) of one query image."""
         emb, probs, arrays = self.embedder.embed_images([img])
         return emb[0], (None if probs is None else probs[0]), arrays[0]
 
-    def recommend(self, image=None, asin=None, k=10, min_similarity=None, same_category=False, filters=None,
-                  collapse_duplicates=False):
+    def recommend(
+        self,
+        image=None,
+        asin=None,
+        k=10,
+        min_similarity=None,
+        same_category=False,
+        filters=None,
+        collapse_duplicates=False,
+    ):
         """One query by ``image`` or ``asin``: ``{"query": {...}, "results": [...], "query_image": array|None}``.
 
         ``query`` describes the query (kind, asin/title/label or the image's predicted
@@ -166,13 +183,23 @@ class Recommender:
             # the same ASIN may be indexed twice (e.g. in two splits): never return it
             same = np.flatnonzero(idx.items["asin"].to_numpy() == asin) if _dupes(idx) else [qid]
             exclude = tuple(int(i) for i in same)
-            query = {"kind": "asin", "asin": asin, "title": row.get("title", ""), "category": row.get("category", ""),
-                     "label": row.get("label", ""), "image_url": row.get("image_url", ""), "thumb": idx.thumb_path(qid)}
+            query = {
+                "kind": "asin",
+                "asin": asin,
+                "title": row.get("title", ""),
+                "category": row.get("category", ""),
+                "label": row.get("label", ""),
+                "image_url": row.get("image_url", ""),
+                "thumb": idx.thumb_path(qid),
+            }
             category = row.get("label", "")
             query["category_source"] = "the item's label"
         else:
             vec, probs, query_image = self.embed_image(image)
-            query = {"kind": "image", "image": image if isinstance(image, (str, os.PathLike)) else f"<{type(image).__name__}>"}
+            query = {
+                "kind": "image",
+                "image": image if isinstance(image, (str, os.PathLike)) else f"<{type(image).__name__}>",
+            }
             labels = self.embedder.labels
             if probs is not None and labels:
                 c = int(np.argmax(probs))
@@ -209,8 +236,9 @@ class Recommender:
             score[lab] = score.get(lab, 0.0) + max(float(s), 0.0) + 1e-6
         return max(score, key=score.get)
 
-    def _search(self, vec, k, min_similarity, keep_label, exclude, filters=F.Filters(), collapse_duplicates=False):
+    def _search(self, vec, k, min_similarity, keep_label, exclude, filters=None, collapse_duplicates=False):
         """The results of one query: the items allowed by ``filters`` AND ``keep_label`` nearest ``vec``."""
+        filters = F.Filters() if filters is None else filters
         cols = F.columns(self.index)
         if keep_label is not None and filters.category in (None, keep_label) and cols.has_label(keep_label):
             filters = dataclasses.replace(filters, category=str(keep_label))
@@ -236,11 +264,19 @@ class Recommender:
     def _result(self, rank, item_id, similarity):
         idx = self.index
         row = idx.item(item_id)
-        return {"rank": rank, "asin": row.get("asin", ""), "title": row.get("title", ""),
-                "category": row.get("category", ""), "label": row.get("label", ""),
-                "image_url": row.get("image_url", ""), "split": row.get("split", ""),
-                "similarity": round(float(similarity), 6), "thumb": idx.thumb_path(item_id), "item_id": int(item_id),
-                **attributes(row)}
+        return {
+            "rank": rank,
+            "asin": row.get("asin", ""),
+            "title": row.get("title", ""),
+            "category": row.get("category", ""),
+            "label": row.get("label", ""),
+            "image_url": row.get("image_url", ""),
+            "split": row.get("split", ""),
+            "similarity": round(float(similarity), 6),
+            "thumb": idx.thumb_path(item_id),
+            "item_id": int(item_id),
+            **attributes(row),
+        }
 
 
 def attributes(row):
@@ -279,14 +315,20 @@ def format_table(results, query=None):
         if query.get("same_category"):
             lines.append(f"same category: {query['same_category']} ({query.get('category_source', '')})")
     if query and query.get("filters"):
-        lines.append("filters: " + ", ".join(f"{k} {', '.join(v) if isinstance(v, list) else v}"
-                                             for k, v in query["filters"].items()))
+        lines.append(
+            "filters: "
+            + ", ".join(f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in query["filters"].items())
+        )
     if not results:
         lines.append("no result (try a lower --min-similarity, fewer filters or without --same-category)")
         return "\n".join(lines)
     width_title = 48
     # attribute columns only when some result has the attribute
-    columns = (("price", "price", "{:>9.2f}"), ("average_rating", "rating", "{:>6.1f}"), ("brand", "brand", "{:<16.16}"))
+    columns = (
+        ("price", "price", "{:>9.2f}"),
+        ("average_rating", "rating", "{:>6.1f}"),
+        ("brand", "brand", "{:<16.16}"),
+    )
     extra = [(name, head, fmt) for name, head, fmt in columns if any(r.get(name) is not None for r in results)]
     width = {"price": 9, "rating": 6, "brand": 16}
 
@@ -294,8 +336,7 @@ def format_table(results, query=None):
         out = []
         for name, head, fmt in extra:
             v = r.get(name)
-            out.append(fmt.format(v) if v is not None else f"{'-':>{width[head]}}" if head != "brand"
-                       else f"{'-':<16}")
+            out.append(fmt.format(v) if v is not None else f"{'-':>{width[head]}}" if head != "brand" else f"{'-':<16}")
         return "".join(c + "  " for c in out)
 
     head = "".join((f"{h:>{width[h]}}" if h != "brand" else f"{h:<16}") + "  " for _, h, _ in extra)
@@ -303,7 +344,7 @@ def format_table(results, query=None):
     for r in results:
         title = str(r.get("title", ""))
         if len(title) > width_title:
-            title = title[:width_title - 1] + "\u2026"
+            title = title[: width_title - 1] + "\u2026"
         label = str(r.get("label", ""))[:16]
         lines.append(f"{r['rank']:>4}  {r['similarity']:>10.4f}  {str(r['asin']):<12}  {label:<16}  {cells(r)}{title}")
     return "\n".join(lines)

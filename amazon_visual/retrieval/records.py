@@ -16,6 +16,7 @@ tfds ``FeaturesDict`` (what ``tfds``/``amazon_visual.data.load`` do) and resized
 CRCs are not checked here (no CRC-32C in the standard library); a damaged record fails to
 parse instead.
 """
+
 import hashlib
 import math
 import os
@@ -62,8 +63,10 @@ def plan(data_dir, splits, chunk_items):
         sp = info.splits[split]
         files = [os.fspath(p) for p in sp.filepaths]
         if len(files) != len(sp.shard_lengths):
-            raise UserError(f"{data_dir}: split {split} lists {len(files)} files for {len(sp.shard_lengths)} shards: "
-                            "rebuild the dataset with amazon-visual build-data")
+            raise UserError(
+                f"{data_dir}: split {split} lists {len(files)} files for {len(sp.shard_lengths)} shards: "
+                "rebuild the dataset with amazon-visual build-data"
+            )
         chunk = 0
         for path, length in zip(files, sp.shard_lengths):
             starts = record_offsets(path, int(length), int(chunk_items))
@@ -77,7 +80,9 @@ def plan(data_dir, splits, chunk_items):
 
 
 def _bad(path, why):
-    return UserError(f"{path} is not a complete TFRecord file ({why}): rebuild the dataset with amazon-visual build-data")
+    return UserError(
+        f"{path} is not a complete TFRecord file ({why}): rebuild the dataset with amazon-visual build-data"
+    )
 
 
 def record_offsets(path, length, every):
@@ -129,8 +134,14 @@ def dataset(serialized, features, image_size, resize, thumbnails):
     def convert(record):
         ex = features.deserialize_example(record)
         img = ex["image"]
-        out = {"pixels": resize_image(img, image_size, resize), "asin": ex["asin"], "title": ex["title"],
-               "category": ex["category"], "image_url": ex["image_url"], "label": ex["label"]}
+        out = {
+            "pixels": resize_image(img, image_size, resize),
+            "asin": ex["asin"],
+            "title": ex["title"],
+            "category": ex["category"],
+            "image_url": ex["image_url"],
+            "label": ex["label"],
+        }
         out.update({name: ex[name] for name in attributes})
         if thumbnails:
             side = tf.minimum(THUMB_SIZE, tf.reduce_max(tf.shape(img)[:2]))  # never enlarged
@@ -160,10 +171,17 @@ def item_row(ex, item_id, split, names, out_dir=None):
     if out_dir is not None and "thumb" in ex:
         thumb = f"{THUMBS}/{item_id:07d}-{safe_name(asin)}.jpg"
         write_bytes(os.path.join(out_dir, thumb), bytes(ex["thumb"]))
-    row = {"asin": asin, "title": _text(ex["title"]), "category": _text(ex["category"]),
-           "label": names[label_id] if 0 <= label_id < len(names) else str(label_id), "label_id": label_id,
-           "image_url": _text(ex["image_url"]), "split": split, "thumb": thumb,
-           "image_sha256": ex.get("image_sha256")}
+    row = {
+        "asin": asin,
+        "title": _text(ex["title"]),
+        "category": _text(ex["category"]),
+        "label": names[label_id] if 0 <= label_id < len(names) else str(label_id),
+        "label_id": label_id,
+        "image_url": _text(ex["image_url"]),
+        "split": split,
+        "thumb": thumb,
+        "image_sha256": ex.get("image_sha256"),
+    }
     row.update(attribute_values(ex))
     return row
 

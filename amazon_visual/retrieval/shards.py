@@ -12,6 +12,7 @@ shard per TFRecord shard of DATA_DIR. Either way the INDEX_DIR's ``embeddings.np
 the ANN index is built from :func:`iter_npy_blocks` of ``embeddings.npy``: no step holds
 all the vectors or all the rows in memory.
 """
+
 import csv
 import io
 import json
@@ -84,8 +85,14 @@ class NpyWriter:
     def __init__(self, path, n, dim):
         self.f = open(path, "wb")
         self.n, self.written = int(n), 0
-        np.lib.format.write_array_header_1_0(self.f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                                                      "fortran_order": False, "shape": (int(n), int(dim))})
+        np.lib.format.write_array_header_1_0(
+            self.f,
+            {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                "fortran_order": False,
+                "shape": (int(n), int(dim)),
+            },
+        )
 
     def write(self, block):
         block = np.ascontiguousarray(block, dtype=np.float32)
@@ -132,15 +139,19 @@ def assemble(bases, out_dir, dim, expected):
                 e = np.load(base + ".npy")
                 rows = read_rows(base)
                 if e.ndim != 2 or e.shape[1] != dim or len(e) != len(rows):
-                    raise UserError(f"embedding shard {base} is inconsistent ({e.shape}, {len(rows)} rows): "
-                                    f"remove {os.path.dirname(base)} and run the command again")
+                    raise UserError(
+                        f"embedding shard {base} is inconsistent ({e.shape}, {len(rows)} rows): "
+                        f"remove {os.path.dirname(base)} and run the command again"
+                    )
                 fe.write(e)
                 writer.writerows(rows)
                 n += len(e)
         fe.close()
         if n != expected:
-            raise UserError(f"the embedding shards hold {n} items, expected {expected}: "
-                            f"remove {os.path.dirname(bases[0]) if bases else out_dir}/ and run the command again")
+            raise UserError(
+                f"the embedding shards hold {n} items, expected {expected}: "
+                f"remove {os.path.dirname(bases[0]) if bases else out_dir}/ and run the command again"
+            )
         os.replace(emb_tmp, emb_path)
         os.replace(items_tmp, items_path)
     finally:

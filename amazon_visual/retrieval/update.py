@@ -32,6 +32,7 @@ The steps, for callers that extend them (the live-write log folds its entries in
 :func:`final_blocks` (``(rows, embeddings)`` blocks in final item order), :func:`assemble`,
 :func:`finish_update` (ANN, manifest swap, old generation removed).
 """
+
 import contextlib
 import csv
 import datetime
@@ -48,10 +49,27 @@ import numpy as np
 
 from amazon_visual.errors import UserError
 from amazon_visual.retrieval import backends, writelog
-from amazon_visual.retrieval.index import (_remove_stale_tmp, atomic_write_json, generation_folder, index_path,
-                                           is_generation_folder, read_items, read_manifest)
-from amazon_visual.retrieval.layout import (EMBEDDER_FILE, EMBEDDINGS, INDEX_FILE, ITEM_COLUMNS,
-                                            ITEMS, MANIFEST, NUMERIC_ATTRIBUTES, PARTIAL, THUMBS, safe_name)
+from amazon_visual.retrieval.index import (
+    _remove_stale_tmp,
+    atomic_write_json,
+    generation_folder,
+    index_path,
+    is_generation_folder,
+    read_items,
+    read_manifest,
+)
+from amazon_visual.retrieval.layout import (
+    EMBEDDER_FILE,
+    EMBEDDINGS,
+    INDEX_FILE,
+    ITEM_COLUMNS,
+    ITEMS,
+    MANIFEST,
+    NUMERIC_ATTRIBUTES,
+    PARTIAL,
+    THUMBS,
+    safe_name,
+)
 
 PHASES = ("read_plan", "hash", "embed", "assemble", "ann_build", "swap")
 TOP_LEVEL_FILES = (INDEX_FILE, backends.HnswBackend.index_file, EMBEDDINGS, ITEMS, THUMBS)
@@ -168,8 +186,7 @@ def _full_build_reason(manifest, desc, old, n_new, thumbnails):
     if any(manifest.get(k) != desc.get(k) for k in ("source", "fingerprint", "embedding_dim")):
         return f"the model differs from the index's: building all {n_new} items again"
     if old.n and not old.has_hashes:
-        return (f"the index has no photo hashes (built before they were recorded): building all {n_new} "
-                "items again")
+        return f"the index has no photo hashes (built before they were recorded): building all {n_new} items again"
     if thumbnails and not manifest.get("thumbnails", True):
         return f"the index has no thumbnails to reuse: building all {n_new} items again"
     return None
@@ -207,8 +224,18 @@ def _clean_generations(index_dir, keep):
                 os.remove(p)
 
 
-def start_update(data_dir, index_dir, run_dir=None, backbone=None, weights="imagenet", splits=None,
-                 image_size=None, batch_size=64, thumbnails=None, chunk_items=None):
+def start_update(
+    data_dir,
+    index_dir,
+    run_dir=None,
+    backbone=None,
+    weights="imagenet",
+    splits=None,
+    image_size=None,
+    batch_size=64,
+    thumbnails=None,
+    chunk_items=None,
+):
     """Plan the update of INDEX_DIR from DATA_DIR: the job the other steps take (a dict)."""
     from amazon_visual import data
     from amazon_visual.retrieval import embeddings as E
@@ -236,34 +263,62 @@ def start_update(data_dir, index_dir, run_dir=None, backbone=None, weights="imag
     total = sum(counts.values())
     if total == 0:
         raise UserError(f"the splits {', '.join(splits)} of {data_dir} hold no example: choose other --splits")
-    embedder, kept = _embedder(manifest, index_dir, run_dir, backbone, weights, image_size,
-                               os.path.join(gen_dir, PARTIAL))
+    embedder, kept = _embedder(
+        manifest, index_dir, run_dir, backbone, weights, image_size, os.path.join(gen_dir, PARTIAL)
+    )
     desc = embedder.describe()
     old = OldItems(read_items(index_dir, manifest))
     reason = _full_build_reason(manifest, desc, old, total, thumbnails)
-    state = {"update_of": [manifest.get("items_file"), manifest.get("updated") or manifest.get("created"),
-                           manifest.get("n_items")], "reuse": reason is None, "thumbnails": thumbnails,
-             **E.partial_state(desc.get("fingerprint"), data_dir, splits, counts, chunk, thumbnails)}
+    state = {
+        "update_of": [
+            manifest.get("items_file"),
+            manifest.get("updated") or manifest.get("created"),
+            manifest.get("n_items"),
+        ],
+        "reuse": reason is None,
+        "thumbnails": thumbnails,
+        **E.partial_state(desc.get("fingerprint"), data_dir, splits, counts, chunk, thumbnails),
+    }
     emb_path = index_path(index_dir, manifest, "embeddings_file", EMBEDDINGS)
     try:
         old_emb = np.load(emb_path, mmap_mode="r")
     except (OSError, ValueError) as e:
-        raise UserError(f"{emb_path} is missing or unreadable ({e}): rebuild the index with amazon-visual index "
-                        "--overwrite") from None
+        raise UserError(
+            f"{emb_path} is missing or unreadable ({e}): rebuild the index with amazon-visual index --overwrite"
+        ) from None
     if old_emb.shape != (old.n, int(manifest["embedding_dim"])):
-        raise UserError(f"{emb_path} holds {old_emb.shape} vectors for {old.n} items: rebuild the index with "
-                        "amazon-visual index --overwrite")
+        raise UserError(
+            f"{emb_path} holds {old_emb.shape} vectors for {old.n} items: rebuild the index with "
+            "amazon-visual index --overwrite"
+        )
     partial = _open_generation(gen_dir, state)
     if thumbnails:
         os.makedirs(os.path.join(gen_dir, THUMBS), exist_ok=True)
-    return {"index_dir": os.fspath(index_dir), "data_dir": os.fspath(data_dir), "manifest": manifest,
-            "old_emb": old_emb,
-            "old": old, "reuse": reason is None, "full_build_reason": reason, "embedder": embedder,
-            "embedder_kept_in_index": kept, "generation": number + 1, "gen": target, "gen_dir": gen_dir,
-            "current": current, "partial": partial, "ranges": ranges, "counts": counts, "total": total,
-            "splits": list(splits), "names": data.class_names(data_dir), "features": data.info(data_dir).features,
-            "thumbnails": thumbnails, "batch_size": int(batch_size),
-            "seconds": dict.fromkeys(PHASES, 0.0) | {"read_plan": time.perf_counter() - t0}}
+    return {
+        "index_dir": os.fspath(index_dir),
+        "data_dir": os.fspath(data_dir),
+        "manifest": manifest,
+        "old_emb": old_emb,
+        "old": old,
+        "reuse": reason is None,
+        "full_build_reason": reason,
+        "embedder": embedder,
+        "embedder_kept_in_index": kept,
+        "generation": number + 1,
+        "gen": target,
+        "gen_dir": gen_dir,
+        "current": current,
+        "partial": partial,
+        "ranges": ranges,
+        "counts": counts,
+        "total": total,
+        "splits": list(splits),
+        "names": data.class_names(data_dir),
+        "features": data.info(data_dir).features,
+        "thumbnails": thumbnails,
+        "batch_size": int(batch_size),
+        "seconds": dict.fromkeys(PHASES, 0.0) | {"read_plan": time.perf_counter() - t0},
+    }
 
 
 # --------------------------------------------------------------------------
@@ -299,8 +354,9 @@ def _reused_row(job, fields, item_id, split, old_id):
     old_thumb = job["old"].thumbs[old_id] if job["old"].thumbs is not None else ""
     if job["thumbnails"] and old_thumb:
         name = f"{THUMBS}/{item_id:07d}-{safe_name(row['asin'])}.jpg"
-        if _THUMB_NAME.fullmatch(old_thumb) and _link(os.path.join(job["index_dir"], old_thumb),
-                                                      os.path.join(job["gen_dir"], name)):
+        if _THUMB_NAME.fullmatch(old_thumb) and _link(
+            os.path.join(job["index_dir"], old_thumb), os.path.join(job["gen_dir"], name)
+        ):
             row["thumb"] = f"{job['gen']}/{name}"
     return row
 
@@ -333,8 +389,9 @@ def write_range(job, rng, scan, emb, fields):
             row = _reused_row(job, dict(f, image_sha256=sha), item_id, rng.split, old_id)
             kind = "reused"
         else:
-            row = records.item_row(next(new_rows), item_id, rng.split, job["names"],
-                                   job["gen_dir"] if job["thumbnails"] else None)
+            row = records.item_row(
+                next(new_rows), item_id, rng.split, job["names"], job["gen_dir"] if job["thumbnails"] else None
+            )
             if row["thumb"]:
                 row["thumb"] = f"{job['gen']}/{row['thumb']}"
             kind = "changed" if scan["known"][j] else "added"
@@ -356,8 +413,9 @@ def _embed(job, serialized):
             b = np.concatenate([b, np.zeros((bs - n,) + b.shape[1:], b.dtype)])
         return embedder.predict(b)[0][:n]
 
-    return records.embed_records(predict, serialized, job["features"], embedder.image_size, embedder.resize,
-                                 job["thumbnails"], bs)
+    return records.embed_records(
+        predict, serialized, job["features"], embedder.image_size, embedder.resize, job["thumbnails"], bs
+    )
 
 
 def _flush(job, pending):
@@ -370,7 +428,7 @@ def _flush(job, pending):
     start = 0
     for rng, scan in pending:
         m = len(scan["todo"])
-        write_range(job, rng, scan, emb[start:start + m], fields[start:start + m])
+        write_range(job, rng, scan, emb[start : start + m], fields[start : start + m])
         start += m
     job["seconds"]["embed"] += t1 - t0
     job["seconds"]["hash"] += time.perf_counter() - t1
@@ -503,19 +561,33 @@ def new_manifest(job, stats, B, params, n, counts):
     m.pop("embedder_file", None)
     m.update(job["embedder"].describe())
     gen = job["gen"]
-    m.update({
-        "backend": B.name, "n_items": n, "embedding_dim": stats["dim"], **params,
-        "on_disk_build": bool(stats.get("on_disk")), "index_file": f"{gen}/{B.index_file}",
-        "index_size_bytes": stats["size_bytes"], "index_sample_sha256": stats["sample_sha256"],
-        "embeddings_file": f"{gen}/{EMBEDDINGS}", "items_file": f"{gen}/{ITEMS}", "thumbnails": job["thumbnails"],
-        "data_dir": os.path.abspath(job["data_dir"]), "dataset_fingerprint": dataset_fingerprint(job["data_dir"]),
-        "splits": job["splits"], "split_counts": job["counts"], "class_names": job["names"],
-        "embedding_engine": "local", "embed_seconds": round(job["seconds"]["embed"], 3),
-        "build_seconds": stats["build_seconds"], "generation": job["generation"],
-        "previous_generation_dir": job["current"],
-        "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "package_version": _version(),
-    })
+    m.update(
+        {
+            "backend": B.name,
+            "n_items": n,
+            "embedding_dim": stats["dim"],
+            **params,
+            "on_disk_build": bool(stats.get("on_disk")),
+            "index_file": f"{gen}/{B.index_file}",
+            "index_size_bytes": stats["size_bytes"],
+            "index_sample_sha256": stats["sample_sha256"],
+            "embeddings_file": f"{gen}/{EMBEDDINGS}",
+            "items_file": f"{gen}/{ITEMS}",
+            "thumbnails": job["thumbnails"],
+            "data_dir": os.path.abspath(job["data_dir"]),
+            "dataset_fingerprint": dataset_fingerprint(job["data_dir"]),
+            "splits": job["splits"],
+            "split_counts": job["counts"],
+            "class_names": job["names"],
+            "embedding_engine": "local",
+            "embed_seconds": round(job["seconds"]["embed"], 3),
+            "build_seconds": stats["build_seconds"],
+            "generation": job["generation"],
+            "previous_generation_dir": job["current"],
+            "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "package_version": _version(),
+        }
+    )
     kept = _embedder_file(job)
     if kept:
         m["embedder_file"] = kept
@@ -534,10 +606,19 @@ def finish_update(job, n, counts, backend=None, params=None, on_disk=False, n_jo
     params = params or backends.build_params(dict(job["manifest"], backend=B.name))
     dim = job["embedder"].dim
     if progress:
-        print(f"building the {B.name} index: {n} items, dim {dim}, "
-              + ", ".join(f"{k} {v}" for k, v in params.items()), file=sys.stderr)
-    stats = B.build(iter_npy_blocks(os.path.join(job["gen_dir"], EMBEDDINGS)), n, dim,
-                    os.path.join(job["gen_dir"], B.index_file), params, on_disk=on_disk, n_jobs=n_jobs)
+        print(
+            f"building the {B.name} index: {n} items, dim {dim}, " + ", ".join(f"{k} {v}" for k, v in params.items()),
+            file=sys.stderr,
+        )
+    stats = B.build(
+        iter_npy_blocks(os.path.join(job["gen_dir"], EMBEDDINGS)),
+        n,
+        dim,
+        os.path.join(job["gen_dir"], B.index_file),
+        params,
+        on_disk=on_disk,
+        n_jobs=n_jobs,
+    )
     t1 = time.perf_counter()
     job["seconds"]["ann_build"] += t1 - t0
     m = new_manifest(job, stats, B, params, n, counts)
@@ -549,9 +630,26 @@ def finish_update(job, n, counts, backend=None, params=None, on_disk=False, n_jo
     return m
 
 
-def update_index(data_dir, index_dir, run_dir=None, backbone=None, weights="imagenet", splits=None, image_size=None,
-                 batch_size=64, thumbnails=None, backend=None, trees=None, search_k=None, hnsw_m=None,
-                 ef_construction=None, on_disk=False, n_jobs=-1, chunk_items=None, progress=True):
+def update_index(
+    data_dir,
+    index_dir,
+    run_dir=None,
+    backbone=None,
+    weights="imagenet",
+    splits=None,
+    image_size=None,
+    batch_size=64,
+    thumbnails=None,
+    backend=None,
+    trees=None,
+    search_k=None,
+    hnsw_m=None,
+    ef_construction=None,
+    on_disk=False,
+    n_jobs=-1,
+    chunk_items=None,
+    progress=True,
+):
     """Update INDEX_DIR to DATA_DIR's items (see the module doc); returns the new manifest, whose ``update``
     holds the counts (added, changed, removed, reused, embedded), ``full_build`` (the reason of a full build,
     or None) and ``seconds`` per phase. The backend and its parameters are the manifest's unless given.
@@ -564,27 +662,56 @@ def update_index(data_dir, index_dir, run_dir=None, backbone=None, weights="imag
     if not os.path.isfile(os.path.join(index_dir, MANIFEST)):
         if progress:
             print(f"{index_dir} holds no index yet: building it", file=sys.stderr)
-        return build_index(data_dir, index_dir, run_dir=run_dir, backbone=backbone, weights=weights,
-                           splits=splits or ("train", "validation", "test"), trees=trees, search_k=search_k,
-                           on_disk=on_disk, image_size=image_size, batch_size=batch_size,
-                           thumbnails=True if thumbnails is None else thumbnails, n_jobs=n_jobs, progress=progress,
-                           backend=backend or "annoy", hnsw_m=hnsw_m, ef_construction=ef_construction,
-                           chunk_items=chunk_items)
+        return build_index(
+            data_dir,
+            index_dir,
+            run_dir=run_dir,
+            backbone=backbone,
+            weights=weights,
+            splits=splits or ("train", "validation", "test"),
+            trees=trees,
+            search_k=search_k,
+            on_disk=on_disk,
+            image_size=image_size,
+            batch_size=batch_size,
+            thumbnails=True if thumbnails is None else thumbnails,
+            n_jobs=n_jobs,
+            progress=progress,
+            backend=backend or "annoy",
+            hnsw_m=hnsw_m,
+            ef_construction=ef_construction,
+            chunk_items=chunk_items,
+        )
     with _exclusive(index_dir):
-        job = start_update(data_dir, index_dir, run_dir=run_dir, backbone=backbone, weights=weights, splits=splits,
-                           image_size=image_size, batch_size=batch_size, thumbnails=thumbnails,
-                           chunk_items=chunk_items)
+        job = start_update(
+            data_dir,
+            index_dir,
+            run_dir=run_dir,
+            backbone=backbone,
+            weights=weights,
+            splits=splits,
+            image_size=image_size,
+            batch_size=batch_size,
+            thumbnails=thumbnails,
+            chunk_items=chunk_items,
+        )
         if job["full_build_reason"]:
             print(job["full_build_reason"], file=sys.stderr)
-        fold = writelog.Fold(index_dir, job["manifest"], job["embedder"].describe()) \
-            if writelog.is_writable(job["manifest"]) else None  # live writes (writelog.py) go on top of the data
+        fold = (
+            writelog.Fold(index_dir, job["manifest"], job["embedder"].describe())
+            if writelog.is_writable(job["manifest"])
+            else None
+        )  # live writes (writelog.py) go on top of the data
         embed_changes(job, progress)
         t0 = time.perf_counter()
         if fold is None:
             n, counts = assemble(job, final_blocks(job))
         else:
-            n, counts = assemble(job, fold.blocks(final_blocks(job), job["gen"], job["gen_dir"], job["names"],
-                                                  job["thumbnails"], _KIND), fold.n_items(final_blocks(job)))
+            n, counts = assemble(
+                job,
+                fold.blocks(final_blocks(job), job["gen"], job["gen_dir"], job["names"], job["thumbnails"], _KIND),
+                fold.n_items(final_blocks(job)),
+            )
             job["manifest_extra"] = fold.manifest_fields()
         job["seconds"]["assemble"] += time.perf_counter() - t0
         params = None
@@ -592,12 +719,23 @@ def update_index(data_dir, index_dir, run_dir=None, backbone=None, weights="imag
             B = backends.get(backend) if backend else backends.for_manifest(job["manifest"])
             given = backends.build_params(job["manifest"]) if B is backends.for_manifest(job["manifest"]) else {}
             given = {"ef_construction" if k == "hnsw_ef_construction" else k: v for k, v in given.items()}
-            given.update({k: v for k, v in {"trees": trees, "search_k": search_k, "hnsw_m": hnsw_m,
-                                            "ef_construction": ef_construction}.items() if v is not None})
+            given.update(
+                {
+                    k: v
+                    for k, v in {
+                        "trees": trees,
+                        "search_k": search_k,
+                        "hnsw_m": hnsw_m,
+                        "ef_construction": ef_construction,
+                    }.items()
+                    if v is not None
+                }
+            )
             params = B.params(**given)
         on_disk = on_disk or bool(job["manifest"].get("on_disk_build"))  # built like the index it replaces
-        m = finish_update(job, n, counts, backend=backend, params=params, on_disk=on_disk, n_jobs=n_jobs,
-                          progress=progress)
+        m = finish_update(
+            job, n, counts, backend=backend, params=params, on_disk=on_disk, n_jobs=n_jobs, progress=progress
+        )
         if fold is not None:
             m["update"]["log_entries_compacted"] = fold.compact()
         return m

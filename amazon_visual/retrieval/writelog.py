@@ -23,6 +23,7 @@ index's items, ids ``n_items + slot`` the live ones; ``asin_to_id``, ``item``, `
 Recommender merges with the index's filtered search. ``amazon-visual index --update`` folds the log
 (:func:`fold_entries`) into a new generation of the index.
 """
+
 import hashlib
 import json
 import math
@@ -100,11 +101,16 @@ def create_log(index_dir, describe):
     conn = _connect(log_path(index_dir))
     try:
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
-            raise UserError(f"{log_path(index_dir)}: SQLite cannot use WAL mode on this file system: "
-                            "put the index on a local disk")
+            raise UserError(
+                f"{log_path(index_dir)}: SQLite cannot use WAL mode on this file system: put the index on a local disk"
+            )
         conn.executescript(SCHEMA)
-        meta = {"log_id": log_id, "format": str(LOG_FORMAT), "embedding_dim": str(int(describe["embedding_dim"])),
-                "fingerprint": str(describe.get("fingerprint") or "")}
+        meta = {
+            "log_id": log_id,
+            "format": str(LOG_FORMAT),
+            "embedding_dim": str(int(describe["embedding_dim"])),
+            "fingerprint": str(describe.get("fingerprint") or ""),
+        }
         with conn:
             conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta.items())
     finally:
@@ -134,8 +140,9 @@ def parse_attributes(raw, categories=None):
         try:
             attrs = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            raise UserError("attributes is not valid JSON: send a JSON object such as "
-                            "{\"title\": \"...\", \"price\": 12.5}") from None
+            raise UserError(
+                'attributes is not valid JSON: send a JSON object such as {"title": "...", "price": 12.5}'
+            ) from None
     if not isinstance(attrs, dict):
         raise UserError("attributes must be a JSON object with any of " + ", ".join(ATTRIBUTES))
     unknown = sorted(set(attrs) - set(ATTRIBUTES))
@@ -150,8 +157,10 @@ def parse_attributes(raw, categories=None):
             raise UserError(f"attribute {name} must be a string of at most {MAX_TEXT} characters")
         out[name] = value.strip()
     if out["category"] and categories is not None and out["category"] not in categories:
-        raise UserError(f"unknown category {out['category']!r}: a live product takes one of the index's categories "
-                        "(see GET /v1/categories)")
+        raise UserError(
+            f"unknown category {out['category']!r}: a live product takes one of the index's categories "
+            "(see GET /v1/categories)"
+        )
     for name, (lo, hi) in NUMBER_ATTRIBUTES.items():
         value = attrs.get(name)
         if value is None:
@@ -166,8 +175,9 @@ def parse_attributes(raw, categories=None):
 
 
 def _json_attrs(attrs):
-    return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in attrs.items()},
-                      sort_keys=True)
+    return json.dumps(
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in attrs.items()}, sort_keys=True
+    )
 
 
 def _load_attrs(text):
@@ -189,8 +199,10 @@ class WriteLog:
         self.index_dir = os.fspath(index_dir)
         self.path = log_path(index_dir)
         if not os.path.isfile(self.path):
-            raise UserError(f"{self.path} is missing: the index says it is writable but has no write log; "
-                            "rebuild it with amazon-visual index --writable --overwrite")
+            raise UserError(
+                f"{self.path} is missing: the index says it is writable but has no write log; "
+                "rebuild it with amazon-visual index --writable --overwrite"
+            )
         self.conn = _connect(self.path)
         self.meta = read_meta(self.conn, self.path)
         check_log(self.meta, manifest, self.path)
@@ -201,8 +213,9 @@ class WriteLog:
         self.conn.close()
 
     def _latest(self, asin, after):
-        row = self.conn.execute("SELECT op FROM writes WHERE asin = ? AND seq > ? ORDER BY seq DESC LIMIT 1",
-                                (asin, int(after))).fetchone()
+        row = self.conn.execute(
+            "SELECT op FROM writes WHERE asin = ? AND seq > ? ORDER BY seq DESC LIMIT 1", (asin, int(after))
+        ).fetchone()
         return row[0] if row else None
 
     def _transaction(self, asin, after, in_base, insert):
@@ -235,7 +248,8 @@ class WriteLog:
             cur = self.conn.execute(
                 "INSERT INTO writes (op, asin, embedding, attributes, thumbnail, written_at) "
                 "VALUES ('put', ?, ?, ?, ?, ?)",
-                (asin, blob, _json_attrs(attributes), thumbnail, time.time()))
+                (asin, blob, _json_attrs(attributes), thumbnail, time.time()),
+            )
             return cur.lastrowid
 
         return self._transaction(asin, after, in_base, insert)
@@ -243,11 +257,13 @@ class WriteLog:
     def delete(self, asin, after, in_base):
         """Append a delete of ``asin``; durable when it returns. The seq, or None (and nothing written)
         when ``asin`` is not in the catalog."""
+
         def insert(existed):
             if not existed:
                 return None
-            cur = self.conn.execute("INSERT INTO writes (op, asin, written_at) VALUES ('delete', ?, ?)",
-                                    (asin, time.time()))
+            cur = self.conn.execute(
+                "INSERT INTO writes (op, asin, written_at) VALUES ('delete', ?, ?)", (asin, time.time())
+            )
             return cur.lastrowid
 
         return self._transaction(asin, after, in_base, insert)[0]
@@ -262,17 +278,23 @@ def read_meta(conn, path):
     try:
         return dict(conn.execute("SELECT key, value FROM meta").fetchall())
     except sqlite3.DatabaseError as e:
-        raise UserError(f"{path} is not a readable write log ({e}): rebuild the index with "
-                        "amazon-visual index --writable --overwrite") from None
+        raise UserError(
+            f"{path} is not a readable write log ({e}): rebuild the index with "
+            "amazon-visual index --writable --overwrite"
+        ) from None
 
 
 def check_log(meta, manifest, path):
     if meta.get("log_id") != manifest.get("log_id"):
-        raise UserError(f"{path} does not belong to this index (another log_id): rebuild it with "
-                        "amazon-visual index --writable --overwrite")
+        raise UserError(
+            f"{path} does not belong to this index (another log_id): rebuild it with "
+            "amazon-visual index --writable --overwrite"
+        )
     if int(meta.get("embedding_dim", -1)) != int(manifest["embedding_dim"]):
-        raise UserError(f"{path} holds {meta.get('embedding_dim')}-d vectors, the index "
-                        f"{manifest['embedding_dim']}-d: rebuild it with amazon-visual index --writable --overwrite")
+        raise UserError(
+            f"{path} holds {meta.get('embedding_dim')}-d vectors, the index "
+            f"{manifest['embedding_dim']}-d: rebuild it with amazon-visual index --writable --overwrite"
+        )
 
 
 def read_entries(index_dir, after=0, upto=None, thumbnails=False):
@@ -336,8 +358,10 @@ class Fold:
     def __init__(self, index_dir, manifest, describe):
         for key in ("fingerprint", "embedding_dim"):
             if describe.get(key) != manifest.get(key):
-                raise UserError(f"{log_path(index_dir)} holds vectors of the index's model, and this update uses "
-                                "another model: update a writable index with the model it was built with")
+                raise UserError(
+                    f"{log_path(index_dir)} holds vectors of the index's model, and this update uses "
+                    "another model: update a writable index with the model it was built with"
+                )
         self.index_dir = os.fspath(index_dir)
         self.previous_seq = int(manifest.get("log_folded_seq") or 0)
         self.seq = last_seq(index_dir)
@@ -391,9 +415,14 @@ def compact(index_dir, upto):
     conn = _connect(log_path(index_dir))
     try:
         with conn:
-            gone = [r[0] for r in conn.execute(
-                "SELECT seq FROM writes AS w WHERE seq <= ? AND seq < (SELECT MAX(seq) FROM writes "
-                "WHERE asin = w.asin AND seq <= ?)", (int(upto), int(upto))).fetchall()]
+            gone = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT seq FROM writes AS w WHERE seq <= ? AND seq < (SELECT MAX(seq) FROM writes "
+                    "WHERE asin = w.asin AND seq <= ?)",
+                    (int(upto), int(upto)),
+                ).fetchall()
+            ]
             conn.executemany("DELETE FROM writes WHERE seq = ?", [(s,) for s in gone])
         log_id = read_meta(conn, log_path(index_dir)).get("log_id", "")
     finally:
@@ -409,10 +438,21 @@ def live_row(asin, attrs, thumb, label_ids=None):
     """The items-table row of a live product (the columns of :data:`layout.ITEM_COLUMNS`)."""
     category = attrs.get("category", "")
     label_id = (label_ids or {}).get(category, -1) if category else -1
-    return {"asin": asin, "title": attrs.get("title", ""), "category": category, "label": category,
-            "label_id": label_id, "image_url": "", "split": LIVE_SPLIT, "thumb": thumb or "",
-            "brand": attrs.get("brand", ""), "price": attrs["price"], "average_rating": attrs["average_rating"],
-            "rating_number": attrs["rating_number"], "image_sha256": attrs.get("image_sha256", "")}
+    return {
+        "asin": asin,
+        "title": attrs.get("title", ""),
+        "category": category,
+        "label": category,
+        "label_id": label_id,
+        "image_url": "",
+        "split": LIVE_SPLIT,
+        "thumb": thumb or "",
+        "brand": attrs.get("brand", ""),
+        "price": attrs["price"],
+        "average_rating": attrs["average_rating"],
+        "rating_number": attrs["rating_number"],
+        "image_sha256": attrs.get("image_sha256", ""),
+    }
 
 
 # --------------------------------------------------------------------------
@@ -447,7 +487,7 @@ class _Columns:
         def grow(a, fill):
             shape = (cap,) + a.shape[1:]
             b = np.full(shape, fill, a.dtype) if fill is not None else np.empty(shape, a.dtype)
-            b[:a.shape[0]] = a
+            b[: a.shape[0]] = a
             return b
 
         self.vecs, self.seq = grow(self.vecs, 0), grow(self.seq, 0)
@@ -485,8 +525,10 @@ class Overlay:
         self.folded_seq = int(manifest.get("log_folded_seq") or 0)
         self.path = log_path(self.index_dir)
         if not os.path.isfile(self.path):
-            raise UserError(f"{self.path} is missing: the index says it is writable but has no write log; "
-                            "rebuild it with amazon-visual index --writable --overwrite")
+            raise UserError(
+                f"{self.path} is missing: the index says it is writable but has no write log; "
+                "rebuild it with amazon-visual index --writable --overwrite"
+            )
         self._reader = _connect(self.path)
         check_log(read_meta(self._reader, self.path), manifest, self.path)
         self.log_id = manifest["log_id"]
@@ -518,8 +560,9 @@ class Overlay:
             version = self._reader.execute("PRAGMA data_version").fetchone()[0]
             if version == self._version:
                 return self._snap
-            rows = self._reader.execute("SELECT seq, op, asin, embedding, attributes FROM writes WHERE seq > ? "
-                                        "ORDER BY seq", (self._last,)).fetchall()
+            rows = self._reader.execute(
+                "SELECT seq, op, asin, embedding, attributes FROM writes WHERE seq > ? ORDER BY seq", (self._last,)
+            ).fetchall()
             self._version = version
             if rows:
                 self._apply([_entry(r) for r in rows])
@@ -733,7 +776,7 @@ class LiveIndex:
         # every slot (contiguous rows, no gather), then the masked ones dropped; in blocks, each under the size
         # at which OpenBLAS splits a product over threads (measured: 9,000 x 128 in one product took 19 ms on a
         # busy 2-core machine, in blocks of 1,024 rows 1.5 ms)
-        sims = np.concatenate([snap.vecs[i:i + SCAN_BLOCK] @ q for i in range(0, snap.n, SCAN_BLOCK)])
+        sims = np.concatenate([snap.vecs[i : i + SCAN_BLOCK] @ q for i in range(0, snap.n, SCAN_BLOCK)])
         sims[~mask] = -np.inf
         k = min(int(k), n_ok)
         top = np.argpartition(-sims, k - 1)[:k] if k < sims.size else np.arange(sims.size)
@@ -753,8 +796,10 @@ class ReadOnlyIndex(UserError):
 
 def live_index(index):
     if not isinstance(index, LiveIndex):
-        raise ReadOnlyIndex(f"{index.index_dir} is read-only (built without --writable): rebuild it with "
-                            "amazon-visual index ... --writable to take live writes")
+        raise ReadOnlyIndex(
+            f"{index.index_dir} is read-only (built without --writable): rebuild it with "
+            "amazon-visual index ... --writable to take live writes"
+        )
     return index
 
 
@@ -870,7 +915,7 @@ def merge(base, live, k):
     """Merge two ``(ids, sims)`` results (each best first) into the best ``k``."""
     ids = np.concatenate([base[0], live[0]])
     sims = np.concatenate([base[1], live[1]])
-    order = np.argsort(-sims, kind="stable")[:int(k)]
+    order = np.argsort(-sims, kind="stable")[: int(k)]
     return ids[order], sims[order]
 
 

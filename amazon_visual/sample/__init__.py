@@ -9,6 +9,7 @@ The photos come from the "clothing dataset (subset)" by Alexey Grigorev and
 contributors (github.com/alexeygrigorev/clothing-dataset-small), dedicated to the
 public domain under CC0-1.0. ``examples/make_sample_catalog.py`` remakes them.
 """
+
 import os
 
 from amazon_visual.errors import UserError

@@ -17,6 +17,7 @@ it in the event loop (a few index look-ups, no model); photo queries are decoded
 thread pool and their model calls micro-batched (:mod:`.batching`). Bad input answers a 4xx
 JSON ``{"detail": ...}``; nothing answers a traceback.
 """
+
 import dataclasses
 import json
 import logging
@@ -40,6 +41,7 @@ ENV_SETTINGS = "AMAZON_VISUAL_SERVE_SETTINGS"
 @dataclasses.dataclass
 class Settings:
     """What ``amazon-visual serve`` configures (see its ``--help``)."""
+
     index_dir: str
     run_dir: str = None
     max_batch: int = 32
@@ -76,10 +78,17 @@ def create_app(settings):
     from fastapi.staticfiles import StaticFiles
 
     metrics = ServiceMetrics()
-    holder = IndexHolder(settings.index_dir, run_dir=settings.run_dir, max_batch=settings.max_batch,
-                         max_wait_ms=settings.max_wait_ms, metrics=metrics, poll_seconds=settings.reload_poll_seconds)
-    app = FastAPI(title="amazon-visual", summary="Visual product search: look-alike products by photo or ASIN",
-                  lifespan=_lifespan)
+    holder = IndexHolder(
+        settings.index_dir,
+        run_dir=settings.run_dir,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        metrics=metrics,
+        poll_seconds=settings.reload_poll_seconds,
+    )
+    app = FastAPI(
+        title="amazon-visual", summary="Visual product search: look-alike products by photo or ASIN", lifespan=_lifespan
+    )
     app.state.settings, app.state.holder, app.state.metrics = settings, holder, metrics
     app.state.fetcher = UrlFetcher(settings.url_allow_hosts, settings.url_timeout, settings.max_upload_bytes)
     from amazon_visual.web import routes, writes
@@ -111,15 +120,19 @@ async def _lifespan(app):
         why = "no SIGHUP on this platform"
     else:
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: threading.Thread(target=holder.reload, args=("SIGHUP",),
-                                                                             daemon=True).start())
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: threading.Thread(target=holder.reload, args=("SIGHUP",), daemon=True).start()
+            )
         except (RuntimeError, ValueError, NotImplementedError) as e:
             # a fallback, by design: not the main thread (an embedded server, tests), or an event loop
             # that cannot install signal handlers
             why = type(e).__name__
     if why:
-        log.info("reload on SIGHUP is not available here (%s); the index still reloads when its manifest "
-                 "changes (--reload-poll)", why)
+        log.info(
+            "reload on SIGHUP is not available here (%s); the index still reloads when its manifest "
+            "changes (--reload-poll)",
+            why,
+        )
     if app.state.settings.warm_up:
         threading.Thread(target=_warm_up, args=(holder,), name="model-warm-up", daemon=True).start()
     try:
@@ -141,6 +154,7 @@ def _add_error_handlers(app):
     def answer(status):
         async def handler(request, exc):
             return JSONResponse({"detail": str(exc)}, status_code=status)
+
         return handler
 
     async def fetch_error(request, exc):
@@ -148,8 +162,9 @@ def _add_error_handlers(app):
 
     async def internal(request, exc):
         log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server keeps serving"},
-                            status_code=500)
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); the server keeps serving"}, status_code=500
+        )
 
     app.add_exception_handler(ModelUnavailable, answer(503))
     app.add_exception_handler(UserError, answer(400))

@@ -14,6 +14,7 @@ interface, so a :class:`~amazon_visual.retrieval.recommend.Recommender` built wi
 ``embedder=BatchedEmbedder(...)`` is the same engine with batched image queries. The
 model is loaded on first use (or by :meth:`BatchedEmbedder.warm_up`).
 """
+
 import queue
 import threading
 import time

@@ -9,6 +9,7 @@ answer cannot change between the check and the connection). The whole fetch has 
 deadline (slow bodies time out) and the body has a size cap. Failures raise
 :class:`FetchError` with the HTTP status the service answers (400, 403 or 413).
 """
+
 import http.client
 import ipaddress
 import socket
@@ -35,8 +36,9 @@ def is_public_address(ip):
     mapped = getattr(ip, "ipv4_mapped", None)
     if mapped is not None:
         ip = mapped
-    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_loopback or ip.is_link_local
-                                 or ip.is_private or ip.is_unspecified)
+    return ip.is_global and not (
+        ip.is_multicast or ip.is_reserved or ip.is_loopback or ip.is_link_local or ip.is_private or ip.is_unspecified
+    )
 
 
 class _PinnedHTTP(http.client.HTTPConnection):
@@ -69,8 +71,9 @@ class UrlFetcher:
     public (e.g. ``["127.0.0.1"]`` for a test's own image server); empty by default.
     """
 
-    def __init__(self, allow_hosts=(), timeout=DEFAULT_TIMEOUT, max_bytes=DEFAULT_MAX_BYTES,
-                 max_redirects=MAX_REDIRECTS):
+    def __init__(
+        self, allow_hosts=(), timeout=DEFAULT_TIMEOUT, max_bytes=DEFAULT_MAX_BYTES, max_redirects=MAX_REDIRECTS
+    ):
         self.allow_hosts = {str(h).strip().lower().strip("[]") for h in allow_hosts if str(h).strip()}
         self.timeout = float(timeout)
         self.max_bytes = int(max_bytes)
@@ -118,8 +121,11 @@ class UrlFetcher:
             return ips[0]
         for ip in ips:
             if not (is_public_address(ip) or ip.lower() in self.allow_hosts):
-                raise FetchError(403, f"host {host} resolves to {ip}, an address the service may not fetch from "
-                                      "(loopback, private, link-local, multicast or reserved)")
+                raise FetchError(
+                    403,
+                    f"host {host} resolves to {ip}, an address the service may not fetch from "
+                    "(loopback, private, link-local, multicast or reserved)",
+                )
         return ips[0]
 
     def _get(self, checked, ip, deadline):
@@ -164,4 +170,4 @@ class UrlFetcher:
 
 def _short(url, n=120):
     s = str(url)
-    return s if len(s) <= n else s[:n - 1] + "\u2026"
+    return s if len(s) <= n else s[: n - 1] + "\u2026"

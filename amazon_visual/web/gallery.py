@@ -17,6 +17,7 @@ takes; a URL is not fetched: pass the decoded array as ``image_array``) and/or `
 result dicts of :class:`~amazon_visual.retrieval.recommend.Recommender` (``thumb``, ``similarity``,
 ``rank``, ``asin``, ``title``, ``label``, ``image_url``).
 """
+
 import base64
 import os
 
@@ -58,14 +59,18 @@ def query_caption(query):
         lines.append({"text": os.path.basename(os.fspath(query["image"])), "kind": "plain"})
     if query.get("predicted_label"):
         p = query.get("predicted_probability")
-        lines.append({"text": f"predicted: {query['predicted_label']}" + (f" ({p:.2f})" if p is not None else ""),
-                      "kind": "label"})
+        lines.append(
+            {
+                "text": f"predicted: {query['predicted_label']}" + (f" ({p:.2f})" if p is not None else ""),
+                "kind": "label",
+            }
+        )
     return lines
 
 
 def _short(text, n=TITLE_CHARS):
     text = str(text)
-    return text if len(text) <= n else text[:n - 1] + "\u2026"
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
 
 
 def gallery_context(query, results, title=None, size=THUMB):
@@ -82,10 +87,17 @@ def gallery_context(query, results, title=None, size=THUMB):
     rows = []
     for r in results:
         sim = float(r.get("similarity", 0.0))
-        rows.append({"rank": int(r.get("rank", 0)), "similarity": sim, "asin": str(r.get("asin", "")),
-                     "bar": f"{max(0.0, min(1.0, sim)) * 100:.0f}", "label": str(r.get("label") or ""),
-                     "title": _short(r["title"]) if r.get("title") else "",
-                     "uri": image_data_uri(r.get("thumb"), size) if r.get("thumb") else None})
+        rows.append(
+            {
+                "rank": int(r.get("rank", 0)),
+                "similarity": sim,
+                "asin": str(r.get("asin", "")),
+                "bar": f"{max(0.0, min(1.0, sim)) * 100:.0f}",
+                "label": str(r.get("label") or ""),
+                "title": _short(r["title"]) if r.get("title") else "",
+                "uri": image_data_uri(r.get("thumb"), size) if r.get("thumb") else None,
+            }
+        )
     return {"title": str(title) if title else "", "query_uri": uri, "caption": query_caption(query), "results": rows}
 
 

@@ -7,6 +7,7 @@
   :func:`~amazon_visual.retrieval.embeddings.load_image`, after checking the pixel count
   from the image header (a decompression bomb is refused before it is decoded).
 """
+
 import io
 
 from amazon_visual.errors import UserError
@@ -46,9 +47,13 @@ class BodySizeLimit:
 async def _too_large(send, max_bytes):
     from starlette.responses import JSONResponse
 
-    response = JSONResponse({"detail": f"the request body is larger than {max_bytes} bytes "
-                                       f"({max_bytes / 2**20:g} MiB, --max-upload-mb): send a smaller image"},
-                            status_code=413)
+    response = JSONResponse(
+        {
+            "detail": f"the request body is larger than {max_bytes} bytes "
+            f"({max_bytes / 2**20:g} MiB, --max-upload-mb): send a smaller image"
+        },
+        status_code=413,
+    )
     await response({"type": "http"}, None, send)
 
 
@@ -68,10 +73,13 @@ def read_image(data, max_pixels=DEFAULT_MAX_PIXELS, name="the uploaded file"):
     except Exception:  # Pillow raises many kinds for garbage; the full decode below names the problem
         w = h = 0
     if w * h > max_pixels:
-        raise PayloadTooLarge(f"{name} has more pixels than the {max_pixels:,} allowed (a decompression bomb?): "
-                              "send a smaller image")
+        raise PayloadTooLarge(
+            f"{name} has more pixels than the {max_pixels:,} allowed (a decompression bomb?): send a smaller image"
+        )
     try:
         return load_image(data)
     except UserError:
-        raise UserError(f"{name} is not a readable image (not an image, or truncated): "
-                        "send a JPEG, PNG, WebP or other image Pillow can read") from None
+        raise UserError(
+            f"{name} is not a readable image (not an image, or truncated): "
+            "send a JPEG, PNG, WebP or other image Pillow can read"
+        ) from None

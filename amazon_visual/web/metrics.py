@@ -1,38 +1,55 @@
 """Prometheus metrics of the service (prometheus-client).
 
 Requests by route, method and status; request latency per route; model batch sizes and
-batch latency; index size and reloads; live writes by operation and outcome. Each app gets its own registry (several apps can
-live in one process, e.g. in tests). With several uvicorn workers, ``serve`` sets
+batch latency; index size and reloads; live writes by operation and outcome. Each app gets its
+own registry (several apps can live in one process, e.g. in tests). With several uvicorn workers, ``serve`` sets
 ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` aggregates every worker's files through
 prometheus-client's multiprocess collector.
 """
+
 import os
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LATENCY_BUCKETS = (.001, .0025, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class ServiceMetrics:
     def __init__(self):
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("amazon_visual_http_requests", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("amazon_visual_http_request_duration_seconds", "request latency by route",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("amazon_visual_model_batch_size", "images per model call (micro-batching)",
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("amazon_visual_model_batch_duration_seconds", "seconds per model call",
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.index_items = Gauge("amazon_visual_index_items", "items in the index being served",
-                                 multiprocess_mode="livemax", registry=r)
+        self.requests = Counter(
+            "amazon_visual_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "amazon_visual_http_request_duration_seconds",
+            "request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "amazon_visual_model_batch_size",
+            "images per model call (micro-batching)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "amazon_visual_model_batch_duration_seconds", "seconds per model call", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.index_items = Gauge(
+            "amazon_visual_index_items", "items in the index being served", multiprocess_mode="livemax", registry=r
+        )
         self.reloads = Counter("amazon_visual_index_reloads", "index reloads by result", ["result"], registry=r)
         # live writes (web/writes.py): operation put|delete; outcome created|replaced|deleted|not_found|rejected|
         # unauthorized|forbidden|read_only
-        self.writes = Counter("amazon_visual_writes", "live writes by operation and outcome", ["operation", "outcome"],
-                              registry=r)
+        self.writes = Counter(
+            "amazon_visual_writes", "live writes by operation and outcome", ["operation", "outcome"], registry=r
+        )
 
     def observe_batch(self, size, seconds):
         self.batch_size.observe(size)

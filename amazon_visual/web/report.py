@@ -15,6 +15,7 @@ and the gallery macro of ``gallery.html``.
 It only reads the stage folders (see the contracts): it imports neither TensorFlow
 nor Keras, so it is quick and works on any machine that holds the folders.
 """
+
 import base64
 import csv
 import datetime
@@ -25,8 +26,13 @@ import os
 from amazon_visual.errors import UserError
 
 #: where ``amazon-visual demo`` puts each stage's folder inside its output folder
-DEMO_LAYOUT = {"data": "data", "run": "run", "compare": "compare", "index": "index",
-               "recommendations": "recommendations"}
+DEMO_LAYOUT = {
+    "data": "data",
+    "run": "run",
+    "compare": "compare",
+    "index": "index",
+    "recommendations": "recommendations",
+}
 DEMO_MARKER = "demo.json"
 RECOMMENDATIONS_FILE = "recommendations.json"
 
@@ -80,8 +86,16 @@ def find_artifacts(path, index_dir=None):
     root = os.path.abspath(os.fspath(path))
     if not os.path.isdir(root):
         raise UserError(f"{path}: no such folder: give a RUN_DIR from 'amazon-visual train' or a demo folder")
-    found = {"root": root, "kind": None, "runs": [], "data_dir": None, "compare_dir": None,
-             "index_dir": None, "recommendations": None, "demo": _read_json(os.path.join(root, DEMO_MARKER))}
+    found = {
+        "root": root,
+        "kind": None,
+        "runs": [],
+        "data_dir": None,
+        "compare_dir": None,
+        "index_dir": None,
+        "recommendations": None,
+        "demo": _read_json(os.path.join(root, DEMO_MARKER)),
+    }
 
     if is_run_dir(root):
         found["kind"] = "run"
@@ -91,12 +105,13 @@ def find_artifacts(path, index_dir=None):
         found["runs"] = [d for d in subdirs if is_run_dir(d)]
         if not found["runs"]:  # one level deeper (e.g. demo/runs/<name>)
             for d in subdirs:
-                found["runs"] += sorted(os.path.join(d, e) for e in os.listdir(d)
-                                        if is_run_dir(os.path.join(d, e)))
+                found["runs"] += sorted(os.path.join(d, e) for e in os.listdir(d) if is_run_dir(os.path.join(d, e)))
         found["kind"] = "demo" if found["demo"] is not None else "runs"
     if not found["runs"]:
-        raise UserError(f"{path}: holds no training run (config.json + labels.json): "
-                        "give a RUN_DIR from 'amazon-visual train' or a folder from 'amazon-visual demo'")
+        raise UserError(
+            f"{path}: holds no training run (config.json + labels.json): "
+            "give a RUN_DIR from 'amazon-visual train' or a folder from 'amazon-visual demo'"
+        )
 
     # the dataset: next to the runs (demo layout) or named in the first run's config
     for cand in (os.path.join(root, DEMO_LAYOUT["data"]),):
@@ -119,15 +134,19 @@ def find_artifacts(path, index_dir=None):
     if index_dir:
         cands = [os.fspath(index_dir)]
         if not os.path.isfile(os.path.join(cands[0], "manifest.json")):
-            raise UserError(f"--index {index_dir} is not an index folder (no manifest.json): "
-                            "give a folder written by 'amazon-visual index'")
+            raise UserError(
+                f"--index {index_dir} is not an index folder (no manifest.json): "
+                "give a folder written by 'amazon-visual index'"
+            )
     for cand in cands:
         if os.path.isfile(os.path.join(cand, "manifest.json")):
             found["index_dir"] = os.path.abspath(cand)
             break
 
-    for cand in (os.path.join(root, DEMO_LAYOUT["recommendations"], RECOMMENDATIONS_FILE),
-                 os.path.join(root, RECOMMENDATIONS_FILE)):
+    for cand in (
+        os.path.join(root, DEMO_LAYOUT["recommendations"], RECOMMENDATIONS_FILE),
+        os.path.join(root, RECOMMENDATIONS_FILE),
+    ):
         if os.path.isfile(cand):
             found["recommendations"] = cand
             break
@@ -172,8 +191,11 @@ def _fmt(v, digits=3):
 def table(headers, rows, numeric_from=1, row_classes=None):
     """A table for the ``table`` macro; cells from column ``numeric_from`` on are right-aligned."""
     row_classes = row_classes or [""] * len(rows)
-    return {"headers": list(headers), "numeric_from": numeric_from,
-            "rows": [{"cells": ["" if c is None else c for c in row], "cls": cls} for row, cls in zip(rows, row_classes)]}
+    return {
+        "headers": list(headers),
+        "numeric_from": numeric_from,
+        "rows": [{"cells": ["" if c is None else c for c in row], "cls": cls} for row, cls in zip(rows, row_classes)],
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -234,16 +256,26 @@ def section_dataset(data_dir):
         if split in counts:
             kv.append((f"{split} examples", _fmt(counts[split])))
     for key, v in build.items():
-        if isinstance(v, (str, int, float)) and not isinstance(v, bool) and len(str(v)) < 120 \
-                and key not in ("classes",):
+        if (
+            isinstance(v, (str, int, float))
+            and not isinstance(v, bool)
+            and len(str(v)) < 120
+            and key not in ("classes",)
+        ):
             kv.append((key.replace("_", " "), _fmt(v) if not isinstance(v, str) else v))
-    out = {"data_dir": data_dir, "kv": [(k, v) for k, v in kv if v != ""], "per_class": None,
-           "figure": figure(os.path.join(data_dir, "label_distribution.png"), "examples per class and split")}
+    out = {
+        "data_dir": data_dir,
+        "kv": [(k, v) for k, v in kv if v != ""],
+        "per_class": None,
+        "figure": figure(os.path.join(data_dir, "label_distribution.png"), "examples per class and split"),
+    }
     per_class = _per_class_counts(build)
     if per_class:
         splits = [s for s in ("train", "validation", "test") if any(s in d for d in per_class.values())]
-        rows = [[c] + [_fmt(per_class[c].get(s, 0)) for s in splits] +
-                [_fmt(sum(per_class[c].get(s, 0) for s in splits))] for c in per_class]
+        rows = [
+            [c] + [_fmt(per_class[c].get(s, 0)) for s in splits] + [_fmt(sum(per_class[c].get(s, 0) for s in splits))]
+            for c in per_class
+        ]
         out["per_class"] = table(["class"] + splits + ["total"], rows)
     return out
 
@@ -280,9 +312,14 @@ def run_summary(run_dir):
     cfg = _read_json(os.path.join(run_dir, "config.json"), {}) or {}
     hist = _history(run_dir)
     val = [h.get("val_accuracy") for h in hist if isinstance(h.get("val_accuracy"), float)]
-    s = {"run": os.path.basename(os.path.normpath(run_dir)), "model": cfg.get("model"),
-         "weights": cfg.get("weights"), "image size": cfg.get("image_size"),
-         "epochs": len(hist), "best val accuracy": max(val) if val else None}
+    s = {
+        "run": os.path.basename(os.path.normpath(run_dir)),
+        "model": cfg.get("model"),
+        "weights": cfg.get("weights"),
+        "image size": cfg.get("image_size"),
+        "epochs": len(hist),
+        "best val accuracy": max(val) if val else None,
+    }
     for split, m, _ in _eval_dirs(run_dir):
         s[f"{split} accuracy"] = m.get("accuracy")
     return s
@@ -294,14 +331,19 @@ def section_compare(found):
         headers = list(rows_csv[0].keys())
         rows = [[r.get(h, "") if i == 0 else _fmt(r.get(h, "")) for i, h in enumerate(headers)] for r in rows_csv]
         fig = figure(os.path.join(found["compare_dir"], "learning_curves.png"), "learning curves of the compared runs")
-        return {"note": f"from {os.path.join(found['compare_dir'], 'compare.csv')}", "table": table(headers, rows),
-                "figure": fig if len(rows_csv) > 1 else None}  # one run: its own section shows the same curves
+        return {
+            "note": f"from {os.path.join(found['compare_dir'], 'compare.csv')}",
+            "table": table(headers, rows),
+            "figure": fig if len(rows_csv) > 1 else None,
+        }  # one run: its own section shows the same curves
     summaries = [run_summary(r) for r in found["runs"]]
     headers = []
     for s in summaries:
         headers += [k for k in s if k not in headers]
-    rows = [[s.get(h) if i == 0 else (_fmt(s.get(h)) if s.get(h) is not None else "")
-             for i, h in enumerate(headers)] for s in summaries]
+    rows = [
+        [s.get(h) if i == 0 else (_fmt(s.get(h)) if s.get(h) is not None else "") for i, h in enumerate(headers)]
+        for s in summaries
+    ]
     return {"note": "", "table": table(headers, rows), "figure": None}
 
 
@@ -315,8 +357,9 @@ def classification_table(report):
         row = [name] + [_fmt(v.get(h)) if h != "support" else _fmt(int(v.get(h, 0))) for h in headers[1:]]
         (avg if name.endswith(" avg") else rows).append(row)
     if "accuracy" in report:
-        total = sum(int(report[n].get("support", 0)) for n in report if isinstance(report[n], dict)
-                    and not n.endswith(" avg"))
+        total = sum(
+            int(report[n].get("support", 0)) for n in report if isinstance(report[n], dict) and not n.endswith(" avg")
+        )
         avg.insert(0, ["accuracy", "", "", _fmt(report["accuracy"]), _fmt(total)])
     return table(headers, rows + avg, row_classes=[""] * len(rows) + ["avg"] * len(avg))
 
@@ -331,8 +374,15 @@ def confusion_table(matrix, labels):
         cells = []
         for j, n in enumerate(row):
             a = n / total
-            cells.append({"n": n, "diag": i == j, "color": f"rgba(37,99,235,{0.08 + 0.85 * a:.2f})" if n else "#f8fafc",
-                          "ink": "#fff" if a > 0.5 else "#1f2933", "title": f"{labels[i]} as {labels[j]}: {n}"})
+            cells.append(
+                {
+                    "n": n,
+                    "diag": i == j,
+                    "color": f"rgba(37,99,235,{0.08 + 0.85 * a:.2f})" if n else "#f8fafc",
+                    "ink": "#fff" if a > 0.5 else "#1f2933",
+                    "title": f"{labels[i]} as {labels[j]}: {n}",
+                }
+            )
         rows.append({"label": labels[i] if i < len(labels) else i, "cells": cells})
     return {"labels": list(labels), "rows": rows}
 
@@ -348,6 +398,7 @@ def _learning_curves_png(run_dir):
     import tempfile
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -360,7 +411,7 @@ def _learning_curves_png(run_dir):
                 ax.plot(epochs, ys, style, label=key, markersize=3)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-        ax.grid(alpha=.3)
+        ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(suffix=".png")
@@ -374,8 +425,21 @@ def section_run(run_dir, anchor):
     cfg = _read_json(os.path.join(run_dir, "config.json"), {}) or {}
     labels = _read_json(os.path.join(run_dir, "labels.json"), []) or []
     name = os.path.basename(os.path.normpath(run_dir))
-    keys = ["model", "weights", "image_size", "preprocessing", "embedding_dim", "num_classes", "epochs",
-            "batch_size", "learning_rate", "optimizer", "strategy", "fine_tune", "seed"]
+    keys = [
+        "model",
+        "weights",
+        "image_size",
+        "preprocessing",
+        "embedding_dim",
+        "num_classes",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "optimizer",
+        "strategy",
+        "fine_tune",
+        "seed",
+    ]
     kv = [(k.replace("_", " "), cfg[k]) for k in keys if k in cfg and not isinstance(cfg[k], (dict, list))]
     kv = [(k, "none (trained from scratch)" if k == "weights" and v in (None, "none") else v) for k, v in kv]
     lc = _learning_curves_png(run_dir)
@@ -386,14 +450,26 @@ def section_run(run_dir, anchor):
     for split, m, folder in _eval_dirs(run_dir):
         lab = m.get("labels") or labels
         rep = m.get("classification_report")
-        evals.append({"split": split, "accuracy": _fmt(m.get("accuracy")), "chance": f"{1 / (len(lab) or 1):.3f}",
-                      "report": classification_table(rep) if isinstance(rep, dict) else None,
-                      "cm": confusion_table(m.get("confusion_matrix"), lab),
-                      "misclassified": figure(os.path.join(folder, "misclassified.png"), f"misclassified examples ({split})"),
-                      "cm_png": figure(os.path.join(folder, "confusion_matrix.png"), f"confusion matrix ({split})")})
+        evals.append(
+            {
+                "split": split,
+                "accuracy": _fmt(m.get("accuracy")),
+                "chance": f"{1 / (len(lab) or 1):.3f}",
+                "report": classification_table(rep) if isinstance(rep, dict) else None,
+                "cm": confusion_table(m.get("confusion_matrix"), lab),
+                "misclassified": figure(os.path.join(folder, "misclassified.png"), f"misclassified examples ({split})"),
+                "cm_png": figure(os.path.join(folder, "confusion_matrix.png"), f"confusion matrix ({split})"),
+            }
+        )
     title = f"Training run: {cfg.get('model', '?')}" + (f" ({name})" if name not in ("run", cfg.get("model")) else "")
-    return {"anchor": anchor, "title": title, "run_dir": run_dir, "kv": [(k, v) for k, v in kv if v is not None],
-            "curves": curves, "evals": evals}
+    return {
+        "anchor": anchor,
+        "title": title,
+        "run_dir": run_dir,
+        "kv": [(k, v) for k, v in kv if v is not None],
+        "curves": curves,
+        "evals": evals,
+    }
 
 
 def load_recommendations(path):
@@ -481,9 +557,13 @@ def section_recommendations(found, queries=4, k=5):
         if p is not None:
             title += f" — precision@{len(q['results'])} {p:.2f}"
         galleries.append(gallery_context(q["query"], q["results"], title=title))
-    return {"source": source, "galleries": galleries,
-            "precision": sum(known) / len(known) if known else None,
-            "k": max((len(q["results"]) for q in saved), default=k), "n_queries": len(known)}
+    return {
+        "source": source,
+        "galleries": galleries,
+        "precision": sum(known) / len(known) if known else None,
+        "k": max((len(q["results"]) for q in saved), default=k),
+        "n_queries": len(known),
+    }
 
 
 def query_precision(saved_query):
@@ -500,8 +580,13 @@ def _summary_cards(found):
     if found["data_dir"]:
         counts = _split_counts(found["data_dir"])
         names = _class_names_from_features(found["data_dir"])
-        cards.append(("products", _fmt(sum(counts.values())) if counts else "?",
-                      " / ".join(f"{_fmt(v)} {k}" for k, v in counts.items())))
+        cards.append(
+            (
+                "products",
+                _fmt(sum(counts.values())) if counts else "?",
+                " / ".join(f"{_fmt(v)} {k}" for k, v in counts.items()),
+            )
+        )
         if names:
             cards.append(("classes", str(len(names)), f"chance accuracy {1 / len(names):.3f}"))
     best = None
@@ -516,11 +601,18 @@ def _summary_cards(found):
     known = [p for p in (query_precision(q) for q in recs) if p is not None]
     if known:
         k = max(len(q.get("results") or []) for q in recs)
-        cards.append((f"precision@{k}", _fmt(sum(known) / len(known)),
-                      f"look-alikes in the query's class, {len(known)} queries"))
+        cards.append(
+            (f"precision@{k}", _fmt(sum(known) / len(known)), f"look-alikes in the query's class, {len(known)} queries")
+        )
     if found["index_dir"]:
         man = _read_json(os.path.join(found["index_dir"], "manifest.json"), {}) or {}
-        cards.append(("indexed items", _fmt(man.get("n_items", "?")), f"{man.get('embedding_dim', man.get('dim', '?'))}-d embeddings"))
+        cards.append(
+            (
+                "indexed items",
+                _fmt(man.get("n_items", "?")),
+                f"{man.get('embedding_dim', man.get('dim', '?'))}-d embeddings",
+            )
+        )
     return [{"k": k, "v": v, "s": s} for k, v, s in cards]
 
 
@@ -529,8 +621,9 @@ def render(found, title=None, queries=4, k=5):
     from amazon_visual.web.templating import render as render_template
 
     demo = found.get("demo") or {}
-    title = title or ("amazon-visual demo" if found["kind"] == "demo" else
-                      f"amazon-visual report: {os.path.basename(found['root'])}")
+    title = title or (
+        "amazon-visual demo" if found["kind"] == "demo" else f"amazon-visual report: {os.path.basename(found['root'])}"
+    )
     subtitle = found["root"]
     if demo.get("trained_from_scratch") is True:
         subtitle += " \u2014 model trained from scratch on the embedded sample catalog"
@@ -540,10 +633,18 @@ def render(found, title=None, queries=4, k=5):
     nav = [("data", "Dataset"), ("compare", "Compare")]
     nav += [(r["anchor"], "Run" if len(runs) == 1 else f"Run {i + 1}") for i, r in enumerate(runs)]
     nav.append(("recommendations", "Recommendations"))
-    return render_template("report.html", title=title, subtitle=subtitle, nav=nav, cards=_summary_cards(found),
-                           dataset=section_dataset(found["data_dir"]), compare=section_compare(found), runs=runs,
-                           recommendations=section_recommendations(found, queries, k),
-                           when=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
+    return render_template(
+        "report.html",
+        title=title,
+        subtitle=subtitle,
+        nav=nav,
+        cards=_summary_cards(found),
+        dataset=section_dataset(found["data_dir"]),
+        compare=section_compare(found),
+        runs=runs,
+        recommendations=section_recommendations(found, queries, k),
+        when=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    )
 
 
 def write_report(path, out=None, title=None, index_dir=None, queries=4, k=5):

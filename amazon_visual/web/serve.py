@@ -7,6 +7,7 @@ the index's pages. Their Prometheus metrics go through prometheus-client's multi
 directory (a temporary folder unless ``PROMETHEUS_MULTIPROC_DIR`` is set). ``SIGHUP``
 reloads the index (one worker), or makes uvicorn restart the workers one by one (several).
 """
+
 import os
 import shutil
 import tempfile
@@ -40,8 +41,15 @@ def serve(settings, host="127.0.0.1", port=8000, workers=1, access_log=False, lo
         own_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="amazon-visual-metrics-")
     os.environ[ENV_SETTINGS] = settings.to_env()
     try:
-        uvicorn.run("amazon_visual.web.app:app_from_env", factory=True, host=host, port=int(port),
-                    workers=int(workers), access_log=access_log, log_level=log_level)
+        uvicorn.run(
+            "amazon_visual.web.app:app_from_env",
+            factory=True,
+            host=host,
+            port=int(port),
+            workers=int(workers),
+            access_log=access_log,
+            log_level=log_level,
+        )
     finally:
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)

@@ -19,6 +19,7 @@ each query (``PRAGMA data_version`` first, a few microseconds), so a write answe
 is seen by every worker at its next query. A reload (``index --update`` folded the log into a
 new generation) replays only the entries the new manifest has not folded.
 """
+
 import functools
 import logging
 import os
@@ -140,8 +141,11 @@ class IndexHolder:
 
         plain = Recommender.load(self.index_dir, run_dir=self.run_dir)
         old = previous.rec if previous is not None else None
-        same_model = old is not None and old.manifest.get("fingerprint") == plain.manifest.get("fingerprint") \
+        same_model = (
+            old is not None
+            and old.manifest.get("fingerprint") == plain.manifest.get("fingerprint")
             and old.manifest.get("source") == plain.manifest.get("source")
+        )
         if same_model:
             embedder = old.embedder  # the loaded model and its batcher carry over
         else:

@@ -5,6 +5,7 @@ One templates folder (``amazon_visual/web/templates``), one shared stylesheet
 package writes (the report, the ``--html`` gallery) inline the stylesheet with
 ``{{ stylesheet() }}`` so they stay self-contained; the service links ``/static/style.css``.
 """
+
 import functools
 import os
 
@@ -31,9 +32,13 @@ def environment():
     """The shared :class:`jinja2.Environment` (autoescaping, strict undefined variables)."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-                             autoescape=jinja2.select_autoescape(["html", "htm", "xml"], default=True),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=jinja2.select_autoescape(["html", "htm", "xml"], default=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.globals["stylesheet"] = _stylesheet
     from amazon_visual import __version__
 

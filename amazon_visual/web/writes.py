@@ -16,6 +16,7 @@ constant time (:func:`hmac.compare_digest` of the SHA-256 digests), never logged
 A write is appended to the index's write log (:mod:`amazon_visual.retrieval.writelog`): one
 SQLite transaction, fsynced before the answer; every worker sees it at its next query.
 """
+
 import hashlib
 import hmac
 import logging
@@ -45,8 +46,9 @@ def load_token(token_file=None):
             with open(token_file, encoding="utf-8") as f:
                 token = f.read().strip()
         except OSError as e:
-            raise UserError(f"--write-token-file {token_file} cannot be read ({e.strerror}): "
-                            "give a file holding the write token") from None
+            raise UserError(
+                f"--write-token-file {token_file} cannot be read ({e.strerror}): give a file holding the write token"
+            ) from None
         if not token:
             raise UserError(f"--write-token-file {token_file} is empty: put the write token in it")
         return token
@@ -67,8 +69,12 @@ def _authorize(request):
     """The current Recommender of a writable index, after the token checks (else _Refused)."""
     expected = request.app.state.write_token_digest
     if expected is None:
-        raise _Refused(403, "forbidden", "writes are switched off on this server: start it with "
-                                         "--write-token-file FILE or AMAZON_VISUAL_WRITE_TOKEN")
+        raise _Refused(
+            403,
+            "forbidden",
+            "writes are switched off on this server: start it with "
+            "--write-token-file FILE or AMAZON_VISUAL_WRITE_TOKEN",
+        )
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token_digest(given.strip()), expected):
         raise _Refused(401, "unauthorized", "missing or wrong write token: send Authorization: Bearer <token>")
@@ -93,8 +99,10 @@ def _refused(request, op, e):
 async def _read_put(request):
     """(photo bytes, attributes text or None) of a multipart PUT (HTTPException 422/415 otherwise)."""
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        raise HTTPException(415, "send the product as multipart/form-data: field 'file' (the photo) and "
-                                 "field 'attributes' (a JSON object)")
+        raise HTTPException(
+            415,
+            "send the product as multipart/form-data: field 'file' (the photo) and field 'attributes' (a JSON object)",
+        )
     form = await request.form(max_files=1, max_fields=4)
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
@@ -125,8 +133,9 @@ async def put_product(request: Request, asin: str = ASIN):
         return _refused(request, "put", e)
     try:
         data, attributes = await _read_put(request)
-        row, seq, created = await run_in_threadpool(_put, rec, asin, data, attributes,
-                                                    request.app.state.settings.max_pixels)
+        row, seq, created = await run_in_threadpool(
+            _put, rec, asin, data, attributes, request.app.state.settings.max_pixels
+        )
     except HTTPException as e:
         _count(request, "put", "rejected")
         raise e from None
