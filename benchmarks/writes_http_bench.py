@@ -22,6 +22,7 @@ worker. Traffic goes only to 127.0.0.1; the client threads share the machine's c
     python benchmarks/writes_http_bench.py                         # a few minutes on 2 cores
     python benchmarks/writes_http_bench.py --writes 100 --searches 300 --clients 1,4   # quick
 """
+
 import argparse
 import json
 import os
@@ -52,8 +53,12 @@ def parse_args(argv=None):
     p.add_argument("--clients", default="1,4,8", help="concurrent writing clients, one phase each")
     p.add_argument("--searches", type=int, default=1000, help="requests of each search-only phase")
     p.add_argument("--search-clients", type=int, default=2)
-    p.add_argument("--photo-searches", type=int, default=100,
-                   help="photo searches (no write) at 1 and at the most writing clients: the model's share")
+    p.add_argument(
+        "--photo-searches",
+        type=int,
+        default=100,
+        help="photo searches (no write) at 1 and at the most writing clients: the model's share",
+    )
     p.add_argument("--deletes", type=int, default=100)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--json-out", help="also write the results here")
@@ -68,13 +73,18 @@ def ensure_index(args, env):
     if not os.path.isfile(os.path.join(base, "manifest.json")):
         data = os.path.join(args.work, "data")
         weights = "imagenet" if "KERAS_HOME" in env else "none"
-        code = (f"import amazon_visual as av; from amazon_visual import sample\n"
-                f"av.build_data(sample.metadata_path(), {data!r}, images_dir=sample.images_dir(),"
-                f" categories=sample.class_names(), image_size=160, workers=1, progress=False, overwrite=True)\n"
-                f"av.build_index({data!r}, {base!r}, backbone={args.model!r}, weights={weights!r},"
-                f" image_size={args.image_size}, trees=20, overwrite=True, progress=False, writable=True)\n")
-        print(f"building the writable benchmark index ({args.model}, {weights} weights, {args.image_size} px)"
-              f" in {base}", file=sys.stderr, flush=True)
+        code = (
+            f"import amazon_visual as av; from amazon_visual import sample\n"
+            f"av.build_data(sample.metadata_path(), {data!r}, images_dir=sample.images_dir(),"
+            f" categories=sample.class_names(), image_size=160, workers=1, progress=False, overwrite=True)\n"
+            f"av.build_index({data!r}, {base!r}, backbone={args.model!r}, weights={weights!r},"
+            f" image_size={args.image_size}, trees=20, overwrite=True, progress=False, writable=True)\n"
+        )
+        print(
+            f"building the writable benchmark index ({args.model}, {weights} weights, {args.image_size} px) in {base}",
+            file=sys.stderr,
+            flush=True,
+        )
         subprocess.run([sys.executable, "-c", code], check=True, env=env)
     run = os.path.join(args.work, "run-index")
     shutil.rmtree(run, ignore_errors=True)
@@ -86,8 +96,12 @@ def _stats(lat_s, wall):
     lat = np.asarray(lat_s) * 1000
     if not lat.size:
         return {"requests": 0}
-    return {"requests": int(lat.size), "per_s": round(lat.size / wall, 1),
-            "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1)}
+    return {
+        "requests": int(lat.size),
+        "per_s": round(lat.size / wall, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+    }
 
 
 class Load:
@@ -163,26 +177,55 @@ def main(argv=None):
 
     photos, asins, classes = sample_photos(), list(read_items(index_dir)["asin"]), sample.class_names()
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    res = {"index": index_dir, "workers": args.workers, "k": args.k, "search_clients": args.search_clients,
-           "uptime_before": os.getloadavg()}
+    res = {
+        "index": index_dir,
+        "workers": args.workers,
+        "k": args.k,
+        "search_clients": args.search_clients,
+        "uptime_before": os.getloadavg(),
+    }
     with Server(index_dir, env, 16, 2, args.workers) as srv:
         pool, load = srv.pool, Load()
 
         def search(i):
             body = json.dumps({"asin": asins[(i * 7919) % len(asins)]})
-            return lambda: pool.request("POST", f"/v1/search?k={args.k}", body=body, timeout=60,
-                                        headers={"Content-Type": "application/json"}).status
+            return lambda: (
+                pool.request(
+                    "POST",
+                    f"/v1/search?k={args.k}",
+                    body=body,
+                    timeout=60,
+                    headers={"Content-Type": "application/json"},
+                ).status
+            )
 
         def put(asin, i):
-            attrs = {"title": f"live {asin}", "category": classes[i % len(classes)], "brand": f"Brand{i % 50}",
-                     "price": round(1 + (i * 37 % 5000) / 10, 2), "average_rating": (i % 11) / 2}
-            return lambda: pool.request("PUT", f"/v1/products/{asin}", headers=auth, timeout=60,
-                                        fields={"file": ("p.jpg", photos[i % len(photos)], "image/jpeg"),
-                                                "attributes": json.dumps(attrs)}).status
+            attrs = {
+                "title": f"live {asin}",
+                "category": classes[i % len(classes)],
+                "brand": f"Brand{i % 50}",
+                "price": round(1 + (i * 37 % 5000) / 10, 2),
+                "average_rating": (i % 11) / 2,
+            }
+            return lambda: (
+                pool.request(
+                    "PUT",
+                    f"/v1/products/{asin}",
+                    headers=auth,
+                    timeout=60,
+                    fields={"file": ("p.jpg", photos[i % len(photos)], "image/jpeg"), "attributes": json.dumps(attrs)},
+                ).status
+            )
 
         def photo_search(i):
-            return lambda: pool.request("POST", f"/v1/search?k={args.k}", timeout=60,
-                                        fields={"file": ("q.jpg", photos[i % len(photos)], "image/jpeg")}).status
+            return lambda: (
+                pool.request(
+                    "POST",
+                    f"/v1/search?k={args.k}",
+                    timeout=60,
+                    fields={"file": ("q.jpg", photos[i % len(photos)], "image/jpeg")},
+                ).status
+            )
 
         # warm up, writing nothing: both workers' models traced (the PUTs embed with the searches' batched
         # embedder; connections land on either worker)
@@ -207,16 +250,20 @@ def main(argv=None):
         res["write_phases"] = phases
         lat, wall = load.run([search(i) for i in range(args.searches)], args.search_clients)
         res["search_only_after"] = dict(_stats(lat, wall), live_writes=len(written))
-        gone = written[::max(1, len(written) // max(1, args.deletes))][:args.deletes]
-        lat, wall = load.run([lambda a=a: pool.request("DELETE", f"/v1/products/{a}", headers=auth).status
-                              for a in gone], 1)
+        gone = written[:: max(1, len(written) // max(1, args.deletes))][: args.deletes]
+        lat, wall = load.run(
+            [lambda a=a: pool.request("DELETE", f"/v1/products/{a}", headers=auth).status for a in gone], 1
+        )
         res["deletes"] = _stats(lat, wall)
         res["errors"] = len(load.errors)
         res["error_samples"] = load.errors[:5]
         # checks: every acknowledged write is in the log and in /metrics, and either worker answers it
         metrics = pool.request("GET", "/metrics").data.decode()
-        created = [line for line in metrics.splitlines()
-                   if line.startswith('amazon_visual_writes_total{operation="put",outcome="created"}')]
+        created = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith('amazon_visual_writes_total{operation="put",outcome="created"}')
+        ]
         res["metrics_put_created"] = created[0].split()[-1] if created else None
         sample_left = [a for a in written if a not in set(gone)][::25]
         res["written_found"] = sum(pool.request("GET", f"/v1/products/{a}").status == 200 for a in sample_left)
@@ -232,26 +279,36 @@ def main(argv=None):
 
 def report(res):
     base = res["search_only"]
-    print(f"load average before {res['uptime_before'][0]:.2f}, after {res['uptime_after'][0]:.2f}; "
-          f"server workers {res['workers']}; {res['search_clients']} search clients, k {res['k']}")
+    print(
+        f"load average before {res['uptime_before'][0]:.2f}, after {res['uptime_after'][0]:.2f}; "
+        f"server workers {res['workers']}; {res['search_clients']} search clients, k {res['k']}"
+    )
     print(f"{'phase':<28}{'writes/s':>9}{'w p50':>8}{'w p99':>8}{'searches/s':>11}{'s p50':>8}{'s p99':>8}  (ms)")
-    print(f"{'search only (baseline)':<28}{'-':>9}{'-':>8}{'-':>8}{base['per_s']:>11}{base['p50_ms']:>8}"
-          f"{base['p99_ms']:>8}")
+    print(
+        f"{'search only (baseline)':<28}{'-':>9}{'-':>8}{'-':>8}{base['per_s']:>11}{base['p50_ms']:>8}"
+        f"{base['p99_ms']:>8}"
+    )
     for ph in res["write_phases"]:
         w, s = ph["writes"], ph["searches"]
-        print(f"{str(ph['clients']) + ' writing client(s)':<28}{w['per_s']:>9}{w['p50_ms']:>8}{w['p99_ms']:>8}"
-              f"{s['per_s']:>11}{s['p50_ms']:>8}{s['p99_ms']:>8}")
+        print(
+            f"{str(ph['clients']) + ' writing client(s)':<28}{w['per_s']:>9}{w['p50_ms']:>8}{w['p99_ms']:>8}"
+            f"{s['per_s']:>11}{s['p50_ms']:>8}{s['p99_ms']:>8}"
+        )
     for ph in res["photo_search_only"]:
         label = f"photo search only, {ph['clients']} cl."
         print(f"{label:<28}{'-':>9}{'-':>8}{'-':>8}{ph['per_s']:>11}{ph['p50_ms']:>8}{ph['p99_ms']:>8}")
     a = res["search_only_after"]
-    print(f"{'search only, ' + str(a['live_writes']) + ' live':<28}{'-':>9}{'-':>8}{'-':>8}{a['per_s']:>11}"
-          f"{a['p50_ms']:>8}{a['p99_ms']:>8}")
+    print(
+        f"{'search only, ' + str(a['live_writes']) + ' live':<28}{'-':>9}{'-':>8}{'-':>8}{a['per_s']:>11}"
+        f"{a['p50_ms']:>8}{a['p99_ms']:>8}"
+    )
     d = res["deletes"]
     print(f"{'deletes, 1 client':<28}{d['per_s']:>9}{d['p50_ms']:>8}{d['p99_ms']:>8}")
-    print(f"errors {res['errors']} {res['error_samples']}; log entries {res['log_entries']} "
-          f"(expected {res['expected_log_entries']}); /metrics put created {res['metrics_put_created']}; "
-          f"written products found {res['written_found']} of {res['written_checked']} checked")
+    print(
+        f"errors {res['errors']} {res['error_samples']}; log entries {res['log_entries']} "
+        f"(expected {res['expected_log_entries']}); /metrics put created {res['metrics_put_created']}; "
+        f"written products found {res['written_found']} of {res['written_checked']} checked"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ thumbnail) and by its photo (the first card, with its price and brand, its thumb
 category filter keeps or drops it. After a DELETE through the API the page's next search no longer
 shows it and a search by its ASIN says it is unknown. Screenshot: build/serve-live-writes.png.
 Skipped only when Chromium or Playwright is not installed."""
+
 import os
 
 from serve_helpers import uvicorn_server
@@ -40,8 +41,14 @@ def test_a_live_write_shows_in_the_page_and_a_delete_leaves_it(browser, world, t
     photo = _photo(42, color=(200, 40, 40))
     photo_file = tmp_path / "query.jpg"
     photo_file.write_bytes(photo)
-    attrs = {"title": "Live browser lamp", "category": "red", "brand": BRAND, "price": PRICE, "average_rating": 4.5,
-             "rating_number": 7}
+    attrs = {
+        "title": "Live browser lamp",
+        "category": "red",
+        "brand": BRAND,
+        "price": PRICE,
+        "average_rating": 4.5,
+        "rating_number": 7,
+    }
     with uvicorn_server(index_dir, write_token_file=str(token_file)) as base:
         r = httpx.put(f"{base}/v1/products/{ASIN}", headers=_auth(), timeout=60, **_put_form(photo, **attrs))
         assert r.status_code == 201, r.text
@@ -56,18 +63,26 @@ def test_a_live_write_shows_in_the_page_and_a_delete_leaves_it(browser, world, t
 
         # by its ASIN: the page's product search answers with the live product as the query
         page.goto(f"{base}/#asin={ASIN}")
-        page.wait_for_function("a => document.querySelector('#query').textContent.includes('product ' + a)",
-                               arg=ASIN, timeout=30000)
+        page.wait_for_function(
+            "a => document.querySelector('#query').textContent.includes('product ' + a)", arg=ASIN, timeout=30000
+        )
         assert "Live browser lamp" in page.inner_text("#query")
-        page.wait_for_function("() => { const i = document.querySelector('#query img');"
-                               " return i !== null && i.complete && i.naturalWidth > 0; }", timeout=20000)
+        page.wait_for_function(
+            "() => { const i = document.querySelector('#query img');"
+            " return i !== null && i.complete && i.naturalWidth > 0; }",
+            timeout=20000,
+        )
         assert page.get_attribute("#query img", "src") == f"/thumbs/{ASIN}.jpg"
         assert ASIN not in [c["asin"] for c in page.evaluate(GRID)]  # a product is not its own look-alike
 
         # by its photo: the first card, with its price and brand, and its thumbnail
         page.set_input_files("#file", str(photo_file))
-        page.wait_for_function("a => { const r = document.querySelector('#results a.result');"
-                               " return r !== null && r.dataset.asin === a; }", arg=ASIN, timeout=30000)
+        page.wait_for_function(
+            "a => { const r = document.querySelector('#results a.result');"
+            " return r !== null && r.dataset.asin === a; }",
+            arg=ASIN,
+            timeout=30000,
+        )
         page.wait_for_function(FIRST_IMAGE_LOADED, timeout=20000)
         first = page.evaluate(GRID)[0]
         assert first["asin"] == ASIN and first["cat"] == "red" and first["img"] > 0
@@ -79,20 +94,30 @@ def test_a_live_write_shows_in_the_page_and_a_delete_leaves_it(browser, world, t
 
         # the category filter applies to it: kept under its own category, gone under another
         page.select_option("#category", "green")
-        page.wait_for_function("() => { const c = Array.from(document.querySelectorAll('#results .cat'));"
-                               " return c.length > 0 && c.every(x => x.textContent === 'green'); }", timeout=20000)
+        page.wait_for_function(
+            "() => { const c = Array.from(document.querySelectorAll('#results .cat'));"
+            " return c.length > 0 && c.every(x => x.textContent === 'green'); }",
+            timeout=20000,
+        )
         assert ASIN not in [c["asin"] for c in page.evaluate(GRID)]
         page.select_option("#category", "red")
-        page.wait_for_function("a => { const r = document.querySelector('#results a.result');"
-                               " return r !== null && r.dataset.asin === a; }", arg=ASIN, timeout=20000)
+        page.wait_for_function(
+            "a => { const r = document.querySelector('#results a.result');"
+            " return r !== null && r.dataset.asin === a; }",
+            arg=ASIN,
+            timeout=20000,
+        )
 
         # DELETE through the API: the page's next search (the same query, rerun) no longer shows it
         assert httpx.delete(f"{base}/v1/products/{ASIN}", headers=_auth(), timeout=60).status_code == 200
         page.select_option("#category", "")
-        page.wait_for_function("a => { const c = Array.from(document.querySelectorAll('#results a.result'));"
-                               " return c.length === 12 && c.every(x => x.dataset.asin !== a) &&"
-                               " /look-alike/.test(document.querySelector('#status').textContent); }",
-                               arg=ASIN, timeout=20000)
+        page.wait_for_function(
+            "a => { const c = Array.from(document.querySelectorAll('#results a.result'));"
+            " return c.length === 12 && c.every(x => x.dataset.asin !== a) &&"
+            " /look-alike/.test(document.querySelector('#status').textContent); }",
+            arg=ASIN,
+            timeout=20000,
+        )
         grid = page.evaluate(GRID)
         assert len(grid) == 12 and all(BRAND not in c["attrs"] for c in grid)
         # and a search by its ASIN says the product is unknown (the API's one line as the page's status)
