@@ -422,3 +422,15 @@ def test_recommend_cli_non_number_is_an_argparse_error(index_dir, capsys):
     with pytest.raises(SystemExit) as e:
         main(["recommend", index_dir, "--asin", "B000000042", "--min-price", "cheap"])
     assert e.value.code == 2 and "--min-price" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n, dim", [(1, 128), (1023, 128), (1024, 128), (1025, 128), (2500, 1280), (3, 131073)])
+def test_dot_rows_is_the_product_at_every_block_boundary(n, dim):
+    from amazon_visual.retrieval.layout import dot_rows
+
+    rng = np.random.default_rng(n + dim)
+    rows = rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.standard_normal(dim).astype(np.float32)
+    got = dot_rows(rows, q)
+    assert got.shape == (n,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, rows.astype(np.float64) @ q.astype(np.float64), rtol=1e-4, atol=1e-3)

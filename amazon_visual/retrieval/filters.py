@@ -44,7 +44,7 @@ from collections import OrderedDict
 import numpy as np
 
 from amazon_visual.errors import UserError
-from amazon_visual.retrieval.layout import normalize
+from amazon_visual.retrieval.layout import dot_rows, normalize
 
 FILTER_NAMES = ("category", "brand", "min_price", "max_price", "min_rating")
 MAX_RATING = 5.0
@@ -331,7 +331,7 @@ def exact_scan(index, q, k, ids, exclude=None, rows=None):
     ``rows``: their embeddings, when already gathered."""
     if ids.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    sims = (np.asarray(index.embeddings[ids], dtype=np.float32) if rows is None else rows) @ q
+    sims = dot_rows(index.embeddings[ids] if rows is None else rows, q)
     if exclude is not None and exclude.size:
         keep = ~np.isin(ids, exclude)
         if not keep.all():
@@ -348,7 +348,7 @@ def exact_scan(index, q, k, ids, exclude=None, rows=None):
 def _rescore(index, q, ids):
     order = np.argsort(ids)
     sims = np.empty(ids.size, np.float32)
-    sims[order] = np.asarray(index.embeddings[ids[order]], dtype=np.float32) @ q
+    sims[order] = dot_rows(index.embeddings[ids[order]], q)
     best = np.argsort(-sims, kind="stable")
     return ids[best], sims[best]
 

@@ -52,6 +52,21 @@ def normalize(x, eps=1e-12):
     return x / np.maximum(norms, eps)
 
 
+# floats per matrix-vector product in dot_rows: under the size at which OpenBLAS splits a product over its
+# threads, which on a busy 2-core machine costs more than it gains (measured there: 10,000 x 128 rows in one
+# product 23.7 ms p50, in blocks of this size 0.35 ms; 900 x 1,280: 13.6 ms against 0.43 ms)
+DOT_BLOCK_FLOATS = 131072
+
+
+def dot_rows(rows, q):
+    """``rows @ q`` (float32) for a query ``q`` against many rows, in blocks of at most :data:`DOT_BLOCK_FLOATS`."""
+    rows = np.asarray(rows, dtype=np.float32)
+    block = max(1, DOT_BLOCK_FLOATS // max(1, rows.shape[1]))
+    if rows.shape[0] <= block:
+        return rows @ q
+    return np.concatenate([rows[i : i + block] @ q for i in range(0, rows.shape[0], block)])
+
+
 def cosine_from_angular(distance):
     """Cosine similarity from Annoy's angular distance ``d = sqrt(2 - 2 cos)``: ``1 - d*d/2``."""
     d = np.asarray(distance, dtype=np.float64)

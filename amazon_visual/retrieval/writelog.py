@@ -40,7 +40,7 @@ import numpy as np
 from amazon_visual.atomic import write_bytes
 from amazon_visual.errors import UserError
 from amazon_visual.retrieval import filters as F
-from amazon_visual.retrieval.layout import normalize
+from amazon_visual.retrieval.layout import dot_rows, normalize
 
 LOG_FILE = "writes.sqlite"
 LIVE_THUMBS = "live-thumbs"
@@ -51,7 +51,6 @@ TEXT_ATTRIBUTES = ("title", "brand")
 NUMBER_ATTRIBUTES = {"price": (0.0, math.inf), "average_rating": (0.0, 5.0), "rating_number": (0.0, math.inf)}
 ATTRIBUTES = ("title", "category", "brand", "price", "average_rating", "rating_number")
 MAX_TEXT = 1000
-SCAN_BLOCK = 1024  # live rows per matrix-vector product of the overlay scan
 FEW_HIDDEN = 100  # under 1% of the index's items hidden: an unfiltered query drops them from the ANN's answer
 ASIN_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -773,10 +772,8 @@ class LiveIndex:
         if n_ok == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         q = normalize(np.asarray(vector, np.float32).reshape(-1))
-        # every slot (contiguous rows, no gather), then the masked ones dropped; in blocks, each under the size
-        # at which OpenBLAS splits a product over threads (measured: 9,000 x 128 in one product took 19 ms on a
-        # busy 2-core machine, in blocks of 1,024 rows 1.5 ms)
-        sims = np.concatenate([snap.vecs[i : i + SCAN_BLOCK] @ q for i in range(0, snap.n, SCAN_BLOCK)])
+        # every slot (contiguous rows, no gather), then the masked ones dropped
+        sims = dot_rows(snap.vecs, q)
         sims[~mask] = -np.inf
         k = min(int(k), n_ok)
         top = np.argpartition(-sims, k - 1)[:k] if k < sims.size else np.arange(sims.size)
