@@ -23,6 +23,7 @@ Usage::
         --vectors /tmp/fbench/emb_1000000_128.npy --annoy /tmp/fbench/index_1000000_128_t50.annoy
     python benchmarks/writes_bench.py --n 20000 --overlays 0,1000 --queries 100   # quick check
 """
+
 import argparse
 import json
 import multiprocessing
@@ -78,23 +79,45 @@ def make_index(args):
         size = os.path.getsize(ann)
     else:
         t0 = time.perf_counter()
-        st = backends.AnnoyBackend.build(iter_npy_blocks(emb), args.n, args.dim, ann, {"trees": args.trees},
-                                         on_disk=True, n_jobs=2)
+        st = backends.AnnoyBackend.build(
+            iter_npy_blocks(emb), args.n, args.dim, ann, {"trees": args.trees}, on_disk=True, n_jobs=2
+        )
         size = st["size_bytes"]
         print(f"annoy build: {time.perf_counter() - t0:.1f} s", flush=True)
     rng = np.random.default_rng(0)
     n = args.n
-    items = pd.DataFrame({"asin": [f"B{i:09d}" for i in range(n)], "title": "", "category": "",
-                          "label": np.char.add("c", (np.arange(n) % N_LABELS).astype(str)), "label_id": 0,
-                          "image_url": "", "split": "train", "thumb": "",
-                          "brand": np.char.add("brand", rng.integers(0, N_BRANDS, n).astype(str)),
-                          "price": rng.uniform(1, 100, n).round(2), "average_rating": "", "rating_number": "",
-                          "image_sha256": ""})
+    items = pd.DataFrame(
+        {
+            "asin": [f"B{i:09d}" for i in range(n)],
+            "title": "",
+            "category": "",
+            "label": np.char.add("c", (np.arange(n) % N_LABELS).astype(str)),
+            "label_id": 0,
+            "image_url": "",
+            "split": "train",
+            "thumb": "",
+            "brand": np.char.add("brand", rng.integers(0, N_BRANDS, n).astype(str)),
+            "price": rng.uniform(1, 100, n).round(2),
+            "average_rating": "",
+            "rating_number": "",
+            "image_sha256": "",
+        }
+    )
     items.to_csv(os.path.join(out, "items.csv"), index=False)
-    manifest = {"n_items": n, "embedding_dim": args.dim, "metric": "angular", "index_file": "index.ann",
-                "backend": "annoy", "trees": args.trees, "search_k": args.search_k, "index_size_bytes": size,
-                "fingerprint": "synthetic", "source": "backbone", "model": "synthetic",
-                **writelog.create_log(out, {"embedding_dim": args.dim, "fingerprint": "synthetic"})}
+    manifest = {
+        "n_items": n,
+        "embedding_dim": args.dim,
+        "metric": "angular",
+        "index_file": "index.ann",
+        "backend": "annoy",
+        "trees": args.trees,
+        "search_k": args.search_k,
+        "index_size_bytes": size,
+        "fingerprint": "synthetic",
+        "source": "backbone",
+        "model": "synthetic",
+        **writelog.create_log(out, {"embedding_dim": args.dim, "fingerprint": "synthetic"}),
+    }
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f)
     return out
@@ -138,9 +161,14 @@ def write_throughput(index_dir, writes, procs):
         p.join()
     lat = np.array(sum((g[0] for g in got), []))
     wall = max(g[2] for g in got) - min(g[1] for g in got)  # first write of any process to the last one
-    return {"processes": procs, "writes": len(lat), "wall_s": round(wall, 2), "writes_per_s": round(len(lat) / wall, 1),
-            "p50_ms": round(1e3 * float(np.percentile(lat, 50)), 2),
-            "p99_ms": round(1e3 * float(np.percentile(lat, 99)), 2)}
+    return {
+        "processes": procs,
+        "writes": len(lat),
+        "wall_s": round(wall, 2),
+        "writes_per_s": round(len(lat) / wall, 1),
+        "p50_ms": round(1e3 * float(np.percentile(lat, 50)), 2),
+        "p99_ms": round(1e3 * float(np.percentile(lat, 99)), 2),
+    }
 
 
 def visibility(index_dir):
@@ -159,9 +187,11 @@ def visibility(index_dir):
         t0 = time.perf_counter()
         assert f"V{j}" in reader.asin_to_id
         times.append(time.perf_counter() - t0)
-    return {"check_us_p50": round(1e6 * float(np.median(checks)), 1),
-            "commit_to_visible_ms_p50": round(1e3 * float(np.median(times)), 3),
-            "commit_to_visible_ms_max": round(1e3 * float(np.max(times)), 3)}
+    return {
+        "check_us_p50": round(1e6 * float(np.median(checks)), 1),
+        "commit_to_visible_ms_p50": round(1e3 * float(np.median(times)), 3),
+        "commit_to_visible_ms_max": round(1e3 * float(np.max(times)), 3),
+    }
 
 
 # ------------------------------------------------------------------ 3. search with an overlay
@@ -181,14 +211,28 @@ def fill(index_dir, args, total, done, rng):
             op, asin = "put", f"NEW{done + j}"
         else:
             op, asin = ("put" if r < 0.9 else "delete"), f"B{int(rng.integers(0, args.n)):09d}"
-        attrs = {"title": "", "category": f"c{int(rng.integers(0, N_LABELS))}",
-                 "brand": f"brand{int(rng.integers(0, N_BRANDS))}", "price": round(float(rng.uniform(1, 100)), 2)}
-        rows.append((op, asin, vecs[j].astype("<f4").tobytes() if op == "put" else None,
-                     json.dumps(attrs) if op == "put" else None, THUMB if op == "put" else None, time.time()))
+        attrs = {
+            "title": "",
+            "category": f"c{int(rng.integers(0, N_LABELS))}",
+            "brand": f"brand{int(rng.integers(0, N_BRANDS))}",
+            "price": round(float(rng.uniform(1, 100)), 2),
+        }
+        rows.append(
+            (
+                op,
+                asin,
+                vecs[j].astype("<f4").tobytes() if op == "put" else None,
+                json.dumps(attrs) if op == "put" else None,
+                THUMB if op == "put" else None,
+                time.time(),
+            )
+        )
     for s in range(0, m, 1000):
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO writes (op, asin, embedding, attributes, thumbnail, written_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", rows[s:s + 1000])
+        conn.executemany(
+            "INSERT INTO writes (op, asin, embedding, attributes, thumbnail, written_at) VALUES (?, ?, ?, ?, ?, ?)",
+            rows[s : s + 1000],
+        )
         conn.execute("COMMIT")
     conn.close()
 
@@ -205,7 +249,7 @@ def truth(live, x, q, k, filt):
     rows = np.asarray(x[ids]) if ids.size < len(allowed) else np.asarray(x)
     slots = np.flatnonzero(snap.alive & writelog.filter_mask(snap, filt))
     for b in range(0, len(q), 50):
-        sims_all = q[b:b + 50] @ rows.T
+        sims_all = q[b : b + 50] @ rows.T
         for i in range(sims_all.shape[0]):
             top = np.argpartition(-sims_all[i], k)[:k]
             c_ids = np.concatenate([ids[top], slots + live.n_items])
@@ -235,9 +279,14 @@ def search_pair(live, base, q, k, filt, exact):
             ids = fn(v)
             lat[name].append(time.perf_counter() - t0)
             hits[name] += len(set(ids.tolist()) & exact[i])
-    out = {name: {"recall": round(hits[name] / (len(q) * k), 4),
-                  "p50_ms": round(1e3 * float(np.percentile(lat[name], 50)), 3),
-                  "p99_ms": round(1e3 * float(np.percentile(lat[name], 99)), 3)} for name in lat}
+    out = {
+        name: {
+            "recall": round(hits[name] / (len(q) * k), 4),
+            "p50_ms": round(1e3 * float(np.percentile(lat[name], 50)), 3),
+            "p99_ms": round(1e3 * float(np.percentile(lat[name], 99)), 3),
+        }
+        for name in lat
+    }
     return out["live"], out["base"]
 
 
@@ -261,8 +310,9 @@ print(json.dumps({"before": before, "after_queries": mem(), "load_index_s": roun
 
 
 def worker_memory(index_dir, qpath):
-    out = subprocess.run([sys.executable, "-c", CHILD, index_dir, qpath, ROOT], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, index_dir, qpath, ROOT], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -296,8 +346,11 @@ def main(argv=None):
     n_writes = writelog.last_seq(index_dir)
     report["log_bytes_per_write"] = round(size / n_writes)
     report["visibility"] = visibility(index_dir)
-    print(f"log: {n_writes} writes, {size / 2**20:.1f} MiB, {report['log_bytes_per_write']} bytes per write "
-          f"(6,000 of them the thumbnail); {report['visibility']}", flush=True)
+    print(
+        f"log: {n_writes} writes, {size / 2**20:.1f} MiB, {report['log_bytes_per_write']} bytes per write "
+        f"(6,000 of them the thumbnail); {report['visibility']}",
+        flush=True,
+    )
     with open(os.path.join(index_dir, "manifest.json")) as f:
         manifest = json.load(f)
     manifest.update(writelog.create_log(index_dir, {"embedding_dim": args.dim, "fingerprint": "synthetic"}))
@@ -324,8 +377,14 @@ def main(argv=None):
             got, base_got = search_pair(live, base, q, args.k, filt, exact)
             if total:  # the read-only index answers another catalog: its recall against this one means nothing
                 base_got.pop("recall")
-            r = {"overlay_writes": total, "live_items": snap.n_live, "hidden": snap.n_hidden, "filter": name,
-                 **got, "baseline": base_got}
+            r = {
+                "overlay_writes": total,
+                "live_items": snap.n_live,
+                "hidden": snap.n_hidden,
+                "filter": name,
+                **got,
+                "baseline": base_got,
+            }
             r["p50_ratio"] = round(r["p50_ms"] / max(r["baseline"]["p50_ms"], 1e-9), 2)
             r["p99_ratio"] = round(r["p99_ms"] / max(r["baseline"]["p99_ms"], 1e-9), 2)
             rows.append(r)

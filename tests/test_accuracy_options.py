@@ -1,5 +1,6 @@
 """Accuracy options (issue 21): test-time augmentation, an EMA of the weights, the mixed
 augmentation levels, the small ResNet. Tiny generated images, a few steps."""
+
 import json
 import os
 import sys
@@ -87,8 +88,9 @@ def _fit_with_ema(epochs, stop_at=None, momentum=0.5):
     saver sees), the optimizer's averages at that moment, and the training weights after them."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    model.compile(optimizer=phases.make_optimizer("m", 0.1, 1e-4, ema_momentum=momentum),
-                  loss="categorical_crossentropy")
+    model.compile(
+        optimizer=phases.make_optimizer("m", 0.1, 1e-4, ema_momentum=momentum), loss="categorical_crossentropy"
+    )
     seen = []
 
     class Record(keras.callbacks.Callback):
@@ -98,16 +100,30 @@ def _fit_with_ema(epochs, stop_at=None, momentum=0.5):
 
         def on_epoch_end(self, epoch, logs=None):
             opt = self.model.optimizer
-            seen.append((self.where, epoch, [np.array(w) for w in self.model.get_weights()],
-                         [np.array(v) for v in opt._model_variables_moving_average]))
+            seen.append(
+                (
+                    self.where,
+                    epoch,
+                    [np.array(w) for w in self.model.get_weights()],
+                    [np.array(v) for v in opt._model_variables_moving_average],
+                )
+            )
             if stop_at is not None and epoch == stop_at and self.where == "saver":
                 self.model.stop_training = True
 
     first, after = callbacks.ema_callbacks()
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
     y = np.eye(3, dtype="float32")[np.arange(32) % 3]
-    model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, shuffle=False, validation_data=(x[:8], y[:8]),
-              callbacks=[first, Record("saver"), after, Record("backup")])
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=epochs,
+        verbose=0,
+        shuffle=False,
+        validation_data=(x[:8], y[:8]),
+        callbacks=[first, Record("saver"), after, Record("backup")],
+    )
     return model, seen
 
 
@@ -212,9 +228,20 @@ def ema_run(tiny, tmp_path_factory):
     mp.setattr(callbacks.EMASwapOut, "on_epoch_end", swap_out)
     out = tmp_path_factory.mktemp("runs") / "resnet_small_ema"
     try:
-        summary = training.train(tiny, model="resnet_small", out=out, image_size=32, epochs=2, batch_size=6,
-                                 model_kwargs=SMALL_RESNET, quiet=True, seed=0, ema=True, ema_momentum=0.5,
-                                 early_stopping=0)
+        summary = training.train(
+            tiny,
+            model="resnet_small",
+            out=out,
+            image_size=32,
+            epochs=2,
+            batch_size=6,
+            model_kwargs=SMALL_RESNET,
+            quiet=True,
+            seed=0,
+            ema=True,
+            ema_momentum=0.5,
+            early_stopping=0,
+        )
     finally:
         mp.undo()
     return out, summary, seen
@@ -224,8 +251,11 @@ def test_resnet_small_trains_saves_and_reloads(ema_run, tiny):
     out, summary, _ = ema_run
     assert summary["epochs_run"] == 2 and summary["phases"] == ["train"]
     model, config, labels = training.load_run(out)
-    assert (config["model"], config["family"], config["recipe"]["name"]) == ("resnet_small", "resnet_small",
-                                                                             "resnet_small")
+    assert (config["model"], config["family"], config["recipe"]["name"]) == (
+        "resnet_small",
+        "resnet_small",
+        "resnet_small",
+    )
     assert labels == ["red", "green", "blue"]
     x = np.stack([np.full((32, 32, 3), v, "float32") for v in (30.0, 120.0, 250.0)])
     again, _, _ = training.load_run(out)

@@ -6,10 +6,16 @@ train split without augmentation (not read from the history, which mixes augment
 dropout and weights that change during the epoch). Names load on first use, so that
 :mod:`.plots` can serve the training stage without importing the evaluators.
 """
+
 import importlib
 
-_NAMES = {"evaluate": "evaluator", "predict": "evaluator", "MAX_MISCLASSIFIED": "evaluator",
-          "compare": "comparison", "format_table": "comparison"}
+_NAMES = {
+    "evaluate": "evaluator",
+    "predict": "evaluator",
+    "MAX_MISCLASSIFIED": "evaluator",
+    "compare": "comparison",
+    "format_table": "comparison",
+}
 __all__ = sorted(_NAMES)
 
 

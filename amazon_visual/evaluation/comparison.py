@@ -2,6 +2,7 @@
 accuracy, each measured by evaluating the saved model without augmentation), written as
 ``compare.md``, ``compare.csv`` and ``learning_curves.png``.
 """
+
 import csv
 import io
 import os
@@ -13,14 +14,15 @@ from amazon_visual.evaluation.evaluator import _check_dataset, _evaluate_loaded
 
 def format_table(rows):
     """The course project's table as Markdown."""
+
     def f(v):
         return "-" if v is None else f"{v:.4f}"
 
-    lines = ["| Model | Training accuracy | Validation accuracy | Test accuracy |",
-             "|---|---|---|---|"]
+    lines = ["| Model | Training accuracy | Validation accuracy | Test accuracy |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {f(r['training_accuracy'])} | {f(r['validation_accuracy'])} | "
-                     f"{f(r['test_accuracy'])} |")
+        lines.append(
+            f"| {r['model']} | {f(r['training_accuracy'])} | {f(r['validation_accuracy'])} | {f(r['test_accuracy'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -45,11 +47,23 @@ def compare(run_dirs, data_dir, out="compare", batch_size=64, write_evaluations=
         if seen[name] > 1:
             name = f"{name} ({os.path.basename(os.path.normpath(run_dir))})"
         row = {"model": name, "run_dir": os.path.abspath(run_dir)}
-        for split, key in (("train", "training_accuracy"), ("validation", "validation_accuracy"),
-                           ("test", "test_accuracy")):
+        for split, key in (
+            ("train", "training_accuracy"),
+            ("validation", "validation_accuracy"),
+            ("test", "test_accuracy"),
+        ):
             if split in available and data.num_examples(data_dir, split):
-                res = _evaluate_loaded(model, config, labels, run_dir, data_dir, split, batch_size,
-                                       write=write_evaluations, limit=train_limit if split == "train" else None)
+                res = _evaluate_loaded(
+                    model,
+                    config,
+                    labels,
+                    run_dir,
+                    data_dir,
+                    split,
+                    batch_size,
+                    write=write_evaluations,
+                    limit=train_limit if split == "train" else None,
+                )
                 row[key] = res["accuracy"]
             else:
                 row[key] = None
@@ -62,8 +76,9 @@ def compare(run_dirs, data_dir, out="compare", batch_size=64, write_evaluations=
     os.makedirs(out, exist_ok=True)
     _atomic_text(os.path.join(out, "compare.md"), table)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["model", "training_accuracy", "validation_accuracy", "test_accuracy",
-                                        "run_dir"])
+    w = csv.DictWriter(
+        buf, fieldnames=["model", "training_accuracy", "validation_accuracy", "test_accuracy", "run_dir"]
+    )
     w.writeheader()
     for r in rows:
         w.writerow(r)

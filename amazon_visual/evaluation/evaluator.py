@@ -5,6 +5,7 @@
 test-time augmentation (``tta``, :mod:`.tta`) ``metrics.json`` holds its ``tta`` block: the
 accuracy without it and the model's seconds with and without it.
 """
+
 import json
 import os
 import sys
@@ -19,18 +20,32 @@ def _check_dataset(run_dir, config, labels, data_dir):
     from amazon_visual import training
 
     if (config or {}).get("objective") == "retrieval":
-        raise UserError(f"{run_dir} was trained with --objective retrieval and has no classifier to evaluate: "
-                        f"measure it with amazon-visual index {run_dir} ... and amazon-visual eval-retrieval")
+        raise UserError(
+            f"{run_dir} was trained with --objective retrieval and has no classifier to evaluate: "
+            f"measure it with amazon-visual index {run_dir} ... and amazon-visual eval-retrieval"
+        )
     training.check_same_labels(run_dir, labels, data_dir)
     fp = (config or {}).get("dataset_fingerprint") or {}
     current = training.dataset_fingerprint(data_dir)
     if fp.get("sha1") and fp.get("sha1") != current["sha1"]:
-        print(f"amazon-visual: warning: {data_dir} has the run's classes but other split sizes "
-              f"({current['splits']} vs {fp.get('splits')}): was it rebuilt?", file=sys.stderr)
+        print(
+            f"amazon-visual: warning: {data_dir} has the run's classes but other split sizes "
+            f"({current['splits']} vs {fp.get('splits')}): was it rebuilt?",
+            file=sys.stderr,
+        )
 
 
-def predict(model, data_dir, split, image_size, batch_size=64, keep_misclassified=MAX_MISCLASSIFIED, limit=None,
-            tta="none", details=None):
+def predict(
+    model,
+    data_dir,
+    split,
+    image_size,
+    batch_size=64,
+    keep_misclassified=MAX_MISCLASSIFIED,
+    limit=None,
+    tta="none",
+    details=None,
+):
     """Runs ``model`` over a split. Returns (probabilities [n, k], true labels [n],
     a few misclassified examples as (images, true, pred, confidence)).
 
@@ -75,8 +90,9 @@ def _evaluate_loaded(model, config, labels, run_dir, data_dir, split, batch_size
     from amazon_visual.evaluation import plots
 
     details = {}
-    probs, y, bad = predict(model, data_dir, split, int(config["image_size"]), batch_size, limit=limit, tta=tta,
-                            details=details)
+    probs, y, bad = predict(
+        model, data_dir, split, int(config["image_size"]), batch_size, limit=limit, tta=tta, details=details
+    )
     pred = probs.argmax(1)
     predictor = details["predictor"]
     tta_block, tta_title = None, ""
@@ -85,31 +101,53 @@ def _evaluate_loaded(model, config, labels, run_dir, data_dir, split, batch_size
         tta_block = predictor.report(len(y), (pred == y).mean(), plain_accuracy)
         tta_title = f", TTA {predictor.mode}"
     k = len(labels)
-    report = classification_report(y, pred, labels=list(range(k)), target_names=labels, output_dict=True,
-                                   zero_division=0)
+    report = classification_report(
+        y, pred, labels=list(range(k)), target_names=labels, output_dict=True, zero_division=0
+    )
     text = classification_report(y, pred, labels=list(range(k)), target_names=labels, digits=4, zero_division=0)
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     result = {
-        "run_dir": os.path.abspath(run_dir), "model": config.get("model"), "split": split,
-        "n": int(len(y)), "accuracy": float((pred == y).mean()),
-        "classification_report": report, "classification_report_text": text,
-        "confusion_matrix": cm.tolist(), "labels": list(labels), "tta": tta_block, "files": {},
+        "run_dir": os.path.abspath(run_dir),
+        "model": config.get("model"),
+        "split": split,
+        "n": int(len(y)),
+        "accuracy": float((pred == y).mean()),
+        "classification_report": report,
+        "classification_report_text": text,
+        "confusion_matrix": cm.tolist(),
+        "labels": list(labels),
+        "tta": tta_block,
+        "files": {},
     }
     if write:
         out = os.path.join(run_dir, f"eval_{split}")
         os.makedirs(out, exist_ok=True)
-        metrics = {k_: result[k_] for k_ in ("split", "accuracy", "n", "classification_report",
-                                              "confusion_matrix", "labels", "model", "tta")}
+        metrics = {
+            k_: result[k_]
+            for k_ in ("split", "accuracy", "n", "classification_report", "confusion_matrix", "labels", "model", "tta")
+        }
         _atomic_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
         _atomic_text(os.path.join(out, "classification_report.txt"), text)
-        plots.confusion_matrix(cm, labels, os.path.join(out, "confusion_matrix.png"),
-                               title=f"{config.get('model')} on {split} (accuracy {result['accuracy']:.3f}{tta_title})")
+        plots.confusion_matrix(
+            cm,
+            labels,
+            os.path.join(out, "confusion_matrix.png"),
+            title=f"{config.get('model')} on {split} (accuracy {result['accuracy']:.3f}{tta_title})",
+        )
         images, t, p, c = bad
-        plots.misclassified_grid(np.asarray(images) if images else [], t, p, labels,
-                                 os.path.join(out, "misclassified.png"), confidences=c,
-                                 title=f"{config.get('model')}: misclassified {split} examples")
-        result["files"] = {name: os.path.join(out, name) for name in
-                           ("metrics.json", "classification_report.txt", "confusion_matrix.png", "misclassified.png")}
+        plots.misclassified_grid(
+            np.asarray(images) if images else [],
+            t,
+            p,
+            labels,
+            os.path.join(out, "misclassified.png"),
+            confidences=c,
+            title=f"{config.get('model')}: misclassified {split} examples",
+        )
+        result["files"] = {
+            name: os.path.join(out, name)
+            for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "misclassified.png")
+        }
     return result
 
 

@@ -1,5 +1,6 @@
 """PNG figures of training and evaluation (matplotlib, Agg backend): learning curves,
 confusion matrix, grid of misclassified examples. Files are written atomically."""
+
 import os
 
 
@@ -38,11 +39,18 @@ def learning_curves(runs, path):
             tr = [r.get(key) for r in rows]
             va = [r.get("val_" + key) for r in rows]
             if any(v is not None for v in tr):
-                ax.plot(epochs, [float("nan") if v is None else v for v in tr], "-o", ms=3, color=c,
-                        label=f"{name} train")
+                ax.plot(
+                    epochs, [float("nan") if v is None else v for v in tr], "-o", ms=3, color=c, label=f"{name} train"
+                )
             if any(v is not None for v in va):
-                ax.plot(epochs, [float("nan") if v is None else v for v in va], "--s", ms=3, color=c,
-                        label=f"{name} validation")
+                ax.plot(
+                    epochs,
+                    [float("nan") if v is None else v for v in va],
+                    "--s",
+                    ms=3,
+                    color=c,
+                    label=f"{name} validation",
+                )
     for ax, title in ((ax_acc, quality.replace("_at_", "@")), (ax_loss, "loss")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
@@ -71,8 +79,15 @@ def confusion_matrix(cm, labels, path, title="confusion matrix"):
     if k <= 30:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(cm[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     return _save(fig, path)
 
 

@@ -6,6 +6,7 @@ image (4 views). The average keeps the shape ``[n, classes]`` and the class orde
 plain prediction; view 0 is always the photo as it is, so the plain figures come out of the
 same pass (:class:`Predictor` times view 0 apart from the others: the cost of TTA in the same run).
 """
+
 import time
 
 from amazon_visual.errors import UserError
@@ -28,7 +29,7 @@ def _centre_crop(x, fraction=CROP_FRACTION):
     h, w = int(x.shape[1]), int(x.shape[2])
     ch, cw = max(1, int(round(h * fraction))), max(1, int(round(w * fraction)))
     top, left = (h - ch) // 2, (w - cw) // 2
-    return ops.image.resize(x[:, top:top + ch, left:left + cw, :], (h, w), interpolation="bilinear")
+    return ops.image.resize(x[:, top : top + ch, left : left + cw, :], (h, w), interpolation="bilinear")
 
 
 def views(x, mode):
@@ -78,10 +79,15 @@ class Predictor:
     def report(self, n, accuracy, plain_accuracy):
         """The ``tta`` block of an evaluation: mode, views, accuracy without TTA, model seconds with
         and without, their ratio (the cost), per-image milliseconds."""
-        return {"mode": self.mode, "views": n_views(self.mode), "accuracy": float(accuracy),
-                "accuracy_without_tta": float(plain_accuracy),
-                "gain": round(float(accuracy) - float(plain_accuracy), 6),
-                "model_seconds": round(self.seconds, 3), "model_seconds_without_tta": round(self.plain_seconds, 3),
-                "time_ratio": round(self.seconds / self.plain_seconds, 2) if self.plain_seconds > 0 else None,
-                "ms_per_image": round(1000 * self.seconds / max(1, n), 3),
-                "ms_per_image_without_tta": round(1000 * self.plain_seconds / max(1, n), 3)}
+        return {
+            "mode": self.mode,
+            "views": n_views(self.mode),
+            "accuracy": float(accuracy),
+            "accuracy_without_tta": float(plain_accuracy),
+            "gain": round(float(accuracy) - float(plain_accuracy), 6),
+            "model_seconds": round(self.seconds, 3),
+            "model_seconds_without_tta": round(self.plain_seconds, 3),
+            "time_ratio": round(self.seconds / self.plain_seconds, 2) if self.plain_seconds > 0 else None,
+            "ms_per_image": round(1000 * self.seconds / max(1, n), 3),
+            "ms_per_image_without_tta": round(1000 * self.plain_seconds / max(1, n), 3),
+        }

@@ -14,6 +14,7 @@ of the final classification layer ``predictions``) and outputs softmax probabili
 - :func:`embedding_model` (model) -> sub-model input -> ``embedding``
 - :func:`available_models`, :func:`model_info`
 """
+
 from amazon_visual.errors import UserError
 
 FIVE = ("svm", "alexnet", "vgg16", "vgg16_bn", "resnet50")
@@ -44,10 +45,20 @@ def model_info(name):
 
     name = _check_name(name)
     if name in _HAND:
-        return {"name": name, "family": _FAMILY[name], "preprocessing": _HAND[name],
-                "pretrainable": name == "vgg16_bn", "loss": "multiclass_hinge" if name == "svm" else "crossentropy"}
-    return {"name": name, "family": "applications", "preprocessing": applications.preprocessing_mode(name),
-            "pretrainable": True, "loss": "crossentropy"}
+        return {
+            "name": name,
+            "family": _FAMILY[name],
+            "preprocessing": _HAND[name],
+            "pretrainable": name == "vgg16_bn",
+            "loss": "multiclass_hinge" if name == "svm" else "crossentropy",
+        }
+    return {
+        "name": name,
+        "family": "applications",
+        "preprocessing": applications.preprocessing_mode(name),
+        "pretrainable": True,
+        "loss": "crossentropy",
+    }
 
 
 def build(name, num_classes, image_size=224, weights="none", **kwargs):
@@ -95,8 +106,10 @@ def build_embedder(name, image_size=224, weights="imagenet"):
     if name == "vgg16_bn":
         return vgg.build_vgg16_bn_embedder(int(image_size), weights)
     if name in ("svm", "alexnet", "resnet_small"):
-        raise UserError(f"{name} has no pretrained backbone to embed with: use a trained run (--run) "
-                        f"or a keras.applications backbone such as resnet50")
+        raise UserError(
+            f"{name} has no pretrained backbone to embed with: use a trained run (--run) "
+            f"or a keras.applications backbone such as resnet50"
+        )
     return applications.build_application_embedder(name, int(image_size), weights)
 
 
@@ -121,4 +134,13 @@ def find_backbone(model):
     return None
 
 
-__all__ = ["FIVE", "SMALL", "available_models", "model_info", "build", "build_embedder", "embedding_model", "find_backbone"]
+__all__ = [
+    "FIVE",
+    "SMALL",
+    "available_models",
+    "model_info",
+    "build",
+    "build_embedder",
+    "embedding_model",
+    "find_backbone",
+]

@@ -10,13 +10,13 @@ three max-pools still leave a spatial map. FC6 and FC7 have ``fc_units`` units
 default 0.99 leaves the moving statistics far from the data after the few hundred steps of
 a short CPU run, and validation accuracy then swings wildly).
 """
+
 import keras
 
 from amazon_visual.models.layers import Preprocess
 
 
-def build_alexnet(num_classes, image_size=224, width=1.0, fc_units=None, dropout=0.5, bn_momentum=0.9,
-                  name="alexnet"):
+def build_alexnet(num_classes, image_size=224, width=1.0, fc_units=None, dropout=0.5, bn_momentum=0.9, name="alexnet"):
     def w(n):
         return max(4, int(round(n * width)))
 

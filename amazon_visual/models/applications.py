@@ -7,6 +7,7 @@ named ``backbone``, ``include_top=False``) -> the shared head
 with ``training=False`` so its batch normalisation stays in inference mode, in both
 training phases (the Keras transfer-learning recipe); from scratch it trains normally.
 """
+
 import os
 
 import keras
@@ -121,12 +122,15 @@ def _load_backbone_weights(name, backbone, path, errors):
         return backbone
     except Exception as e:
         errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    raise UserError(f"weights file {path} does not fit model {name} ({'; '.join(errors)[:300]}): "
-                    f"pass a keras.applications {APPLICATIONS[name][0]} weights file, imagenet or none")
+    raise UserError(
+        f"weights file {path} does not fit model {name} ({'; '.join(errors)[:300]}): "
+        f"pass a keras.applications {APPLICATIONS[name][0]} weights file, imagenet or none"
+    )
 
 
-def build_application(name, num_classes, image_size=224, weights=None, embedding_dim=DEFAULT_EMBEDDING_DIM,
-                      dropout=DEFAULT_DROPOUT):
+def build_application(
+    name, num_classes, image_size=224, weights=None, embedding_dim=DEFAULT_EMBEDDING_DIM, dropout=DEFAULT_DROPOUT
+):
     weights = normalize_weights(weights)
     backbone = _make_backbone(name, image_size, weights)
     inputs = keras.Input((image_size, image_size, 3), name="image")

@@ -7,14 +7,14 @@ The ``embedding`` layer's output is the input of ``predictions`` (the dropout in
 between is the identity at inference), so it is the trained, class-aware
 embedding the retrieval stage indexes.
 """
+
 import keras
 
 DEFAULT_EMBEDDING_DIM = 512
 DEFAULT_DROPOUT = 0.3
 
 
-def classification_head(features, num_classes, embedding_dim=DEFAULT_EMBEDDING_DIM, dropout=DEFAULT_DROPOUT,
-                        pool=True):
+def classification_head(features, num_classes, embedding_dim=DEFAULT_EMBEDDING_DIM, dropout=DEFAULT_DROPOUT, pool=True):
     x = features
     if pool:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)

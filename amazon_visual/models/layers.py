@@ -3,6 +3,7 @@
 Every model takes float32 RGB images with values in [0, 255]; its first layer is a
 :class:`Preprocess` layer that turns them into what the network expects.
 """
+
 import keras
 from keras import ops
 

@@ -1,4 +1,5 @@
 """The multiclass hinge loss of the course project's linear SVM."""
+
 import keras
 from keras import ops
 

@@ -26,6 +26,7 @@ Keras trains, saves and restores them with the model that ends in that layer):
   ``scale * cos(theta_y + margin)`` for the true class and ``scale * cos(theta_j)`` for the
   others (where ``theta_y + margin`` would pass pi, ``cos(theta_y) - margin * sin(margin)``).
 """
+
 import math
 
 import keras
@@ -74,8 +75,13 @@ class MultiSimilarityLoss(keras.losses.Loss):
         return ops.mean(pos_term + neg_term)
 
     def get_config(self):
-        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta, "base": self.base,
-                "margin": self.margin}
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "base": self.base,
+            "margin": self.margin,
+        }
 
 
 @keras.saving.register_keras_serializable(package="amazon_visual")
@@ -112,8 +118,9 @@ class CosineProxies(keras.layers.Layer):
         self.num_classes = int(num_classes)
 
     def build(self, input_shape):
-        self.proxies = self.add_weight(name="proxies", shape=(self.num_classes, int(input_shape[-1])),
-                                       initializer="he_normal", trainable=True)
+        self.proxies = self.add_weight(
+            name="proxies", shape=(self.num_classes, int(input_shape[-1])), initializer="he_normal", trainable=True
+        )
 
     def call(self, embeddings):
         proxies = self.proxies / ops.maximum(ops.norm(self.proxies, axis=1, keepdims=True), 1e-12)

@@ -11,6 +11,7 @@ identity, which lets a short run train at a large learning rate. Batch norm mome
 in :mod:`.alexnet`. Then the shared head (:mod:`.heads`); no nested backbone model, so a run
 has one phase, from scratch.
 """
+
 import keras
 
 from amazon_visual.models.heads import DEFAULT_DROPOUT, DEFAULT_EMBEDDING_DIM, classification_head
@@ -23,10 +24,18 @@ MIN_FILTERS = 16
 
 
 def _conv_bn(x, filters, kernel, strides, name, bn_momentum, relu=True, zero_gamma=False):
-    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                            kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(momentum=bn_momentum, gamma_initializer="zeros" if zero_gamma else "ones",
-                                        name=f"{name}_bn")(x)
+    x = keras.layers.Conv2D(
+        filters,
+        kernel,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
+    )(x)
+    x = keras.layers.BatchNormalization(
+        momentum=bn_momentum, gamma_initializer="zeros" if zero_gamma else "ones", name=f"{name}_bn"
+    )(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
 
 
@@ -41,8 +50,15 @@ def basic_block(x, filters, strides, name, bn_momentum=0.9):
     return keras.layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def build_resnet_small(num_classes, image_size=64, width=1.0, embedding_dim=DEFAULT_EMBEDDING_DIM,
-                       dropout=DEFAULT_DROPOUT, bn_momentum=0.9, name="resnet_small"):
+def build_resnet_small(
+    num_classes,
+    image_size=64,
+    width=1.0,
+    embedding_dim=DEFAULT_EMBEDDING_DIM,
+    dropout=DEFAULT_DROPOUT,
+    bn_momentum=0.9,
+    name="resnet_small",
+):
     def w(n):
         return max(MIN_FILTERS, int(round(n * width)))
 

@@ -15,6 +15,7 @@ The model's output *is* the ``embedding`` layer, so the index, the Recommender a
 server use it unchanged; the vectors have unit length, so cosine similarity is a dot product.
 :func:`training_model` adds the proxies of a proxy loss (:class:`CosineProxies`) on top.
 """
+
 import keras
 
 from amazon_visual.models.heads import DEFAULT_DROPOUT
@@ -45,8 +46,15 @@ def _trunk_output(classifier):
     return tensor
 
 
-def build_retrieval_model(name, image_size=224, weights="none", embedding_dim=DEFAULT_RETRIEVAL_DIM,
-                          dropout=DEFAULT_DROPOUT, hidden=DEFAULT_HIDDEN, **model_kwargs):
+def build_retrieval_model(
+    name,
+    image_size=224,
+    weights="none",
+    embedding_dim=DEFAULT_RETRIEVAL_DIM,
+    dropout=DEFAULT_DROPOUT,
+    hidden=DEFAULT_HIDDEN,
+    **model_kwargs,
+):
     """image [0, 255] -> L2-normalised ``embedding`` (B, embedding_dim), for any registry model."""
     from amazon_visual import models
 

@@ -8,6 +8,7 @@ s_j, trained with :class:`~amazon_visual.models.losses.MulticlassHinge`) ->
 outputs probabilities like every other model (arg-max unchanged). The hinge loss is
 computed on the ``predictions`` scores; see ``training_model``.
 """
+
 import keras
 
 from amazon_visual.models.layers import Preprocess
@@ -23,8 +24,9 @@ def build_svm(num_classes, image_size=224, pixels=DEFAULT_PIXELS, l2=DEFAULT_L2,
         x = keras.layers.Resizing(pixels, pixels, name="downsample")(x)
     x = Preprocess("centered", name="preprocess")(x)
     x = keras.layers.Flatten(name="embedding")(x)
-    scores = keras.layers.Dense(num_classes, kernel_regularizer=keras.regularizers.L2(l2), dtype="float32",
-                                name="predictions")(x)
+    scores = keras.layers.Dense(
+        num_classes, kernel_regularizer=keras.regularizers.L2(l2), dtype="float32", name="predictions"
+    )(x)
     probs = keras.layers.Softmax(dtype="float32", name="probabilities")(scores)
     return keras.Model(inputs, probs, name=name)
 

@@ -7,6 +7,7 @@ shared head. :func:`load_vgg16_conv_weights` copies the 13 conv kernels and bias
 ``keras.applications.VGG16`` (a model, ``"imagenet"`` or a weights file) into it.
 Preprocessing is caffe-style like VGG16, so ImageNet conv weights see what they expect.
 """
+
 import keras
 
 from amazon_visual.errors import UserError
@@ -23,16 +24,22 @@ def vgg16_bn_backbone(image_size=224, width=1.0, bn_momentum=0.9):
     x = inputs
     for b, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
         for c in range(1, convs + 1):
-            x = keras.layers.Conv2D(max(4, int(round(filters * width))), 3, padding="same",
-                                    name=f"block{b}_conv{c}")(x)
+            x = keras.layers.Conv2D(max(4, int(round(filters * width))), 3, padding="same", name=f"block{b}_conv{c}")(x)
             x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"block{b}_bn{c}")(x)
             x = keras.layers.Activation("relu", name=f"block{b}_relu{c}")(x)
         x = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=f"block{b}_pool")(x)
     return keras.Model(inputs, x, name="backbone")
 
 
-def build_vgg16_bn(num_classes, image_size=224, weights=None, width=1.0, embedding_dim=DEFAULT_EMBEDDING_DIM,
-                   dropout=DEFAULT_DROPOUT, name="vgg16_bn"):
+def build_vgg16_bn(
+    num_classes,
+    image_size=224,
+    weights=None,
+    width=1.0,
+    embedding_dim=DEFAULT_EMBEDDING_DIM,
+    dropout=DEFAULT_DROPOUT,
+    name="vgg16_bn",
+):
     weights = applications.normalize_weights(weights)
     if weights is not None and width != 1.0:
         raise UserError("vgg16_bn with width != 1 cannot take VGG16 weights: use --weights none")
@@ -91,8 +98,10 @@ def load_vgg16_conv_weights(model, source="imagenet"):
         dst = _find_conv(model, name)
         kernel, bias = src.get_weights()
         if dst.kernel.shape != kernel.shape:
-            raise UserError(f"VGG16 weights do not fit layer {name} of {model.name} "
-                            f"({tuple(kernel.shape)} vs {tuple(dst.kernel.shape)})")
+            raise UserError(
+                f"VGG16 weights do not fit layer {name} of {model.name} "
+                f"({tuple(kernel.shape)} vs {tuple(dst.kernel.shape)})"
+            )
         dst.set_weights([kernel, bias])
         copied += 1
     return copied

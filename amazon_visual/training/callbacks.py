@@ -1,4 +1,5 @@
 """Keras callbacks of a training run: the history log, the best-model saver, the time budget."""
+
 import math
 import os
 import time
@@ -103,8 +104,17 @@ class WarmupCosine(keras.callbacks.Callback):
     ``deadline`` (time budget), its share of the time used, whichever is larger: a run
     cut by ``--max-minutes`` still ends at a small rate."""
 
-    def __init__(self, peak, total_steps, warmup=0.05, min_factor=0.01, initial_step=0, deadline=None,
-                 steps_per_epoch=None, first_epoch=0):
+    def __init__(
+        self,
+        peak,
+        total_steps,
+        warmup=0.05,
+        min_factor=0.01,
+        initial_step=0,
+        deadline=None,
+        steps_per_epoch=None,
+        first_epoch=0,
+    ):
         super().__init__()
         self.peak, self.total_steps = float(peak), max(1, int(total_steps))
         self.warmup, self.min_factor = float(warmup), float(min_factor)

@@ -14,6 +14,7 @@ cached validation features. The fine-tuning phase then trains on photos as usual
 :func:`feature_model` (image -> pooled features) and :func:`head_model` (features ->
 ``net``'s output) compose to the full model: same weights in, same outputs.
 """
+
 import os
 
 import numpy as np
@@ -38,7 +39,7 @@ def head_layers(net):
     names = [layer.name for layer in net.layers]
     if POOL_LAYER not in names:
         raise ValueError(f"{net.name} has no {POOL_LAYER} layer")
-    layers = net.layers[names.index(POOL_LAYER) + 1:]
+    layers = net.layers[names.index(POOL_LAYER) + 1 :]
     previous = net.get_layer(POOL_LAYER)
     for layer in layers:
         inbound = layer._inbound_nodes[0].input_tensors if layer._inbound_nodes else []
@@ -110,8 +111,7 @@ def compute(features, data_dir, split, image_size, batch_size=64, augment=None, 
     return np.concatenate(feats), np.concatenate(labels)
 
 
-def cache_views(net, run_dir, data_dir, image_size, views, augment, seed=0, batch_size=64, splits=("train",),
-                log=None):
+def cache_views(net, run_dir, data_dir, image_size, views, augment, seed=0, batch_size=64, splits=("train",), log=None):
     """Computes (or reads back) the cached features: ``views`` views of ``train``, one of the
     other splits. Returns {split: (features, labels)} with the train views concatenated."""
     fm = feature_model(net)
@@ -123,10 +123,12 @@ def cache_views(net, run_dir, data_dir, image_size, views, augment, seed=0, batc
             path = _path(run_dir, split, view)
             if not os.path.isfile(path):
                 if log:
-                    log(f"caching backbone features: {split}, view {view + 1}/{n_views}"
-                        f"{' (augmented)' if view else ''}")
-                f, y = compute(fm, data_dir, split, image_size, batch_size,
-                               augment=augment if view else None, seed=seed + view)
+                    log(
+                        f"caching backbone features: {split}, view {view + 1}/{n_views}{' (augmented)' if view else ''}"
+                    )
+                f, y = compute(
+                    fm, data_dir, split, image_size, batch_size, augment=augment if view else None, seed=seed + view
+                )
                 _save(path, f, y)
             parts.append(_load(path))
         out[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))

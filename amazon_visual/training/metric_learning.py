@@ -21,6 +21,7 @@ objective is ``retrieval`` (``classify``, the default, never reaches them):
 The phases stay the trainer's: from pretrained weights, ``head`` (backbone frozen) then
 ``fine_tune``.
 """
+
 import numpy as np
 
 from amazon_visual.errors import UserError
@@ -44,8 +45,10 @@ def _classify_options(name, info, options):
     if options.get("embedding_dim") is not None:
         dim = _check_dim(options["embedding_dim"])
         if info["family"] in ("svm", "alexnet"):
-            raise UserError(f"--embedding-dim does not size {name}'s classifier (its embedding is fixed): "
-                            "leave it out, or use --objective retrieval")
+            raise UserError(
+                f"--embedding-dim does not size {name}'s classifier (its embedding is fixed): "
+                "leave it out, or use --objective retrieval"
+            )
         options["model_kwargs"] = {**(options.get("model_kwargs") or {}), "embedding_dim": dim}
         return {"objective": "classify", "model_kwargs": options["model_kwargs"]}
     return {"objective": "classify"}
@@ -70,11 +73,21 @@ def plan_options(data_dir, name, info, labels, options):
     k = options.get("per_class") or min(DEFAULT_PER_CLASS, int(counts.max()))
     p, k = check_pk(counts, p, k, labels, where=f"the train split of {data_dir}")
     if k < 2 and not uses_proxies(loss):
-        raise UserError(f"--per-class {k} gives --loss {loss} no positive pairs: use at least 2, "
-                        "or a proxy loss (proxy_anchor, arcface)")
-    return {"objective": "retrieval", "loss": loss, "embedding_dim": dim, "classes_per_batch": p, "per_class": k,
-            "batch_size": p * k, "label_smoothing": None, "class_weights": False,
-            "train_class_counts": [int(c) for c in counts]}
+        raise UserError(
+            f"--per-class {k} gives --loss {loss} no positive pairs: use at least 2, "
+            "or a proxy loss (proxy_anchor, arcface)"
+        )
+    return {
+        "objective": "retrieval",
+        "loss": loss,
+        "embedding_dim": dim,
+        "classes_per_batch": p,
+        "per_class": k,
+        "batch_size": p * k,
+        "label_smoothing": None,
+        "class_weights": False,
+        "train_class_counts": [int(c) for c in counts],
+    }
 
 
 def build_models(plan):
@@ -82,8 +95,13 @@ def build_models(plan):
     from amazon_visual.models.retrieval_head import build_retrieval_model, training_model
 
     c = plan.config
-    net = build_retrieval_model(plan.name, c["image_size"], weights=c["weights"], embedding_dim=c["embedding_dim"],
-                                **(plan.options.get("model_kwargs") or {}))
+    net = build_retrieval_model(
+        plan.name,
+        c["image_size"],
+        weights=c["weights"],
+        embedding_dim=c["embedding_dim"],
+        **(plan.options.get("model_kwargs") or {}),
+    )
     return net, training_model(net, c["loss"], len(plan.labels))
 
 
@@ -96,11 +114,19 @@ def make_inputs(plan, data_dir, augment, seed, steps_per_epoch):
     batch = c["classes_per_batch"] * c["per_class"]
     steps = int(steps_per_epoch) if steps_per_epoch else pipeline.steps(plan.n_train, batch)
     worker_seed = int(seed) + int(plan.task_id or 0)  # each worker draws its own batches
-    train_ds = sampler.train_dataset(data_dir, c["image_size"], np.asarray(c["train_class_counts"]),
-                                     c["classes_per_batch"], c["per_class"], augment=augment, seed=worker_seed,
-                                     n_batches=steps * c["epochs"])
-    return dict(train_ds=train_ds, steps=steps, val_ds=None, val_steps=None, monitor=monitor_name(plan),
-                class_weight=None)
+    train_ds = sampler.train_dataset(
+        data_dir,
+        c["image_size"],
+        np.asarray(c["train_class_counts"]),
+        c["classes_per_batch"],
+        c["per_class"],
+        augment=augment,
+        seed=worker_seed,
+        n_batches=steps * c["epochs"],
+    )
+    return dict(
+        train_ds=train_ds, steps=steps, val_ds=None, val_steps=None, monitor=monitor_name(plan), class_weight=None
+    )
 
 
 def cached_head(plan, head, fit_model, cached):
@@ -131,16 +157,18 @@ def cached_head(plan, head, fit_model, cached):
         for idx in sampler.pk_batches(y, p, k, seed=seed):  # would copy them once per class)
             yield x[idx], y[idx]
 
-    train_ds = tf.data.Dataset.from_generator(batches, output_signature=(
-        tf.TensorSpec((p * k, x.shape[1]), tf.float32), tf.TensorSpec((p * k,), tf.int64)))
+    train_ds = tf.data.Dataset.from_generator(
+        batches, output_signature=(tf.TensorSpec((p * k, x.shape[1]), tf.float32), tf.TensorSpec((p * k,), tf.int64))
+    )
     train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
     if plan.n_val:
         (vx, vy), prefix = cached["validation"], "val_"
     else:  # view 0 comes first: the train photos as they are, in file order (as validation_dataset takes them)
-        (vx, vy), prefix = (x[:plan.n_train], y[:plan.n_train]), ""
+        (vx, vy), prefix = (x[: plan.n_train], y[: plan.n_train]), ""
     val = tf.data.Dataset.from_tensor_slices((vx[:DEFAULT_MAX_ITEMS], vy[:DEFAULT_MAX_ITEMS])).batch(256)
-    inputs = dict(train_ds=train_ds, steps=steps, val_ds=None, val_steps=None, monitor=monitor_name(plan),
-                  class_weight=None)
+    inputs = dict(
+        train_ds=train_ds, steps=steps, val_ds=None, val_steps=None, monitor=monitor_name(plan), class_weight=None
+    )
     return head_fit, inputs, RetrievalValidation(head, val, prefix=prefix)
 
 
@@ -152,9 +180,12 @@ def compile_model(fit_model, plan, learning_rate):
     from amazon_visual.models.metric_losses import make_loss
     from amazon_visual.training.phases import make_optimizer
 
-    fit_model.compile(optimizer=make_optimizer(plan.name, learning_rate, plan.config["weight_decay"],
-                                               plan.config.get("ema_momentum")),
-                      loss=make_loss(plan.config["loss"]))
+    fit_model.compile(
+        optimizer=make_optimizer(
+            plan.name, learning_rate, plan.config["weight_decay"], plan.config.get("ema_momentum")
+        ),
+        loss=make_loss(plan.config["loss"]),
+    )
     return fit_model
 
 

@@ -4,10 +4,17 @@ From scratch a run has one phase, ``train``. From pretrained weights it has two:
 (the backbone frozen) then ``fine_tune`` (the backbone trainable from ``fine_tune_at``,
 batch norm layers kept frozen, a smaller learning rate).
 """
+
 from amazon_visual.errors import UserError
 
-DEFAULT_FINE_TUNE_AT = {"resnet50": "conv5_block1", "vgg16": "block5_conv1", "vgg16_bn": "block5_conv1",
-                        "vgg19": "block5_conv1", "resnet101": "conv5_block1", "resnet152": "conv5_block1"}
+DEFAULT_FINE_TUNE_AT = {
+    "resnet50": "conv5_block1",
+    "vgg16": "block5_conv1",
+    "vgg16_bn": "block5_conv1",
+    "vgg19": "block5_conv1",
+    "resnet101": "conv5_block1",
+    "resnet152": "conv5_block1",
+}
 
 
 def resolve_fine_tune_at(backbone, fine_tune_at, model_name):
@@ -22,7 +29,9 @@ def resolve_fine_tune_at(backbone, fine_tune_at, model_name):
         if idx < 0:
             idx += len(layers)
         if not 0 <= idx < len(layers):
-            raise UserError(f"--fine-tune-at {spec} is out of range: the {model_name} backbone has {len(layers)} layers")
+            raise UserError(
+                f"--fine-tune-at {spec} is out of range: the {model_name} backbone has {len(layers)} layers"
+            )
         return idx
     for i, layer in enumerate(layers):
         if layer.name == spec:
@@ -31,8 +40,10 @@ def resolve_fine_tune_at(backbone, fine_tune_at, model_name):
         if layer.name.startswith(spec):
             return i
     examples = ", ".join(sorted({layer.name.split("_")[0] for layer in layers if "_" in layer.name})[:8])
-    raise UserError(f"--fine-tune-at {spec!r} names no layer of the {model_name} backbone: give a layer "
-                    f"name, a name prefix (e.g. {examples}) or an index 0..{len(layers) - 1}")
+    raise UserError(
+        f"--fine-tune-at {spec!r} names no layer of the {model_name} backbone: give a layer "
+        f"name, a name prefix (e.g. {examples}) or an index 0..{len(layers) - 1}"
+    )
 
 
 def set_phase_trainable(model, phase, fine_tune_from):
@@ -84,6 +95,9 @@ def compile_model(fit_model, name, learning_rate, weight_decay=1e-4, label_smoot
         loss = MulticlassHinge()
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing or 0.0)
-    fit_model.compile(optimizer=make_optimizer(name, learning_rate, weight_decay, ema_momentum), loss=loss,
-                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    fit_model.compile(
+        optimizer=make_optimizer(name, learning_rate, weight_decay, ema_momentum),
+        loss=loss,
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
     return fit_model

@@ -6,6 +6,7 @@ float32 [0, 255]). Training: cache (small datasets) -> shuffle -> batch -> augme
 one epoch is ``ceil(n / batch_size)`` steps. Under multi-worker training the dataset
 is sharded per worker by data (``AutoShardPolicy.DATA``).
 """
+
 import math
 
 from amazon_visual import data
@@ -88,8 +89,18 @@ def _with_options(ds, shard_by_data):
     return ds.with_options(options)
 
 
-def train_dataset(data_dir, image_size, batch_size, num_classes, augment=True, seed=0, split="train",
-                  repeat=True, shard_by_data=False, cache=None):
+def train_dataset(
+    data_dir,
+    image_size,
+    batch_size,
+    num_classes,
+    augment=True,
+    seed=0,
+    split="train",
+    repeat=True,
+    shard_by_data=False,
+    cache=None,
+):
     """Augmented, shuffled, one-hot, batched (global batch) training dataset.
 
     ``augment``: False/"none", True (medium), a level of :data:`AUGMENT_LEVELS` or of
@@ -100,8 +111,9 @@ def train_dataset(data_dir, image_size, batch_size, num_classes, augment=True, s
     n = data.num_examples(data_dir, split)
     if cache is None:
         cache = n * image_size * image_size * 3 * 4 <= CACHE_LIMIT_BYTES
-    ds = data.load(data_dir, split=split, image_size=image_size, as_supervised=True, shuffle=not cache,
-                   seed=seed, prefetch=False)
+    ds = data.load(
+        data_dir, split=split, image_size=image_size, as_supervised=True, shuffle=not cache, seed=seed, prefetch=False
+    )
     if cache:
         ds = ds.cache()
     ds = ds.shuffle(min(max(n, 1), 4096), seed=seed, reshuffle_each_iteration=True)
@@ -110,8 +122,9 @@ def train_dataset(data_dir, image_size, batch_size, num_classes, augment=True, s
         augment = "medium"
     if augment and augment != "none":
         aug = augmenter(seed=seed, level=augment)
-        ds = ds.map(lambda x, y: (aug(x, training=True), tf.one_hot(y, num_classes)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(
+            lambda x, y: (aug(x, training=True), tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE
+        )
     else:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
     mix = label_mixer(augment, seed=seed)
@@ -123,8 +136,16 @@ def train_dataset(data_dir, image_size, batch_size, num_classes, augment=True, s
     return _with_options(ds, shard_by_data)
 
 
-def eval_dataset(data_dir, image_size, batch_size, num_classes=None, split="validation", repeat=False,
-                 shard_by_data=False, with_labels=True):
+def eval_dataset(
+    data_dir,
+    image_size,
+    batch_size,
+    num_classes=None,
+    split="validation",
+    repeat=False,
+    shard_by_data=False,
+    with_labels=True,
+):
     """Batched, ordered, not augmented dataset of a split; labels one-hot when
     ``num_classes`` is given, integer otherwise. With ``repeat``, one pass is
     ``steps(n, batch_size)`` steps."""

@@ -19,6 +19,7 @@ peak = learning_rate x this), ``head_budget`` (pretrained runs with a time budge
 largest share of it the head phase may use), ``ema`` (keep an exponential moving average of
 the weights, Keras ``use_ema``; validation and the saved model use it) with ``ema_momentum``.
 """
+
 import math
 
 from amazon_visual.errors import UserError
@@ -26,12 +27,27 @@ from amazon_visual.errors import UserError
 AUGMENT_LEVELS = ("none", "light", "medium", "strong", "randaugment", "mixup", "cutmix")
 
 # Measured on clothing-small, 64 px, 2 CPU cores (README "Recipes" has the table).
-_SCRATCH_CNN = {"learning_rate": 2e-3, "warmup": 0.05, "min_lr_factor": 0.01, "batch_size": 64,
-                "augment": "light", "label_smoothing": 0.1, "weight_decay": 5e-4, "min_steps": 500}
+_SCRATCH_CNN = {
+    "learning_rate": 2e-3,
+    "warmup": 0.05,
+    "min_lr_factor": 0.01,
+    "batch_size": 64,
+    "augment": "light",
+    "label_smoothing": 0.1,
+    "weight_decay": 5e-4,
+    "min_steps": 500,
+}
 RECIPES = {
     # the course's linear classifier on raw pixels: multiclass hinge, no augmentation
-    "svm": {"learning_rate": 1e-3, "warmup": 0.0, "min_lr_factor": 0.1, "batch_size": 64, "augment": "none",
-            "label_smoothing": 0.0, "weight_decay": 0.0},
+    "svm": {
+        "learning_rate": 1e-3,
+        "warmup": 0.0,
+        "min_lr_factor": 0.1,
+        "batch_size": 64,
+        "augment": "none",
+        "label_smoothing": 0.0,
+        "weight_decay": 0.0,
+    },
     "alexnet": dict(_SCRATCH_CNN, small_width=0.5, short_run_dropout=0.2),
     "vgg": dict(_SCRATCH_CNN, learning_rate=1e-3, small_width=0.25, augment="medium"),
     # the small ResNet (models/resnet_small.py): the from-scratch CNN defaults, not tuned further
@@ -40,9 +56,17 @@ RECIPES = {
     "applications": dict(_SCRATCH_CNN, learning_rate=1e-3, batch_size=32),
     "applications_no_bn": dict(_SCRATCH_CNN, learning_rate=2e-4, batch_size=32, weight_decay=1e-4),
     # pretrained backbone: head on cached features, then fine-tune the top with BN frozen
-    "pretrained": {"learning_rate": 1e-3, "warmup": 0.05, "min_lr_factor": 0.01, "batch_size": 32,
-                   "augment": "light", "label_smoothing": 0.1, "weight_decay": 1e-4,
-                   "fine_tune_lr_factor": 0.1, "head_budget": 0.35},
+    "pretrained": {
+        "learning_rate": 1e-3,
+        "warmup": 0.05,
+        "min_lr_factor": 0.01,
+        "batch_size": 32,
+        "augment": "light",
+        "label_smoothing": 0.1,
+        "weight_decay": 1e-4,
+        "fine_tune_lr_factor": 0.1,
+        "head_budget": 0.35,
+    },
 }
 _NO_BN = ("vgg16", "vgg19")
 
@@ -90,8 +114,9 @@ def resolve(recipe_values, **given):
         raise UserError(f"--augment {aug!r} is not a level: use one of {', '.join(AUGMENT_LEVELS)}")
     out["ema"] = bool(out["ema"])
     if not 0.0 < float(out["ema_momentum"]) < 1.0:
-        raise UserError(f"--ema-momentum {out['ema_momentum']} must be between 0 and 1 (e.g. 0.99: an average "
-                        f"over about 100 steps)")
+        raise UserError(
+            f"--ema-momentum {out['ema_momentum']} must be between 0 and 1 (e.g. 0.99: an average over about 100 steps)"
+        )
     if not 0.0 < float(out["head_budget"]) < 1.0:
         raise UserError(f"--head-budget {out['head_budget']} must be between 0 and 1 (a share of --max-minutes)")
     return out

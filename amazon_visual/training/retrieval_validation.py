@@ -13,6 +13,7 @@ for a dataset without a validation split), so EarlyStopping and the best-model s
 monitor them. It must come before those callbacks: Keras hands every callback the same
 logs dict, in order.
 """
+
 import keras
 import numpy as np
 

@@ -5,6 +5,7 @@ A RUN_DIR holds ``model.keras`` (best by validation accuracy), ``labels.json``,
 (BackupAndRestore) and ``state.json`` (completed phases).
 ``load_run(run_dir)`` returns ``(model, config, labels)``.
 """
+
 import csv
 import hashlib
 import json
@@ -14,8 +15,17 @@ from amazon_visual.errors import UserError
 
 # what --objective retrieval logs (recall@1 / precision@10 of the validation split, or of the train split without one)
 RETRIEVAL_FIELDS = ("val_recall_at_1", "val_precision_at_10", "recall_at_1", "precision_at_10")
-HISTORY_FIELDS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds",
-                  *RETRIEVAL_FIELDS)
+HISTORY_FIELDS = (
+    "epoch",
+    "phase",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "seconds",
+    *RETRIEVAL_FIELDS,
+)
 
 
 def read_json(path, default=None):
@@ -78,9 +88,11 @@ def check_same_labels(run_dir, labels, data_dir):
 
     names = data.class_names(data_dir)
     if list(names) != list(labels):
-        raise UserError(f"run {run_dir} was trained on other labels ({len(labels)} classes: "
-                        f"{', '.join(labels[:5])}...) than dataset {data_dir} ({len(names)} classes: "
-                        f"{', '.join(names[:5])}...): evaluate it on the dataset it was trained on")
+        raise UserError(
+            f"run {run_dir} was trained on other labels ({len(labels)} classes: "
+            f"{', '.join(labels[:5])}...) than dataset {data_dir} ({len(names)} classes: "
+            f"{', '.join(names[:5])}...): evaluate it on the dataset it was trained on"
+        )
 
 
 def save_model(model, path):
@@ -95,14 +107,23 @@ def summary(run_dir, config, state, seconds):
     hist = read_history(run_dir)
     val = [r.get("val_accuracy") for r in hist if r.get("val_accuracy") is not None]
     return {
-        "run_dir": run_dir, "model": config["model"], "image_size": config["image_size"],
-        "weights": config["weights"], "epochs_run": len(hist), "epochs": config["epochs"],
+        "run_dir": run_dir,
+        "model": config["model"],
+        "image_size": config["image_size"],
+        "weights": config["weights"],
+        "epochs_run": len(hist),
+        "epochs": config["epochs"],
         "best_val_accuracy": max(val) if val else None,
-        **{f"best_{k}": max((r[k] for r in hist if r.get(k) is not None), default=None)
-           for k in ("val_precision_at_10", "val_recall_at_1")},
+        **{
+            f"best_{k}": max((r[k] for r in hist if r.get(k) is not None), default=None)
+            for k in ("val_precision_at_10", "val_recall_at_1")
+        },
         "final_accuracy": hist[-1].get("accuracy") if hist else None,
-        "phases": state.get("phases_done", []), "stopped_by_time_budget": state.get("stopped_by_time_budget", False),
-        "seconds": round(seconds, 1), "history": hist, "chief": True,
+        "phases": state.get("phases_done", []),
+        "stopped_by_time_budget": state.get("stopped_by_time_budget", False),
+        "seconds": round(seconds, 1),
+        "history": hist,
+        "chief": True,
     }
 
 
@@ -121,8 +142,9 @@ def load_run(run_dir):
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:
-        raise UserError(f"{path} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
-                        f"retrain the run") from None
+        raise UserError(
+            f"{path} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}): retrain the run"
+        ) from None
     config = read_json(os.path.join(run_dir, "config.json"))
     labels = read_json(os.path.join(run_dir, "labels.json"))
     return model, config, labels

@@ -12,6 +12,7 @@ with replacement). Same data, same ``seed``: the same batches (the order is dete
 :func:`train_dataset` does this for DATA_DIR's train split (JPEG bytes cached in memory
 when small, decoded and resized after the choice, augmented per batch).
 """
+
 import os
 
 import numpy as np
@@ -33,13 +34,14 @@ def check_pk(counts, classes_per_batch, per_class, names=None, where="the train 
     if p < 2:
         raise UserError(f"--classes-per-batch {p} is too small: use at least 2 (a batch needs negatives)")
     if p > present:
-        raise UserError(f"--classes-per-batch {p} is more than the {present} classes of {where}: "
-                        f"use at most {present}")
+        raise UserError(f"--classes-per-batch {p} is more than the {present} classes of {where}: use at most {present}")
     if k < 1:
         raise UserError(f"--per-class {k} is too small: use at least 1")
     if k > int(counts.max()):
-        raise UserError(f"--per-class {k} is more than the photos of any class of {where} "
-                        f"(largest: {int(counts.max())}): use at most {int(counts.max())}")
+        raise UserError(
+            f"--per-class {k} is more than the photos of any class of {where} "
+            f"(largest: {int(counts.max())}): use at most {int(counts.max())}"
+        )
     return p, k
 
 
@@ -62,7 +64,7 @@ def pk_batches(labels, classes_per_batch, per_class, seed=0):
     rng = np.random.default_rng(int(seed))
     by_label = np.argsort(labels, kind="stable")
     present, starts, sizes = np.unique(labels[by_label], return_index=True, return_counts=True)
-    members = [by_label[s:s + n] for s, n in zip(starts, sizes)]
+    members = [by_label[s : s + n] for s, n in zip(starts, sizes)]
     order = [rng.permutation(m) for m in members]
     cursor = [0] * len(members)
     while True:
@@ -73,7 +75,7 @@ def pk_batches(labels, classes_per_batch, per_class, seed=0):
                 if cursor[c] >= len(order[c]):
                     order[c], cursor[c] = rng.permutation(members[c]), 0
                 n = min(k - taken, len(order[c]) - cursor[c])
-                batch.extend(order[c][cursor[c]:cursor[c] + n])
+                batch.extend(order[c][cursor[c] : cursor[c] + n])
                 cursor[c] += n
                 taken += n
         yield np.asarray(batch, np.int64)
@@ -90,8 +92,7 @@ def _class_groups(examples, label_index, c, n, k, seed):
     return one.repeat().batch(k)
 
 
-def pk_stream(examples, counts, classes_per_batch, per_class, seed=0, n_batches=SCHEDULE_MAX_BATCHES,
-              label_index=1):
+def pk_stream(examples, counts, classes_per_batch, per_class, seed=0, n_batches=SCHEDULE_MAX_BATCHES, label_index=1):
     """An endless, unbatched stream of ``examples`` (tuples whose ``label_index`` item is the
     class id) in P x K order: batch it with ``classes_per_batch * per_class``."""
     import tensorflow as tf
@@ -115,24 +116,35 @@ def _encoded_split(data_dir, split):
     from amazon_visual import data
 
     b = data.builder(data_dir)
-    ds = b.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()},
-                      read_config=tfds.ReadConfig(try_autocache=False))
+    ds = b.as_dataset(
+        split=split, decoders={"image": tfds.decode.SkipDecoding()}, read_config=tfds.ReadConfig(try_autocache=False)
+    )
     ds = ds.map(lambda ex: (ex["image"], ex["label"]))
-    shard_bytes = sum(os.path.getsize(os.path.join(data_dir, f)) for f in os.listdir(data_dir)
-                      if ".tfrecord" in f and f"-{split}." in f)
+    shard_bytes = sum(
+        os.path.getsize(os.path.join(data_dir, f))
+        for f in os.listdir(data_dir)
+        if ".tfrecord" in f and f"-{split}." in f
+    )
     return ds.cache() if shard_bytes <= CACHE_LIMIT_BYTES else ds
 
 
-def train_dataset(data_dir, image_size, counts, classes_per_batch, per_class, augment=True, seed=0, n_batches=None,
-                  split="train"):
+def train_dataset(
+    data_dir, image_size, counts, classes_per_batch, per_class, augment=True, seed=0, n_batches=None, split="train"
+):
     """Batches of (float32 images [0, 255], int labels), P x K per batch, forever."""
     import tensorflow as tf
 
     from amazon_visual import data
     from amazon_visual.training import pipeline
 
-    stream = pk_stream(_encoded_split(data_dir, split), counts, classes_per_batch, per_class, seed=seed,
-                       n_batches=n_batches or SCHEDULE_MAX_BATCHES)
+    stream = pk_stream(
+        _encoded_split(data_dir, split),
+        counts,
+        classes_per_batch,
+        per_class,
+        seed=seed,
+        n_batches=n_batches or SCHEDULE_MAX_BATCHES,
+    )
 
     def decode(jpeg, label):
         image = tf.io.decode_image(jpeg, channels=3, expand_animations=False)

@@ -4,6 +4,7 @@
 devices) or multi-worker (``TF_CONFIG``) strategy; ``mixed_precision_policy`` the Keras
 policy. Also the Keras 3 multi-worker work-arounds that ``fit`` needs.
 """
+
 import json
 import os
 
@@ -77,7 +78,7 @@ def worker_info(strategy):
 
 
 def mixed_precision_policy(enabled):
-    """"mixed_float16" on GPU, "mixed_bfloat16" on CPU, "float32" when disabled."""
+    """ "mixed_float16" on GPU, "mixed_bfloat16" on CPU, "float32" when disabled."""
     if not enabled:
         return "float32"
     import tensorflow as tf
@@ -123,5 +124,3 @@ def _patch_keras_multi_worker_reduce():
 
     reduce_per_replica._amazon_visual_patch = True
     tf_trainer.reduce_per_replica = reduce_per_replica
-
-

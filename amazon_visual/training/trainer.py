@@ -7,6 +7,7 @@ and resumes a killed run when started again with the same arguments. Its steps:
 (tf.data pipelines), :func:`run_phases` (one :func:`run_phase` per phase, each resumable),
 :func:`finish_run` (state, clean-up, learning curves).
 """
+
 import math
 import os
 import shutil
@@ -33,6 +34,7 @@ def _log(msg, quiet=False):
 @dataclass
 class RunPlan:
     """What a run will do, decided before anything is written."""
+
     name: str
     info: dict
     labels: list
@@ -54,13 +56,45 @@ class RunPlan:
         return os.path.join(self.write_dir, "state.json")
 
 
-def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size=224, epochs=10, batch_size=None,
-          fine_tune_at=None, strategy="auto", mixed_precision=False, augment=None, seed=0,
-          learning_rate=None, fine_tune_lr_factor=None, head_epochs=None, label_smoothing=None,
-          weight_decay=None, class_weights=True, early_stopping=None, max_minutes=None, steps_per_epoch=None,
-          validation_steps=None, backup_freq="epoch", quiet=False, callbacks=True, model_kwargs=None,
-          verbose=None, head_budget=None, cache_features=None, cached_views=2, objective="classify", loss=None,
-          embedding_dim=None, classes_per_batch=None, per_class=None, ema=None, ema_momentum=None):
+def train(
+    data_dir,
+    model="resnet50",
+    out="runs/run",
+    weights="none",
+    image_size=224,
+    epochs=10,
+    batch_size=None,
+    fine_tune_at=None,
+    strategy="auto",
+    mixed_precision=False,
+    augment=None,
+    seed=0,
+    learning_rate=None,
+    fine_tune_lr_factor=None,
+    head_epochs=None,
+    label_smoothing=None,
+    weight_decay=None,
+    class_weights=True,
+    early_stopping=None,
+    max_minutes=None,
+    steps_per_epoch=None,
+    validation_steps=None,
+    backup_freq="epoch",
+    quiet=False,
+    callbacks=True,
+    model_kwargs=None,
+    verbose=None,
+    head_budget=None,
+    cache_features=None,
+    cached_views=2,
+    objective="classify",
+    loss=None,
+    embedding_dim=None,
+    classes_per_batch=None,
+    per_class=None,
+    ema=None,
+    ema_momentum=None,
+):
     """Trains ``model`` on DATA_DIR and writes the run folder ``out``; returns a summary dict.
 
     Every value left ``None`` comes from the model family's recipe
@@ -112,14 +146,42 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
     t_start = time.time()
     # The strategy first: MultiWorkerMirroredStrategy must exist before any TF op runs.
     strat = strategy_mod.select_strategy(strategy)
-    plan = plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, strat, dict(
-        fine_tune_at=fine_tune_at, strategy=strategy, mixed_precision=mixed_precision, augment=augment, seed=seed,
-        learning_rate=learning_rate, fine_tune_lr_factor=fine_tune_lr_factor, head_epochs=head_epochs,
-        label_smoothing=label_smoothing, weight_decay=weight_decay, class_weights=class_weights,
-        early_stopping=early_stopping, max_minutes=max_minutes, model_kwargs=model_kwargs,
-        head_budget=head_budget, cache_features=cache_features, cached_views=cached_views, objective=objective,
-        loss=loss, embedding_dim=embedding_dim, classes_per_batch=classes_per_batch, per_class=per_class,
-        ema=ema, ema_momentum=ema_momentum))
+    plan = plan_run(
+        data_dir,
+        model,
+        out,
+        weights,
+        image_size,
+        epochs,
+        batch_size,
+        strat,
+        dict(
+            fine_tune_at=fine_tune_at,
+            strategy=strategy,
+            mixed_precision=mixed_precision,
+            augment=augment,
+            seed=seed,
+            learning_rate=learning_rate,
+            fine_tune_lr_factor=fine_tune_lr_factor,
+            head_epochs=head_epochs,
+            label_smoothing=label_smoothing,
+            weight_decay=weight_decay,
+            class_weights=class_weights,
+            early_stopping=early_stopping,
+            max_minutes=max_minutes,
+            model_kwargs=model_kwargs,
+            head_budget=head_budget,
+            cache_features=cache_features,
+            cached_views=cached_views,
+            objective=objective,
+            loss=loss,
+            embedding_dim=embedding_dim,
+            classes_per_batch=classes_per_batch,
+            per_class=per_class,
+            ema=ema,
+            ema_momentum=ema_momentum,
+        ),
+    )
     state = _read_state(plan, quiet)
     if plan.old_config is not None:  # finished before
         return runs.summary(plan.run_dir, plan.old_config, state, time.time() - t_start)
@@ -129,16 +191,30 @@ def train(data_dir, model="resnet50", out="runs/run", weights="none", image_size
     policy_before = keras.mixed_precision.global_policy().name
     try:
         net, fit_model = build_models(plan, strat, mixed_precision, seed)
-        inputs = make_inputs(plan, data_dir, plan.config["batch_size"], augment=plan.config["augment"], seed=seed,
-                             steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
-                             class_weights=class_weights)
+        inputs = make_inputs(
+            plan,
+            data_dir,
+            plan.config["batch_size"],
+            augment=plan.config["augment"],
+            seed=seed,
+            steps_per_epoch=steps_per_epoch,
+            validation_steps=validation_steps,
+            class_weights=class_weights,
+        )
         deadline = t_start + float(max_minutes) * 60 if max_minutes else None
         if deadline and plan.num_workers > 1:
             _log("--max-minutes is ignored under multi-worker training (workers must agree)", quiet)
             deadline = None
-        budget_hit = run_phases(plan, state, strat, net, fit_model, inputs, _phase_deadlines(plan, t_start, deadline),
-                                dict(callbacks=callbacks, quiet=quiet, verbose=verbose, backup_freq=backup_freq,
-                                     data_dir=data_dir))
+        budget_hit = run_phases(
+            plan,
+            state,
+            strat,
+            net,
+            fit_model,
+            inputs,
+            _phase_deadlines(plan, t_start, deadline),
+            dict(callbacks=callbacks, quiet=quiet, verbose=verbose, backup_freq=backup_freq, data_dir=data_dir),
+        )
         finish_run(plan, state, net, budget_hit, t_start)
     finally:
         keras.mixed_precision.set_global_policy(policy_before)
@@ -179,9 +255,23 @@ def plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, stra
     info = models.model_info(name)
     weights_n = applications.normalize_weights(weights)
     o = options
-    rec = recipes.resolve(recipes.recipe(name, info["family"], weights_n is not None), batch_size=batch_size,
-                          **{k: o[k] for k in ("learning_rate", "augment", "label_smoothing", "weight_decay",
-                                               "fine_tune_lr_factor", "head_budget", "ema", "ema_momentum")})
+    rec = recipes.resolve(
+        recipes.recipe(name, info["family"], weights_n is not None),
+        batch_size=batch_size,
+        **{
+            k: o[k]
+            for k in (
+                "learning_rate",
+                "augment",
+                "label_smoothing",
+                "weight_decay",
+                "fine_tune_lr_factor",
+                "head_budget",
+                "ema",
+                "ema_momentum",
+            )
+        },
+    )
     batch_size_given = batch_size is not None
     image_size, epochs, batch_size = int(image_size), int(epochs), int(rec["batch_size"])
     _check_arguments(name, info, weights_n, image_size, epochs, batch_size)
@@ -211,25 +301,59 @@ def plan_run(data_dir, model, out, weights, image_size, epochs, batch_size, stra
     two_phase = phases[0][0] == "head"
     lr = float(rec["learning_rate"])
     config = {
-        "model": name, "family": info["family"], "image_size": image_size,
-        "preprocessing": info["preprocessing"], "embedding_layer": "embedding", "embedding_dim": None,
-        "num_classes": len(labels), "weights": weights_n if weights_n in (None, "imagenet") else os.path.abspath(weights_n),
-        "data_dir": os.path.abspath(os.fspath(data_dir)), "dataset_fingerprint": fingerprint,
-        "epochs": epochs, "batch_size": batch_size, "phases": [p for p, _ in phases],
-        "head_epochs": phases[0][1] if two_phase else None, "fine_tune_at": o["fine_tune_at"],
-        "learning_rate": lr, "fine_tune_learning_rate": lr * o["fine_tune_lr_factor"] if two_phase else None,
-        "strategy": o["strategy"], "mixed_precision": bool(o["mixed_precision"]), "augment": o["augment"],
-        "seed": o["seed"], "label_smoothing": o["label_smoothing"] if info["loss"] != "multiclass_hinge" else None,
-        "loss": info["loss"], "weight_decay": o["weight_decay"], "class_weights": bool(o["class_weights"]),
-        "early_stopping": o["early_stopping"], "max_minutes": o["max_minutes"], "model_kwargs": o["model_kwargs"] or {},
-        "resize": "pad", "package_version": _version(), "recipe": rec,
+        "model": name,
+        "family": info["family"],
+        "image_size": image_size,
+        "preprocessing": info["preprocessing"],
+        "embedding_layer": "embedding",
+        "embedding_dim": None,
+        "num_classes": len(labels),
+        "weights": weights_n if weights_n in (None, "imagenet") else os.path.abspath(weights_n),
+        "data_dir": os.path.abspath(os.fspath(data_dir)),
+        "dataset_fingerprint": fingerprint,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "phases": [p for p, _ in phases],
+        "head_epochs": phases[0][1] if two_phase else None,
+        "fine_tune_at": o["fine_tune_at"],
+        "learning_rate": lr,
+        "fine_tune_learning_rate": lr * o["fine_tune_lr_factor"] if two_phase else None,
+        "strategy": o["strategy"],
+        "mixed_precision": bool(o["mixed_precision"]),
+        "augment": o["augment"],
+        "seed": o["seed"],
+        "label_smoothing": o["label_smoothing"] if info["loss"] != "multiclass_hinge" else None,
+        "loss": info["loss"],
+        "weight_decay": o["weight_decay"],
+        "class_weights": bool(o["class_weights"]),
+        "early_stopping": o["early_stopping"],
+        "max_minutes": o["max_minutes"],
+        "model_kwargs": o["model_kwargs"] or {},
+        "resize": "pad",
+        "package_version": _version(),
+        "recipe": rec,
         "schedule": {"kind": "warmup_cosine", "warmup": rec["warmup"], "min_lr_factor": rec["min_lr_factor"]},
-        "cached_head": None, "time_budget": None, "ema_momentum": o["ema_momentum"],
+        "cached_head": None,
+        "time_budget": None,
+        "ema_momentum": o["ema_momentum"],
     }
     config.update(objective)
-    return RunPlan(name=name, info=info, labels=labels, run_dir=run_dir, write_dir=write_dir, phases=phases, lr=lr,
-                   config=config, n_train=n_train, n_val=n_val, is_chief=is_chief, task_id=task_id,
-                   num_workers=num_workers, options=options)
+    return RunPlan(
+        name=name,
+        info=info,
+        labels=labels,
+        run_dir=run_dir,
+        write_dir=write_dir,
+        phases=phases,
+        lr=lr,
+        config=config,
+        n_train=n_train,
+        n_val=n_val,
+        is_chief=is_chief,
+        task_id=task_id,
+        num_workers=num_workers,
+        options=options,
+    )
 
 
 def _read_state(plan, quiet):
@@ -248,8 +372,10 @@ def _read_state(plan, quiet):
         if old.get("dataset_fingerprint", {}).get("sha1") != plan.config["dataset_fingerprint"]["sha1"]:
             diff.append("dataset")
         if diff:
-            raise UserError(f"{plan.run_dir} holds another run (different {', '.join(diff)}): "
-                            f"use a new --out folder or delete this one")
+            raise UserError(
+                f"{plan.run_dir} holds another run (different {', '.join(diff)}): "
+                f"use a new --out folder or delete this one"
+            )
         if state.get("finished"):
             _log(f"{plan.run_dir} is already trained; nothing to do", quiet)
             plan.old_config = old
@@ -290,8 +416,13 @@ def build_models(plan, strat, mixed_precision, seed):
         if plan.config["objective"] == "retrieval":
             net, fit_model = metric_learning.build_models(plan)
         else:
-            net = models.build(plan.name, len(plan.labels), plan.config["image_size"], weights=plan.config["weights"],
-                               **(plan.options["model_kwargs"] or {}))
+            net = models.build(
+                plan.name,
+                len(plan.labels),
+                plan.config["image_size"],
+                weights=plan.config["weights"],
+                **(plan.options["model_kwargs"] or {}),
+            )
             fit_model = svm.training_model(net) if plan.name == "svm" else net
     config = plan.config
     config["embedding_dim"] = int(net.get_layer("embedding").output.shape[-1])
@@ -323,14 +454,16 @@ def make_inputs(plan, data_dir, batch_size, augment, seed, steps_per_epoch, vali
     image_size, n_classes = plan.config["image_size"], len(plan.labels)
     batch_size = int(batch_size)
     shard = plan.num_workers > 1
-    train_ds = pipeline.train_dataset(data_dir, image_size, batch_size, n_classes, augment=augment,
-                                      seed=seed, shard_by_data=shard)
+    train_ds = pipeline.train_dataset(
+        data_dir, image_size, batch_size, n_classes, augment=augment, seed=seed, shard_by_data=shard
+    )
     steps = int(steps_per_epoch) if steps_per_epoch else pipeline.steps(plan.n_train, batch_size)
     val_ds, val_steps = None, None
     if plan.n_val:
         val_steps = int(validation_steps) if validation_steps else pipeline.steps(plan.n_val, batch_size)
-        val_ds = pipeline.eval_dataset(data_dir, image_size, batch_size, n_classes, split="validation",
-                                       repeat=True, shard_by_data=shard)
+        val_ds = pipeline.eval_dataset(
+            data_dir, image_size, batch_size, n_classes, split="validation", repeat=True, shard_by_data=shard
+        )
     cw = None
     if class_weights:
         counts = pipeline.label_counts(data_dir, "train")
@@ -356,11 +489,13 @@ def run_phases(plan, state, strat, net, fit_model, inputs, deadlines, opts):
         if phase_end <= initial_epoch:
             continue
         if phase == "head" and _use_cached_head(plan, net):
-            timer, best = run_cached_head_phase(plan, strat, net, fit_model, initial_epoch, phase_end, best,
-                                                deadlines[phase], opts)
+            timer, best = run_cached_head_phase(
+                plan, strat, net, fit_model, initial_epoch, phase_end, best, deadlines[phase], opts
+            )
         else:
-            timer, best = run_phase(plan, strat, net, fit_model, inputs, phase, initial_epoch, phase_end, best,
-                                    deadlines[phase], opts)
+            timer, best = run_phase(
+                plan, strat, net, fit_model, inputs, phase, initial_epoch, phase_end, best, deadlines[phase], opts
+            )
         fit_model.save_weights(phase_weights)
         state["phases_done"].append(phase)
         write_json(plan.state_path, state)
@@ -377,12 +512,19 @@ def _use_cached_head(plan, net):
     wanted = plan.options["cache_features"]
     able = plan.num_workers == 1 and feature_cache.supports_cached_head(net)
     if wanted and not able:
-        raise UserError(f"--cache-features needs a single worker and the standard head; "
-                        f"this {plan.name} run lacks one of them: drop --cache-features")
+        raise UserError(
+            f"--cache-features needs a single worker and the standard head; "
+            f"this {plan.name} run lacks one of them: drop --cache-features"
+        )
     use = able if wanted is None else bool(wanted)
-    plan.config["cached_head"] = {"views": int(plan.options["cached_views"]),
-                                  "augmentation": f"views 2..{int(plan.options['cached_views'])}: "
-                                                  f"{plan.options['augment']}"} if use else None
+    plan.config["cached_head"] = (
+        {
+            "views": int(plan.options["cached_views"]),
+            "augmentation": f"views 2..{int(plan.options['cached_views'])}: {plan.options['augment']}",
+        }
+        if use
+        else None
+    )
     if plan.is_chief:
         write_json(os.path.join(plan.write_dir, "config.json"), plan.config)
     return use
@@ -392,9 +534,16 @@ def _schedule(plan, phase_lr, steps, first_epoch, initial_epoch, phase_end, dead
     from amazon_visual.training.callbacks import WarmupCosine
 
     rec = plan.config["recipe"]
-    return WarmupCosine(phase_lr, total_steps=(phase_end - first_epoch) * steps, warmup=rec["warmup"],
-                        min_factor=rec["min_lr_factor"], initial_step=(initial_epoch - first_epoch) * steps,
-                        deadline=deadline, steps_per_epoch=steps, first_epoch=first_epoch)
+    return WarmupCosine(
+        phase_lr,
+        total_steps=(phase_end - first_epoch) * steps,
+        warmup=rec["warmup"],
+        min_factor=rec["min_lr_factor"],
+        initial_step=(initial_epoch - first_epoch) * steps,
+        deadline=deadline,
+        steps_per_epoch=steps,
+        first_epoch=first_epoch,
+    )
 
 
 def _phase_first_epoch(plan, phase):
@@ -413,9 +562,17 @@ def run_cached_head_phase(plan, strat, net, fit_model, initial_epoch, phase_end,
 
     o, config = plan.options, plan.config
     splits = ("train", "validation") if plan.n_val else ("train",)
-    cached = feature_cache.cache_views(net, plan.write_dir, opts["data_dir"], config["image_size"],
-                                       o["cached_views"], o["augment"], seed=int(o["seed"]), splits=splits,
-                                       log=lambda m: _log(m, opts["quiet"]))
+    cached = feature_cache.cache_views(
+        net,
+        plan.write_dir,
+        opts["data_dir"],
+        config["image_size"],
+        o["cached_views"],
+        o["augment"],
+        seed=int(o["seed"]),
+        splits=splits,
+        log=lambda m: _log(m, opts["quiet"]),
+    )
     x, y = cached["train"]
     validation = None
     with strat.scope():
@@ -431,20 +588,38 @@ def run_cached_head_phase(plan, strat, net, fit_model, initial_epoch, phase_end,
                 vx, vy = cached["validation"]
                 val_ds = feature_cache.feature_dataset(vx, vy, n_classes, batch, shuffle=False)
                 val_steps = pipeline.steps(len(vx), batch)
-            inputs = Inputs(feature_cache.feature_dataset(x, y, n_classes, batch, seed=int(o["seed"])),
-                            pipeline.steps(len(x), batch), val_ds, val_steps,
-                            "val_accuracy" if plan.n_val else "accuracy", _class_weight(plan, y))
-            head_fit = phases_mod.compile_model(head, plan.name, plan.lr, o["weight_decay"], o["label_smoothing"],
-                                                o["ema_momentum"])
+            inputs = Inputs(
+                feature_cache.feature_dataset(x, y, n_classes, batch, seed=int(o["seed"])),
+                pipeline.steps(len(x), batch),
+                val_ds,
+                val_steps,
+                "val_accuracy" if plan.n_val else "accuracy",
+                _class_weight(plan, y),
+            )
+            head_fit = phases_mod.compile_model(
+                head, plan.name, plan.lr, o["weight_decay"], o["label_smoothing"], o["ema_momentum"]
+            )
     # its own backup folder: the model it fits (features -> head) is not the photo model of a plain head phase
-    cbs, timer = _phase_callbacks(plan, net, inputs, "head", best, deadline, opts, validation=validation,
-                                  backup=CACHED_HEAD_BACKUP)
+    cbs, timer = _phase_callbacks(
+        plan, net, inputs, "head", best, deadline, opts, validation=validation, backup=CACHED_HEAD_BACKUP
+    )
     cbs.append(_schedule(plan, plan.lr, inputs.steps, 0, initial_epoch, phase_end, deadline))
-    _log(f"{plan.name}: phase head on cached features ({len(x)} examples, {o['cached_views']} views), "
-         f"epochs {initial_epoch + 1}..{phase_end}, peak lr {plan.lr:g}", opts["quiet"])
-    head_fit.fit(inputs.train_ds, epochs=phase_end, initial_epoch=initial_epoch, steps_per_epoch=inputs.steps,
-                 validation_data=inputs.val_ds, validation_steps=inputs.val_steps, class_weight=inputs.class_weight,
-                 callbacks=cbs, verbose=opts["verbose"])
+    _log(
+        f"{plan.name}: phase head on cached features ({len(x)} examples, {o['cached_views']} views), "
+        f"epochs {initial_epoch + 1}..{phase_end}, peak lr {plan.lr:g}",
+        opts["quiet"],
+    )
+    head_fit.fit(
+        inputs.train_ds,
+        epochs=phase_end,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=inputs.steps,
+        validation_data=inputs.val_ds,
+        validation_steps=inputs.val_steps,
+        class_weight=inputs.class_weight,
+        callbacks=cbs,
+        verbose=opts["verbose"],
+    )
     best = max((r.get(inputs.monitor) or -math.inf for r in runs.read_history(plan.write_dir)), default=best)
     return timer, best
 
@@ -477,12 +652,17 @@ def _phase_callbacks(plan, net, inputs, phase, best, deadline, opts, validation=
         cbs.append(ema_in)
     if plan.config["objective"] == "retrieval":  # first: it writes the monitored value into the logs
         cbs.append(validation or metric_learning.validation_callback(plan, net))
-    cbs += [EpochLogger(plan.write_dir, phase),
-            BestModelSaver(plan.write_dir, net, inputs.monitor, best=best, enabled=plan.is_chief)]
+    cbs += [
+        EpochLogger(plan.write_dir, phase),
+        BestModelSaver(plan.write_dir, net, inputs.monitor, best=best, enabled=plan.is_chief),
+    ]
     early_stopping = plan.options["early_stopping"]
     if early_stopping:  # before ema_out: its best weights are the EMA ones
-        cbs.append(keras.callbacks.EarlyStopping(monitor=inputs.monitor, mode="max", patience=int(early_stopping),
-                                                 restore_best_weights=True))
+        cbs.append(
+            keras.callbacks.EarlyStopping(
+                monitor=inputs.monitor, mode="max", patience=int(early_stopping), restore_best_weights=True
+            )
+        )
     if ema_out is not None:
         cbs.append(ema_out)
     if opts["callbacks"]:  # after the logger and the saver: an epoch counts as done once its row and model are written
@@ -505,8 +685,9 @@ def run_phase(plan, strat, net, fit_model, inputs, phase, initial_epoch, phase_e
     o = plan.options
     with strat.scope():
         if phase == "fine_tune":
-            phases_mod.set_phase_trainable(net, phase, phases_mod.resolve_fine_tune_at(
-                models.find_backbone(net), o["fine_tune_at"], plan.name))
+            phases_mod.set_phase_trainable(
+                net, phase, phases_mod.resolve_fine_tune_at(models.find_backbone(net), o["fine_tune_at"], plan.name)
+            )
             phase_lr = plan.lr * o["fine_tune_lr_factor"]
         else:
             phases_mod.set_phase_trainable(net, phase, 0)
@@ -514,21 +695,34 @@ def run_phase(plan, strat, net, fit_model, inputs, phase, initial_epoch, phase_e
         if plan.config["objective"] == "retrieval":
             metric_learning.compile_model(fit_model, plan, phase_lr)
         else:
-            phases_mod.compile_model(fit_model, plan.name, phase_lr, o["weight_decay"], o["label_smoothing"],
-                                     o["ema_momentum"])
+            phases_mod.compile_model(
+                fit_model, plan.name, phase_lr, o["weight_decay"], o["label_smoothing"], o["ema_momentum"]
+            )
     cbs, timer = _phase_callbacks(plan, net, inputs, phase, best, deadline, opts)
-    cbs.append(_schedule(plan, phase_lr, inputs.steps, _phase_first_epoch(plan, phase), initial_epoch, phase_end,
-                         deadline))
+    cbs.append(
+        _schedule(plan, phase_lr, inputs.steps, _phase_first_epoch(plan, phase), initial_epoch, phase_end, deadline)
+    )
     config = plan.config
-    _log(f"{plan.name}: phase {phase}, epochs {initial_epoch + 1}..{phase_end}, peak lr {phase_lr:g}, "
-         f"{config['strategy_class']} x{config['replicas']}, policy {config['mixed_precision_policy']}", opts["quiet"])
+    _log(
+        f"{plan.name}: phase {phase}, epochs {initial_epoch + 1}..{phase_end}, peak lr {phase_lr:g}, "
+        f"{config['strategy_class']} x{config['replicas']}, policy {config['mixed_precision_policy']}",
+        opts["quiet"],
+    )
     fit_model._initial_epoch = None
     if plan.num_workers > 1:
         strategy_mod.prebuild_for_multi_worker(fit_model, strat, inputs.train_ds)
     warnings.filterwarnings("ignore", message=".*shuffle=True.*tf.data.Dataset.*")
-    fit_model.fit(inputs.train_ds, epochs=phase_end, initial_epoch=initial_epoch, steps_per_epoch=inputs.steps,
-                  validation_data=inputs.val_ds, validation_steps=inputs.val_steps, class_weight=inputs.class_weight,
-                  callbacks=cbs, verbose=opts["verbose"])
+    fit_model.fit(
+        inputs.train_ds,
+        epochs=phase_end,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=inputs.steps,
+        validation_data=inputs.val_ds,
+        validation_steps=inputs.val_steps,
+        class_weight=inputs.class_weight,
+        callbacks=cbs,
+        verbose=opts["verbose"],
+    )
     best = max((r.get(inputs.monitor) or -math.inf for r in runs.read_history(plan.write_dir)), default=best)
     return timer, best
 
