@@ -36,22 +36,29 @@ import numpy as np
 from amazon_visual.atomic import write_json
 from amazon_visual.errors import UserError
 from amazon_visual.retrieval import backends
+
+# the names marked F401 are offered here for older code, the README's examples and the tests
 from amazon_visual.retrieval.backends import (
+    DEFAULT_SEARCH_K,  # noqa: F401
     DEFAULT_TREES,
-    AnnoyBackend,  # noqa: F401
+    AnnoyBackend,
+    check_annoy_file,  # noqa: F401
     iter_blocks,
+    node_size,  # noqa: F401
+    open_annoy,  # noqa: F401
 )
 from amazon_visual.retrieval.layout import (
     EMBEDDER_FILE,
     EMBEDDINGS,
     FORMAT_VERSION,
-    INDEX_FILE,  # noqa: F401
+    INDEX_FILE,
     ITEMS,
     MANIFEST,
     METRIC,
     NUMERIC_ATTRIBUTES,
     PARTIAL,
     THUMBS,
+    cosine_from_angular,  # noqa: F401
     normalize,
 )
 
