@@ -496,6 +496,24 @@ def build_index(
         n_jobs=n_jobs,
     )
     desc = embedder.describe()
+    extra = _files_beside_the_index(out_dir, partial, desc, writable)
+    run = {
+        "data_dir": data_dir,
+        "splits": splits,
+        "thumbnails": thumbnails,
+        "beam": beam,
+        "embed_seconds": embed_seconds,
+    }
+    manifest = _manifest(desc, B, params, stats, summary, run, extra)
+    atomic_write_json(os.path.join(out_dir, MANIFEST), manifest)
+    shutil.rmtree(partial, ignore_errors=True)
+    return manifest
+
+
+def _files_beside_the_index(out_dir, partial, desc, writable):
+    """The model file (random weights only) and the write log (``writable``) beside a new index; their manifest keys."""
+    from amazon_visual.retrieval import writelog
+
     extra = {}
     if desc["source"] == "backbone" and desc.get("weights") == "none":
         # random weights cannot be rebuilt at query time: keep this very model beside the index
@@ -504,13 +522,16 @@ def build_index(
         shutil.copyfile(os.path.join(partial, EMBEDDER_FILE), tmp)
         os.replace(tmp, os.path.join(out_dir, EMBEDDER_FILE))
         extra["embedder_file"] = EMBEDDER_FILE
-    from amazon_visual.retrieval import writelog
-
     if writable:  # a new, empty write log for live writes
         extra.update(writelog.create_log(out_dir, desc))
     else:  # an old index's log goes with it
         writelog.remove_log(out_dir)
-    manifest = {
+    return extra
+
+
+def _manifest(desc, B, params, stats, summary, run, extra):
+    """The manifest of a new index: the model, the backend and its files, the dataset, the timings."""
+    return {
         "format_version": FORMAT_VERSION,
         **desc,
         "metric": METRIC,
@@ -525,22 +546,19 @@ def build_index(
         "embeddings_file": EMBEDDINGS,
         "embeddings_normalized": True,
         "items_file": ITEMS,
-        "thumbnails": bool(thumbnails),
-        "data_dir": os.path.abspath(os.fspath(data_dir)),
+        "thumbnails": bool(run["thumbnails"]),
+        "data_dir": os.path.abspath(os.fspath(run["data_dir"])),
         "dataset_fingerprint": summary.get("dataset_fingerprint"),
-        "splits": list(splits),
+        "splits": list(run["splits"]),
         "split_counts": summary["split_counts"],
         "class_names": summary.get("class_names"),
-        "embedding_engine": "beam" if beam else "local",
-        "embed_seconds": round(embed_seconds, 3),
+        "embedding_engine": "beam" if run["beam"] else "local",
+        "embed_seconds": round(run["embed_seconds"], 3),
         "build_seconds": stats["build_seconds"],
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "package_version": _version(),
         **extra,
     }
-    atomic_write_json(os.path.join(out_dir, MANIFEST), manifest)
-    shutil.rmtree(partial, ignore_errors=True)
-    return manifest
 
 
 def _version():
