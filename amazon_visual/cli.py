@@ -270,6 +270,31 @@ def add_train(sub):
         "MixUp or CutMix (on top of light) (default: the recipe's; none for svm)",
     )
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
+    _add_train_schedule_options(p)
+    p.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep an exponential moving average of the weights (Keras use_ema): validation, the saved "
+        "model and the weights handed to fine-tuning are the averaged ones (default: the recipe's, "
+        "off)",
+    )
+    p.add_argument(
+        "--ema-momentum",
+        type=float,
+        default=None,
+        metavar="M",
+        help="with --ema: the average's momentum, new = M x old + (1 - M) x weights (default 0.99)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    _add_train_objective_options(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_run_train)
+    return p
+
+
+def _add_train_schedule_options(p):
+    """train: when to stop, the time budget, the head phase's cached features, the width of the models."""
     p.add_argument(
         "--early-stopping",
         type=int,
@@ -311,22 +336,10 @@ def add_train(sub):
         metavar="N",
         help="views of each training photo in the feature cache: as it is + N-1 augmented (default 2)",
     )
-    p.add_argument(
-        "--ema",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="keep an exponential moving average of the weights (Keras use_ema): validation, the saved "
-        "model and the weights handed to fine-tuning are the averaged ones (default: the recipe's, "
-        "off)",
-    )
-    p.add_argument(
-        "--ema-momentum",
-        type=float,
-        default=None,
-        metavar="M",
-        help="with --ema: the average's momentum, new = M x old + (1 - M) x weights (default 0.99)",
-    )
-    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_train_objective_options(p):
+    """train: --objective classify | retrieval and the metric-learning options."""
     # --- the training objective (amazon_visual.training.metric_learning) ---
     g = p.add_argument_group(
         "objective",
@@ -365,9 +378,6 @@ def add_train(sub):
         help="retrieval: photos of each class per batch (default 4; smaller classes repeat photos)",
     )
     # --- end of the objective block ---
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=_run_train)
-    return p
 
 
 def _run_train(args):
